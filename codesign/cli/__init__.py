@@ -1,0 +1,1 @@
+"""The ``codesign`` command line: one class per command, each returning an exit code."""

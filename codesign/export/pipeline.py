@@ -1,0 +1,123 @@
+"""``codesign export``: a genome of a supernet -> a checked, deployable artifact directory.
+
+The artifact is built in a temporary directory next to the destination and moved into place
+only when every check passed, so a failed export leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from codesign import __version__
+from codesign.data import DataSplits
+from codesign.errors import ExportError
+from codesign.evaluation import TorchSubnetEvaluator, accuracy_of, predict_logits, prepare_images
+from codesign.export.onnx_export import DEFAULT_OPSET, check_onnx_parity, export_onnx, onnxruntime_logits
+from codesign.fileio import write_json_atomic
+from codesign.space import Genome
+from codesign.supernet import LoadedSupernet
+
+MANIFEST_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the artifact went and what was checked."""
+
+    out_dir: Path
+    manifest: dict[str, Any]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export_subnet(*, loaded: LoadedSupernet, genome: Genome, splits: DataSplits, out_dir: str | Path,
+                  parity_images: int = 256, tolerance: float = 1e-4, evaluate_test: bool = True,
+                  opset: int = DEFAULT_OPSET, overwrite: bool = False) -> ExportResult:
+    """Extract ``genome``, recalibrate its BN on training images, export ONNX, check it, write a manifest."""
+    space = loaded.supernet.space
+    genome = genome.validate(space)
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"output directory {out} exists and is not empty (pass --overwrite to replace it)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise ExportError(f"cannot write to {out.parent}: {exc.strerror}") from None
+    try:
+        started = time.perf_counter()
+        evaluator = TorchSubnetEvaluator(loaded.supernet, splits, split="test")
+        subnet = evaluator.subnet(genome)
+        onnx_path = export_onnx(subnet, staging / "model.onnx", opset=opset)
+        images, labels = prepare_images(splits.test.head(parity_images), loaded.mean, loaded.std, genome.resolution)
+        max_err = check_onnx_parity(subnet, onnx_path, images, tolerance=tolerance)
+        metrics: dict[str, Any] = {"onnx_vs_torch_max_abs": max_err, "parity_images": len(images)}
+        if evaluate_test:
+            test_x, test_y = prepare_images(splits.test, loaded.mean, loaded.std, genome.resolution)
+            metrics["test_accuracy_torch"] = accuracy_of(predict_logits(subnet, test_x), test_y)
+            ort_logits = torch.from_numpy(onnxruntime_logits(onnx_path, test_x.numpy()))
+            metrics["test_accuracy_onnxruntime"] = accuracy_of(ort_logits, test_y)
+            metrics["test_images"] = len(test_y)
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in subnet.state_dict().items()}, str(staging / "subnet.safetensors"))
+        write_json_atomic(staging / "subnet_config.json", subnet.config)
+        files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size}
+                 for p in sorted(staging.iterdir()) if p.is_file()}
+        manifest = {
+            "schema_version": MANIFEST_SCHEMA_VERSION,
+            "codesign_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "space": space.name,
+            "genome": genome.to_dict(),
+            "genome_short": genome.short(space),
+            "supernet": str(loaded.path),
+            "input": {"name": "images", "shape": [1, space.in_channels, genome.resolution, genome.resolution],
+                      "dtype": "float32", "normalization": {"mean": list(loaded.mean), "std": list(loaded.std)},
+                      "resize": "bilinear to the input shape, then (x/255 - mean) / std"},
+            "output": {"name": "logits", "classes": list(splits.test.classes)},
+            "onnx": {"opset": opset, "checker": "passed"},
+            "parameters": int(sum(p.numel() for p in subnet.parameters())),
+            "metrics": metrics,
+            "software": {"torch": torch.__version__, "numpy": np.__version__, **_onnx_versions()},
+            "files": files,
+            "export_seconds": round(time.perf_counter() - started, 2),
+        }
+        write_json_atomic(staging / "manifest.json", manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+        return ExportResult(out, manifest)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _onnx_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def describe(manifest: dict[str, Any]) -> str:
+    """A short human summary of an export manifest."""
+    m = manifest["metrics"]
+    parts = [f"genome {manifest['genome_short']}", f"{manifest['parameters']:,} parameters",
+             f"ONNX vs torch max |diff| {m['onnx_vs_torch_max_abs']:.2e}"]
+    if "test_accuracy_onnxruntime" in m:
+        parts.append(f"test accuracy {m['test_accuracy_onnxruntime'] * 100:.2f}% (onnxruntime, {m['test_images']} images)")
+    return "; ".join(parts) + "\n" + json.dumps(manifest["files"], indent=None)

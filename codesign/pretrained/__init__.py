@@ -1,0 +1,1 @@
+"""Shipped pretrained supernets (package data: safetensors weights and their metrics)."""
