@@ -85,3 +85,19 @@ def test_killed_cli_run_resumes_without_loss(fmnist_root, tmp_path):
     a = load_supernet(tmp_path / "ref").supernet.state_dict()
     b = load_supernet(tmp_path / "killed").supernet.state_dict()
     assert state_dict_equal(a, b)
+
+
+def test_fine_tune_from_an_existing_supernet(fmnist_root, tmp_path):
+    cmd, env = _cli("-o", str(tmp_path / "base"))
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600, cwd=tmp_path)
+    base = load_supernet(tmp_path / "base").supernet.state_dict()
+    cmd, env = _cli("-o", str(tmp_path / "ft"), "--init", str(tmp_path / "base"), "--epochs-full", "0", "--lr", "1e-4")
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600, cwd=tmp_path)
+    tuned = load_supernet(tmp_path / "ft").supernet.state_dict()
+    assert not state_dict_equal(base, tuned)
+    # small learning rate, no channel re-ranking: the fine-tuned weights stay close to where they started
+    key = "blocks.0.expand_conv.weight"
+    assert torch.allclose(base[key], tuned[key], atol=0.05)
+    bad, env = _cli("-o", str(tmp_path / "bad"), "--init", str(tmp_path / "base"), "--space", "fmnist_mbv3")
+    result = subprocess.run(bad, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 1 and "was trained on space 'tiny'" in result.stderr

@@ -21,6 +21,7 @@ class TrainCommand(Command):
     examples = (
         "codesign train -o runs/fmnist --threads 2                    # the shipped default's recipe",
         "codesign train --space tiny --epochs-full 1 --epochs-sandwich 1 --max-train-images 2048 -o runs/smoke",
+        "codesign train --init runs/fmnist --epochs-full 0 --epochs-sandwich 2 --lr 1e-3 -o runs/fmnist_ft  # fine-tune",
         "codesign train --dataset cifar10 --data-root ~/data/cifar-10-batches-py --space my_space.json -o runs/c10",
     )
 
@@ -40,6 +41,10 @@ class TrainCommand(Command):
         parser.add_argument("--max-train-images", type=int, default=None, metavar="N",
                             help="train on the first N training images only (smoke runs)")
         parser.add_argument("--checkpoint-every", type=int, default=200, metavar="STEPS")
+        parser.add_argument("--init", default=None, metavar="PATH",
+                            help="start from this supernet's weights (fine-tuning); implies --no-reorganize")
+        parser.add_argument("--no-reorganize", action="store_true",
+                            help="keep the channel order (do not re-rank channels when the sandwich phase starts)")
         parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in OUT and start over")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
         add_threads_argument(parser)
@@ -60,13 +65,25 @@ class TrainCommand(Command):
             config = TrainConfig(epochs_full=args.epochs_full, epochs_sandwich=args.epochs_sandwich,
                                  num_random_subnets=args.random_subnets, batch_size=args.batch_size, lr=args.lr,
                                  seed=args.seed, checkpoint_every_steps=args.checkpoint_every,
-                                 max_train_images=args.max_train_images)
+                                 max_train_images=args.max_train_images,
+                                 reorganize_channels=not (args.no_reorganize or args.init),
+                                 init_from=str(args.init) if args.init else None)
         except ValueError as exc:
             from codesign.errors import CodesignError
 
             raise CodesignError(f"bad training options: {exc}") from None
         torch.manual_seed(config.seed)
-        trainer = SupernetTrainer(ElasticSupernet(space), splits, config, args.out, progress=not args.no_progress)
+        supernet = ElasticSupernet(space)
+        if args.init:
+            from codesign.errors import CheckpointError
+            from codesign.supernet import load_supernet
+
+            start = load_supernet(args.init)
+            if start.supernet.space != space:
+                raise CheckpointError(f"--init {args.init} was trained on space {start.supernet.space.name!r}, "
+                                      f"not {space.name!r} (pass the same --space)")
+            supernet = start.supernet
+        trainer = SupernetTrainer(supernet, splits, config, args.out, progress=not args.no_progress)
         summary = trainer.run(resume=not args.no_resume)
         last = summary["history"][-1] if summary["history"] else {}
         print(json.dumps({"out": args.out, "finished": summary["finished"], "steps": summary["steps"], **last}))

@@ -49,6 +49,8 @@ class TrainConfig:
     checkpoint_every_steps: int = 200
     max_train_images: int | None = None
     eval_images: int = 2000
+    reorganize_channels: bool = True
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.epochs_full < 0 or self.epochs_sandwich < 0 or self.epochs_full + self.epochs_sandwich == 0:
@@ -186,7 +188,8 @@ class SupernetTrainer:
         try:
             while step < end:
                 if step == self.sandwich_start and not reorganized:
-                    reorganize_channels(self.supernet, self.optimizer)
+                    if self.config.reorganize_channels:
+                        reorganize_channels(self.supernet, self.optimizer)
                     reorganized = True
                 loss = self._train_step(step)
                 step += 1
