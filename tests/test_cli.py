@@ -1,7 +1,7 @@
 import json
 import subprocess
-import tempfile
 import sys
+import tempfile
 
 import pytest
 
@@ -10,8 +10,13 @@ from codesign.cli.main import COMMANDS, main
 
 def run_cli(*args, timeout=600):
     """Run the installed ``codesign`` (from a neutral directory, so the source tree is not imported instead)."""
-    return subprocess.run([sys.executable, "-m", "codesign", *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=tempfile.gettempdir())
+    return subprocess.run(
+        [sys.executable, "-m", "codesign", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tempfile.gettempdir(),
+    )
 
 
 @pytest.mark.parametrize("command", [c.name for c in COMMANDS])
@@ -37,9 +42,16 @@ def _one_line_error(result):
 
 
 def test_invalid_genome_is_a_clear_error(tmp_path):
-    line = _one_line_error(run_cli("export", "--genome", '{"resolution": 23, "depths": [2,2,2], "kernel_sizes": [3],'
-                                   ' "expand_ratios": [3], "block_prune": [0], "width_prune": [0,0,0]}',
-                                   "-o", str(tmp_path / "out")))
+    line = _one_line_error(
+        run_cli(
+            "export",
+            "--genome",
+            '{"resolution": 23, "depths": [2,2,2], "kernel_sizes": [3],'
+            ' "expand_ratios": [3], "block_prune": [0], "width_prune": [0,0,0]}',
+            "-o",
+            str(tmp_path / "out"),
+        )
+    )
     assert "genes" in line or "resolution" in line
     assert not (tmp_path / "out").exists()
 

@@ -53,8 +53,10 @@ def _write_cifar(root, n_per_batch=20):
     rng = np.random.default_rng(0)
     root.mkdir()
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 255, (n_per_batch, 3072)).astype(np.uint8),
-                 b"labels": rng.integers(0, 10, n_per_batch).tolist()}
+        batch = {
+            b"data": rng.integers(0, 255, (n_per_batch, 3072)).astype(np.uint8),
+            b"labels": rng.integers(0, 10, n_per_batch).tolist(),
+        }
         (root / name).write_bytes(pickle.dumps(batch))
 
 

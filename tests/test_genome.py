@@ -37,18 +37,23 @@ def test_largest_and_smallest(default_space):
     small.validate(default_space)
     assert big.resolution == max(default_space.resolutions)
     assert small.depths == tuple(min(s.depths) for s in default_space.stages)
-    assert all(big.mid_channels(default_space, s) >= small.mid_channels(default_space, s)
-               for s in range(default_space.max_blocks))
+    assert all(
+        big.mid_channels(default_space, s) >= small.mid_channels(default_space, s)
+        for s in range(default_space.max_blocks)
+    )
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(resolution=31), "resolution"),
-    (dict(depths=(9, 2, 2)), "depth"),
-    (dict(kernel_sizes=(4,) * 12), "kernel"),
-    (dict(expand_ratios=(5,) * 12), "expand"),
-    (dict(block_prune=(0.3,) * 12), "pruning"),
-    (dict(width_prune=(0.0,)), "width_prune"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(resolution=31), "resolution"),
+        (dict(depths=(9, 2, 2)), "depth"),
+        (dict(kernel_sizes=(4,) * 12), "kernel"),
+        (dict(expand_ratios=(5,) * 12), "expand"),
+        (dict(block_prune=(0.3,) * 12), "pruning"),
+        (dict(width_prune=(0.0,)), "width_prune"),
+    ],
+)
 def test_invalid_genomes_name_the_bad_gene(default_space, change, message):
     with pytest.raises(GenomeError, match=message):
         replace(Genome.largest(default_space), **change).validate(default_space)

@@ -38,8 +38,10 @@ def test_corruption_in_the_middle_is_an_error(tmp_path):
 
 def test_kill_during_appends_loses_no_finished_record(tmp_path):
     p = tmp_path / "j.jsonl"
-    code = (f"from codesign.profile.journal import Journal\nimport sys\nj = Journal({str(p)!r})\n"
-            "for i in range(10**6):\n    j.append({'key': f'w{i}', 'pad': 'x' * 500})\n    print(i, flush=True)\n")
+    code = (
+        f"from codesign.profile.journal import Journal\nimport sys\nj = Journal({str(p)!r})\n"
+        "for i in range(10**6):\n    j.append({'key': f'w{i}', 'pad': 'x' * 500})\n    print(i, flush=True)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
     acknowledged = -1
     deadline = time.time() + 60

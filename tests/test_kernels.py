@@ -11,8 +11,11 @@ def test_cpp_extension_is_built():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_group_l1_importance_matches_reference(threads):
     rng = np.random.default_rng(0)
-    tensors = [rng.standard_normal((96, 40)).astype(np.float32), rng.standard_normal((96, 1, 7, 7)).astype(np.float32),
-               rng.standard_normal((96, 2000)).astype(np.float32) * 3]
+    tensors = [
+        rng.standard_normal((96, 40)).astype(np.float32),
+        rng.standard_normal((96, 1, 7, 7)).astype(np.float32),
+        rng.standard_normal((96, 2000)).astype(np.float32) * 3,
+    ]
     got = kernels.group_l1_importance(tensors, num_threads=threads)
     want = kernels.group_l1_importance_reference(tensors)
     np.testing.assert_allclose(got, want, rtol=1e-5)

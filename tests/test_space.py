@@ -20,16 +20,19 @@ def test_space_from_file(tmp_path, tiny_space):
     assert get_space(p) == tiny_space
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d.update(schema_version=SPACE_SCHEMA_VERSION + 1), "newer"),
-    (lambda d: d["stages"][0].update(kernel_sizes=[3, 4]), "odd"),
-    (lambda d: d["stages"][0].update(stride=3), "stride"),
-    (lambda d: d["stages"][0].update(depths=[]), "non-empty"),
-    (lambda d: d["stages"][0].update(block_prune_ratios=[0.0, 1.0]), "ratios"),
-    (lambda d: d["stages"][0].update(bogus=1), "unknown"),
-    (lambda d: d.pop("stem"), "missing"),
-    (lambda d: d["stem"].update(activation="gelu"), "activation"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.update(schema_version=SPACE_SCHEMA_VERSION + 1), "newer"),
+        (lambda d: d["stages"][0].update(kernel_sizes=[3, 4]), "odd"),
+        (lambda d: d["stages"][0].update(stride=3), "stride"),
+        (lambda d: d["stages"][0].update(depths=[]), "non-empty"),
+        (lambda d: d["stages"][0].update(block_prune_ratios=[0.0, 1.0]), "ratios"),
+        (lambda d: d["stages"][0].update(bogus=1), "unknown"),
+        (lambda d: d.pop("stem"), "missing"),
+        (lambda d: d["stem"].update(activation="gelu"), "activation"),
+    ],
+)
 def test_bad_space_descriptions_are_rejected(tiny_space, mutate, message):
     d = tiny_space.to_dict()
     mutate(d)

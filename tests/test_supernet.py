@@ -37,8 +37,12 @@ def test_extracted_layers_are_physically_smaller(default_space):
     assert all(not hasattr(m, "mask") for m in sub.modules())
     for block_cfg, block in zip(sub.config["blocks"], sub.blocks):
         assert block.expand[0].weight.shape == (block_cfg["mid_channels"], block_cfg["in_channels"], 1, 1)
-        assert block.depthwise[0].weight.shape == (block_cfg["mid_channels"], 1, genome.kernel_sizes[block_cfg["slot"]],
-                                                   genome.kernel_sizes[block_cfg["slot"]])
+        assert block.depthwise[0].weight.shape == (
+            block_cfg["mid_channels"],
+            1,
+            genome.kernel_sizes[block_cfg["slot"]],
+            genome.kernel_sizes[block_cfg["slot"]],
+        )
         assert block.project[0].weight.shape == (block_cfg["out_channels"], block_cfg["mid_channels"], 1, 1)
     full = sum(p.numel() for p in net.extract(Genome.largest(default_space)).parameters())
     assert sum(p.numel() for p in sub.parameters()) < full / 5
@@ -89,9 +93,11 @@ def test_reorganize_keeps_the_function_and_orders_by_importance(default_space):
         after = net(x)
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
     block = net.blocks[0]
-    rows = [block.expand_conv.weight.detach().reshape(block.expand_conv.weight.shape[0], -1).numpy(),
-            block.depthwise_conv.weight.detach().reshape(block.depthwise_conv.weight.shape[0], -1).numpy(),
-            block.project_conv.weight.detach().transpose(0, 1).reshape(block.project_conv.weight.shape[1], -1).numpy()]
+    rows = [
+        block.expand_conv.weight.detach().reshape(block.expand_conv.weight.shape[0], -1).numpy(),
+        block.depthwise_conv.weight.detach().reshape(block.depthwise_conv.weight.shape[0], -1).numpy(),
+        block.project_conv.weight.detach().transpose(0, 1).reshape(block.project_conv.weight.shape[1], -1).numpy(),
+    ]
     scores = group_l1_importance(rows)
     assert np.all(np.diff(scores) <= 1e-6), "leading channels must be the most important"
 

@@ -3,7 +3,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -14,8 +13,15 @@ from codesign.training.checkpoint import CHECKPOINT_FILENAME
 
 # Resume tolerance: exact. Every random draw derives from (seed, step) and the checkpoint holds the
 # full model and optimizer state, so with the same thread count the resumed run is bit-identical.
-CONFIG = TrainConfig(epochs_full=1, epochs_sandwich=1, batch_size=64, max_train_images=512, warmup_steps=3,
-                     checkpoint_every_steps=3, eval_images=200)
+CONFIG = TrainConfig(
+    epochs_full=1,
+    epochs_sandwich=1,
+    batch_size=64,
+    max_train_images=512,
+    warmup_steps=3,
+    checkpoint_every_steps=3,
+    eval_images=200,
+)
 
 
 def _trainer(space, splits, out):
@@ -33,6 +39,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tiny_space, fmnist_splits, 
     assert not partial["finished"] and (tmp_path / "split" / CHECKPOINT_FILENAME).exists()
     assert not (tmp_path / "split" / "supernet.safetensors").exists()
     resumed = _trainer(tiny_space, fmnist_splits, tmp_path / "split").run()
+
     def strip(history):
         return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in history]
 
@@ -61,8 +68,26 @@ def test_changed_options_refuse_to_resume(tiny_space, fmnist_splits, tmp_path):
 
 def _cli(*args):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return [sys.executable, "-m", "codesign", "train", "--space", "tiny", "--epochs-full", "1", "--epochs-sandwich", "1",
-            "--batch-size", "32", "--max-train-images", "1024", "--checkpoint-every", "2", "--no-progress", *args], env
+    return [
+        sys.executable,
+        "-m",
+        "codesign",
+        "train",
+        "--space",
+        "tiny",
+        "--epochs-full",
+        "1",
+        "--epochs-sandwich",
+        "1",
+        "--batch-size",
+        "32",
+        "--max-train-images",
+        "1024",
+        "--checkpoint-every",
+        "2",
+        "--no-progress",
+        *args,
+    ], env
 
 
 def test_killed_cli_run_resumes_without_loss(fmnist_root, tmp_path):

@@ -51,4 +51,6 @@ def test_macs_match_a_direct_count(default_space):
         sub(torch.zeros(1, 1, genome.resolution, genome.resolution))
     pool = default_space.head.out_channels * subnet_workloads(default_space, genome)[-1].resolution ** 2
     assert subnet_macs(default_space, genome) == macs + pool
-    assert subnet_macs(default_space, Genome.smallest(default_space)) < subnet_macs(default_space, Genome.largest(default_space))
+    assert subnet_macs(default_space, Genome.smallest(default_space)) < subnet_macs(
+        default_space, Genome.largest(default_space)
+    )

@@ -49,8 +49,12 @@ def main() -> int:
         accs.append(evaluator.evaluate(g).accuracy)
         print(f"random{i:02d} {accs[-1] * 100:6.2f}%  {g.short(space)}")
     mean = float(np.mean(accs)) if accs else float("nan")
-    print(f"# {2 + len(accs)} subnets on {len(splits.test)} test images in {time.perf_counter() - started:.1f} s; "
-          f"random min {min(accs) * 100:.2f}% max {max(accs) * 100:.2f}%" if accs else "")
+    print(
+        f"# {2 + len(accs)} subnets on {len(splits.test)} test images in {time.perf_counter() - started:.1f} s; "
+        f"random min {min(accs) * 100:.2f}% max {max(accs) * 100:.2f}%"
+        if accs
+        else ""
+    )
     print(f"RESULT supernet largest_acc={largest:.4f} smallest_acc={smallest:.4f} random_mean_acc={mean:.4f}")
     return 0
 

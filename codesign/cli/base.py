@@ -31,8 +31,13 @@ class Command(ABC):
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """``--threads N`` (default 1: steady timings when several jobs share the machine)."""
-    parser.add_argument("--threads", type=int, default=1, metavar="N",
-                        help="CPU threads for torch (default: 1; use your core count when the machine is otherwise idle)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPU threads for torch (default: 1; use your core count when the machine is otherwise idle)",
+    )
 
 
 def apply_threads(threads: int) -> None:
@@ -46,11 +51,22 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """``--dataset`` / ``--data-root`` / ``--val-size`` / ``--data-seed``."""
     from codesign.data import DATASETS
 
-    parser.add_argument("--dataset", choices=DATASETS, default="fashion-mnist",
-                        help="dataset format (default: fashion-mnist)")
-    parser.add_argument("--data-root", metavar="DIR", default=None,
-                        help="dataset directory (default for fashion-mnist: /usr/share/datasets/fashion-mnist)")
-    parser.add_argument("--val-size", type=int, default=5000, metavar="N",
-                        help="training images held out as the validation split (default: 5000)")
-    parser.add_argument("--data-seed", type=int, default=0, metavar="S",
-                        help="seed of the train/validation split (default: 0)")
+    parser.add_argument(
+        "--dataset", choices=DATASETS, default="fashion-mnist", help="dataset format (default: fashion-mnist)"
+    )
+    parser.add_argument(
+        "--data-root",
+        metavar="DIR",
+        default=None,
+        help="dataset directory (default for fashion-mnist: /usr/share/datasets/fashion-mnist)",
+    )
+    parser.add_argument(
+        "--val-size",
+        type=int,
+        default=5000,
+        metavar="N",
+        help="training images held out as the validation split (default: 5000)",
+    )
+    parser.add_argument(
+        "--data-seed", type=int, default=0, metavar="S", help="seed of the train/validation split (default: 0)"
+    )

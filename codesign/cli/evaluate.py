@@ -23,9 +23,14 @@ class EvaluateCommand(Command):
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--genome", action="append", default=None, metavar="SPEC",
-                            help="largest | smallest | random:SEED | JSON file | inline JSON (repeatable; "
-                                 "default: largest and smallest)")
+        parser.add_argument(
+            "--genome",
+            action="append",
+            default=None,
+            metavar="SPEC",
+            help="largest | smallest | random:SEED | JSON file | inline JSON (repeatable; "
+            "default: largest and smallest)",
+        )
         parser.add_argument("--random", type=int, default=0, metavar="N", help="also score N random subnets")
         parser.add_argument("--seed", type=int, default=0, help="seed for --random (default: 0)")
         parser.add_argument("--split", choices=("val", "test"), default="val")
@@ -49,20 +54,32 @@ class EvaluateCommand(Command):
         genomes = [parse_genome_spec(s, space) for s in (args.genome or ["largest", "smallest"])]
         rng = np.random.default_rng(args.seed)
         genomes += [Genome.random(space, rng) for _ in range(args.random)]
-        splits = load_splits(args.dataset, args.data_root, val_size=args.val_size, seed=args.data_seed,
-                             channels=space.in_channels)
-        evaluator = TorchSubnetEvaluator(loaded.supernet, splits, split=args.split,
-                                         calibration_images=args.calibration_images)
+        splits = load_splits(
+            args.dataset, args.data_root, val_size=args.val_size, seed=args.data_seed, channels=space.in_channels
+        )
+        evaluator = TorchSubnetEvaluator(
+            loaded.supernet, splits, split=args.split, calibration_images=args.calibration_images
+        )
         accs = []
         for genome in genomes:
             score = evaluator.evaluate(genome)
             accs.append(score.accuracy)
             if args.json:
-                print(json.dumps({"accuracy": score.accuracy, "split": score.split, "images": score.images,
-                                  "genome": genome.to_dict()}))
+                print(
+                    json.dumps(
+                        {
+                            "accuracy": score.accuracy,
+                            "split": score.split,
+                            "images": score.images,
+                            "genome": genome.to_dict(),
+                        }
+                    )
+                )
             else:
                 print(f"{score.accuracy * 100:6.2f}%  {genome.short(space)}")
         if not args.json and len(accs) > 1:
-            print(f"mean {np.mean(accs) * 100:.2f}% over {len(accs)} subnets on the {args.split} split "
-                  f"({evaluator.evaluate(genomes[0]).images} images)")
+            print(
+                f"mean {np.mean(accs) * 100:.2f}% over {len(accs)} subnets on the {args.split} split "
+                f"({evaluator.evaluate(genomes[0]).images} images)"
+            )
         return 0

@@ -20,17 +20,27 @@ class ExportCommand(Command):
     examples = (
         "codesign export --genome largest -o out/largest",
         "codesign export --genome random:7 --supernet runs/fmnist -o out/r7",
-        "codesign export --genome search_result.json -o out/best      # a genome JSON, or {\"genome\": {...}}",
+        'codesign export --genome search_result.json -o out/best      # a genome JSON, or {"genome": {...}}',
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("-o", "--out", required=True, metavar="DIR", help="artifact directory to create")
-        parser.add_argument("--genome", default="largest", metavar="SPEC",
-                            help="largest | smallest | random:SEED | genome JSON file | inline JSON (default: largest)")
-        parser.add_argument("--supernet", default=None, metavar="PATH",
-                            help="supernet .safetensors or run directory (default: the shipped one)")
+        parser.add_argument(
+            "--genome",
+            default="largest",
+            metavar="SPEC",
+            help="largest | smallest | random:SEED | genome JSON file | inline JSON (default: largest)",
+        )
+        parser.add_argument(
+            "--supernet",
+            default=None,
+            metavar="PATH",
+            help="supernet .safetensors or run directory (default: the shipped one)",
+        )
         parser.add_argument("--format", choices=("onnx",), default="onnx", help="artifact format (default: onnx)")
-        parser.add_argument("--tolerance", type=float, default=1e-4, help="max |torch - onnxruntime| allowed (default 1e-4)")
+        parser.add_argument(
+            "--tolerance", type=float, default=1e-4, help="max |torch - onnxruntime| allowed (default 1e-4)"
+        )
         parser.add_argument("--skip-test-accuracy", action="store_true", help="do not score the test split")
         parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
         add_data_arguments(parser)
@@ -45,9 +55,21 @@ class ExportCommand(Command):
 
         loaded = load_supernet(args.supernet)
         genome = parse_genome_spec(args.genome, loaded.supernet.space)
-        splits = load_splits(args.dataset, args.data_root, val_size=args.val_size, seed=args.data_seed,
-                             channels=loaded.supernet.space.in_channels)
-        result = export_subnet(loaded=loaded, genome=genome, splits=splits, out_dir=args.out, tolerance=args.tolerance,
-                               evaluate_test=not args.skip_test_accuracy, overwrite=args.overwrite)
+        splits = load_splits(
+            args.dataset,
+            args.data_root,
+            val_size=args.val_size,
+            seed=args.data_seed,
+            channels=loaded.supernet.space.in_channels,
+        )
+        result = export_subnet(
+            loaded=loaded,
+            genome=genome,
+            splits=splits,
+            out_dir=args.out,
+            tolerance=args.tolerance,
+            evaluate_test=not args.skip_test_accuracy,
+            overwrite=args.overwrite,
+        )
         print(f"exported to {result.out_dir}: {describe(result.manifest)}")
         return 0

@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="codesign",
         description="Hardware/model co-design: find the most accurate network within a latency budget on your "
-                    "device, as compiled.",
+        "device, as compiled.",
         epilog="Run 'codesign COMMAND --help' for each command's options and examples.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -29,8 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cls in COMMANDS:
         command = cls()
-        p = sub.add_parser(command.name, help=command.summary, description=command.description,
-                           epilog=command.epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            command.name,
+            help=command.summary,
+            description=command.description,
+            epilog=command.epilog(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         command.add_arguments(p)
         p.set_defaults(_command=command)
     return parser

@@ -21,7 +21,9 @@ class SpaceCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         from codesign.space import DEFAULT_SPACE
 
-        parser.add_argument("space", nargs="?", default=DEFAULT_SPACE, help=f"name or .json file (default: {DEFAULT_SPACE})")
+        parser.add_argument(
+            "space", nargs="?", default=DEFAULT_SPACE, help=f"name or .json file (default: {DEFAULT_SPACE})"
+        )
         parser.add_argument("--list", action="store_true", help="list the shipped spaces")
         parser.add_argument("--sample", type=int, default=0, metavar="N", help="print N random genomes")
         parser.add_argument("--seed", type=int, default=0)
@@ -41,8 +43,10 @@ class SpaceCommand(Command):
                 print(Genome.random(space, rng).to_json())
             return 0
         print(json.dumps(space.to_dict(), indent=2))
-        print(f"# {space.max_blocks} block slots, {len(space.resolutions)} resolutions, "
-              f"about 10^{np.log10(float(_space_size(space))):.1f} distinct subnets")
+        print(
+            f"# {space.max_blocks} block slots, {len(space.resolutions)} resolutions, "
+            f"about 10^{np.log10(float(_space_size(space))):.1f} distinct subnets"
+        )
         return 0
 
 
@@ -53,5 +57,5 @@ def _space_size(space: object) -> int:
     total = len(space.resolutions)
     for stage in space.stages:
         per_block = len(stage.kernel_sizes) * len(stage.expand_ratios) * len(stage.block_prune_ratios)
-        total *= len(stage.width_prune_ratios) * sum(per_block ** d for d in stage.depths)
+        total *= len(stage.width_prune_ratios) * sum(per_block**d for d in stage.depths)
     return total

@@ -21,7 +21,9 @@ class ImageDataset:
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
-            raise DatasetError(f"{self.name}: images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}")
+            raise DatasetError(
+                f"{self.name}: images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}"
+            )
         if self.labels.shape != (self.images.shape[0],):
             raise DatasetError(f"{self.name}: {self.labels.shape[0]} labels for {self.images.shape[0]} images")
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
@@ -56,7 +58,7 @@ class ImageDataset:
 
 @dataclass(frozen=True)
 class DataSplits:
-    """``train`` (for weights), ``val`` (held out of the training set: used inside search), ``test`` (final numbers only)."""
+    """Splits: ``train`` for weights, ``val`` (held out of train) inside search, ``test`` for final numbers only."""
 
     train: ImageDataset
     val: ImageDataset
@@ -70,7 +72,9 @@ def split_train_val(train: ImageDataset, val_size: int, seed: int) -> tuple[Imag
     if not 0 < val_size < len(train):
         raise DatasetError(f"{train.name}: cannot hold out {val_size} of {len(train)} training images")
     order = np.random.default_rng(seed).permutation(len(train))
-    return train.subset(np.sort(order[val_size:]), f"{train.name}/train"), train.subset(np.sort(order[:val_size]), f"{train.name}/val")
+    return train.subset(np.sort(order[val_size:]), f"{train.name}/train"), train.subset(
+        np.sort(order[:val_size]), f"{train.name}/val"
+    )
 
 
 def channel_stats(dataset: ImageDataset) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -12,11 +12,21 @@ from pathlib import Path
 
 import numpy as np
 
-from codesign.errors import DatasetError
 from codesign.data.dataset import ImageDataset
+from codesign.errors import DatasetError
 
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                         "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 DEFAULT_FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 _IDX_DTYPES = {0x08: np.uint8}
 
@@ -28,8 +38,10 @@ def _open_maybe_gz(root: Path, stem: str) -> bytes:
                 return gzip.decompress(candidate.read_bytes()) if candidate.suffix == ".gz" else candidate.read_bytes()
             except (OSError, EOFError) as exc:
                 raise DatasetError(f"{candidate}: cannot read ({exc})") from None
-    raise DatasetError(f"missing {root / stem}[.gz] (expected the IDX files of Fashion-MNIST/MNIST in {root}; "
-                       "on Debian: apt-get install dataset-fashion-mnist)")
+    raise DatasetError(
+        f"missing {root / stem}[.gz] (expected the IDX files of Fashion-MNIST/MNIST in {root}; "
+        "on Debian: apt-get install dataset-fashion-mnist)"
+    )
 
 
 def read_idx(raw: bytes, what: str) -> np.ndarray:
@@ -43,10 +55,12 @@ def read_idx(raw: bytes, what: str) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DatasetError(f"{what}: truncated IDX header")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(shape)) if shape else 0
     if len(raw) - header != expected:
-        raise DatasetError(f"{what}: IDX header promises {expected} bytes of data, file has {len(raw) - header} (truncated?)")
+        raise DatasetError(
+            f"{what}: IDX header promises {expected} bytes of data, file has {len(raw) - header} (truncated?)"
+        )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
 
 
@@ -62,9 +76,14 @@ def load_idx_pair(root: Path, prefix: str, classes: tuple[str, ...], name: str) 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     """Unpickles CIFAR's python batches while refusing anything but numpy arrays and builtins."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar")}
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
 
     def find_class(self, module: str, name: str) -> object:
         if (module, name) in self._ALLOWED:
@@ -99,8 +118,12 @@ def load_cifar10_split(root: Path, train: bool) -> ImageDataset:
             raise DatasetError(f"{root / n}: expected (N, 3072) image rows, got {data.shape}")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
-    return ImageDataset(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels), CIFAR10_CLASSES,
-                        f"cifar10/{'train' if train else 'test'}")
+    return ImageDataset(
+        np.ascontiguousarray(np.concatenate(images)),
+        np.concatenate(labels),
+        CIFAR10_CLASSES,
+        f"cifar10/{'train' if train else 'test'}",
+    )
 
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

@@ -17,8 +17,15 @@ from codesign.errors import DatasetError
 DATASETS = ("fashion-mnist", "cifar10", "imagefolder")
 
 
-def load_splits(name: str = "fashion-mnist", root: str | Path | None = None, *, val_size: int = 5000, seed: int = 0,
-                image_size: int = 32, channels: int = 3) -> DataSplits:
+def load_splits(
+    name: str = "fashion-mnist",
+    root: str | Path | None = None,
+    *,
+    val_size: int = 5000,
+    seed: int = 0,
+    image_size: int = 32,
+    channels: int = 3,
+) -> DataSplits:
     """Load a dataset and hold out ``val_size`` training images as the validation split.
 
     ``fashion-mnist``: IDX files in ``root`` (default ``/usr/share/datasets/fashion-mnist``).
@@ -29,8 +36,10 @@ def load_splits(name: str = "fashion-mnist", root: str | Path | None = None, *, 
     if name == "fashion-mnist":
         base = Path(root) if root is not None else DEFAULT_FASHION_MNIST_ROOT
         if not base.is_dir():
-            raise DatasetError(f"Fashion-MNIST directory {base} does not exist (install Debian's dataset-fashion-mnist "
-                               "or pass --data-root DIR holding train-images-idx3-ubyte.gz and friends)")
+            raise DatasetError(
+                f"Fashion-MNIST directory {base} does not exist (install Debian's dataset-fashion-mnist "
+                "or pass --data-root DIR holding train-images-idx3-ubyte.gz and friends)"
+            )
         full_train = load_idx_pair(base, "train", FASHION_MNIST_CLASSES, "fashion-mnist")
         test = load_idx_pair(base, "t10k", FASHION_MNIST_CLASSES, "fashion-mnist/test")
     elif name == "cifar10":

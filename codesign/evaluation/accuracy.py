@@ -21,7 +21,7 @@ def predict_logits(module: nn.Module, images: torch.Tensor, *, batch_size: int =
     was_training = module.training
     module.eval()
     try:
-        return torch.cat([module(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+        return torch.cat([module(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
     finally:
         module.train(was_training)
 
@@ -48,8 +48,16 @@ class TorchSubnetEvaluator:
     pass per resolution.
     """
 
-    def __init__(self, supernet: ElasticSupernet, splits: DataSplits, *, calibration_images: int = 2000,
-                 calibration_batch_size: int = 250, split: str = "val", max_images: int | None = None) -> None:
+    def __init__(
+        self,
+        supernet: ElasticSupernet,
+        splits: DataSplits,
+        *,
+        calibration_images: int = 2000,
+        calibration_batch_size: int = 250,
+        split: str = "val",
+        max_images: int | None = None,
+    ) -> None:
         self.supernet = supernet
         self.splits = splits
         self.split = split
@@ -71,8 +79,12 @@ class TorchSubnetEvaluator:
         """The extracted, BN-recalibrated static subnet of ``genome``."""
         module = self.supernet.extract(genome)
         calib, _ = self._prepared("calibration", genome.resolution)
-        recalibrate_bn(module, calib, batch_size=self.calibration_batch_size,
-                       num_batches=max(1, self.calibration_images // self.calibration_batch_size))
+        recalibrate_bn(
+            module,
+            calib,
+            batch_size=self.calibration_batch_size,
+            num_batches=max(1, self.calibration_images // self.calibration_batch_size),
+        )
         return module.eval()
 
     def evaluate(self, genome: Genome) -> SubnetScore:

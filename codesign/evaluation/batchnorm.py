@@ -27,7 +27,7 @@ def recalibrate_bn(module: nn.Module, images: torch.Tensor, *, batch_size: int =
             bn.momentum = None
         module.train()
         for start in range(0, used, batch_size):
-            module(images[start:min(used, start + batch_size)])
+            module(images[start : min(used, start + batch_size)])
     finally:
         for bn, momentum in saved:
             bn.momentum = momentum

@@ -26,8 +26,16 @@ def export_onnx(module: StaticSubnet, path: str | Path, *, batch_size: int = 1, 
     example = torch.zeros(batch_size, channels, module.resolution, module.resolution)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          opset_version=opset, do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     try:
         onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     except onnx.checker.ValidationError as exc:
@@ -46,14 +54,16 @@ def onnxruntime_logits(path: str | Path, images: np.ndarray, *, threads: int = 1
     batch = session.get_inputs()[0].shape[0]
     outputs = []
     for start in range(0, len(images), batch):
-        chunk = images[start:start + batch]
+        chunk = images[start : start + batch]
         if len(chunk) < batch:  # pad the last batch to the static batch size
             chunk = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])
         outputs.append(session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(chunk, dtype=np.float32)})[0])
     return np.concatenate(outputs)[: len(images)]
 
 
-def check_onnx_parity(module: StaticSubnet, path: str | Path, images: torch.Tensor, *, tolerance: float = 1e-4) -> float:
+def check_onnx_parity(
+    module: StaticSubnet, path: str | Path, images: torch.Tensor, *, tolerance: float = 1e-4
+) -> float:
     """Max |torch - onnxruntime| over ``images``; raises :class:`ExportError` above ``tolerance``."""
     module = module.eval()
     with torch.no_grad():
@@ -61,6 +71,7 @@ def check_onnx_parity(module: StaticSubnet, path: str | Path, images: torch.Tens
     got = onnxruntime_logits(path, images.numpy())
     err = float(np.max(np.abs(expected - got))) if len(expected) else 0.0
     if not err <= tolerance:
-        raise ExportError(f"{path}: onnxruntime output differs from torch by {err:.3g} (> {tolerance:g}) "
-                          f"over {len(images)} images")
+        raise ExportError(
+            f"{path}: onnxruntime output differs from torch by {err:.3g} (> {tolerance:g}) over {len(images)} images"
+        )
     return err

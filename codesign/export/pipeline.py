@@ -43,9 +43,18 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def export_subnet(*, loaded: LoadedSupernet, genome: Genome, splits: DataSplits, out_dir: str | Path,
-                  parity_images: int = 256, tolerance: float = 1e-4, evaluate_test: bool = True,
-                  opset: int = DEFAULT_OPSET, overwrite: bool = False) -> ExportResult:
+def export_subnet(
+    *,
+    loaded: LoadedSupernet,
+    genome: Genome,
+    splits: DataSplits,
+    out_dir: str | Path,
+    parity_images: int = 256,
+    tolerance: float = 1e-4,
+    evaluate_test: bool = True,
+    opset: int = DEFAULT_OPSET,
+    overwrite: bool = False,
+) -> ExportResult:
     """Extract ``genome``, recalibrate its BN on training images, export ONNX, check it, write a manifest."""
     space = loaded.supernet.space
     genome = genome.validate(space)
@@ -75,8 +84,9 @@ def export_subnet(*, loaded: LoadedSupernet, genome: Genome, splits: DataSplits,
 
         save_file({k: v.contiguous() for k, v in subnet.state_dict().items()}, str(staging / "subnet.safetensors"))
         write_json_atomic(staging / "subnet_config.json", subnet.config)
-        files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size}
-                 for p in sorted(staging.iterdir()) if p.is_file()}
+        files = {
+            p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(staging.iterdir()) if p.is_file()
+        }
         manifest = {
             "schema_version": MANIFEST_SCHEMA_VERSION,
             "codesign_version": __version__,
@@ -85,9 +95,13 @@ def export_subnet(*, loaded: LoadedSupernet, genome: Genome, splits: DataSplits,
             "genome": genome.to_dict(),
             "genome_short": genome.short(space),
             "supernet": str(loaded.path),
-            "input": {"name": "images", "shape": [1, space.in_channels, genome.resolution, genome.resolution],
-                      "dtype": "float32", "normalization": {"mean": list(loaded.mean), "std": list(loaded.std)},
-                      "resize": "bilinear to the input shape, then (x/255 - mean) / std"},
+            "input": {
+                "name": "images",
+                "shape": [1, space.in_channels, genome.resolution, genome.resolution],
+                "dtype": "float32",
+                "normalization": {"mean": list(loaded.mean), "std": list(loaded.std)},
+                "resize": "bilinear to the input shape, then (x/255 - mean) / std",
+            },
             "output": {"name": "logits", "classes": list(splits.test.classes)},
             "onnx": {"opset": opset, "checker": "passed"},
             "parameters": int(sum(p.numel() for p in subnet.parameters())),
@@ -116,8 +130,13 @@ def _onnx_versions() -> dict[str, str]:
 def describe(manifest: dict[str, Any]) -> str:
     """A short human summary of an export manifest."""
     m = manifest["metrics"]
-    parts = [f"genome {manifest['genome_short']}", f"{manifest['parameters']:,} parameters",
-             f"ONNX vs torch max |diff| {m['onnx_vs_torch_max_abs']:.2e}"]
+    parts = [
+        f"genome {manifest['genome_short']}",
+        f"{manifest['parameters']:,} parameters",
+        f"ONNX vs torch max |diff| {m['onnx_vs_torch_max_abs']:.2e}",
+    ]
     if "test_accuracy_onnxruntime" in m:
-        parts.append(f"test accuracy {m['test_accuracy_onnxruntime'] * 100:.2f}% (onnxruntime, {m['test_images']} images)")
+        parts.append(
+            f"test accuracy {m['test_accuracy_onnxruntime'] * 100:.2f}% (onnxruntime, {m['test_images']} images)"
+        )
     return "; ".join(parts) + "\n" + json.dumps(manifest["files"], indent=None)

@@ -37,18 +37,20 @@ class Workload:
     @property
     def macs(self) -> int:
         """Multiply-accumulates of one image (the FLOPs-proportional baseline uses 2x this)."""
-        out_px = self.out_resolution ** 2
+        out_px = self.out_resolution**2
         if self.kind == "conv":
-            return self.in_channels * self.out_channels * self.kernel_size ** 2 * out_px
+            return self.in_channels * self.out_channels * self.kernel_size**2 * out_px
         if self.kind == "depthwise":
-            return self.out_channels * self.kernel_size ** 2 * out_px
-        return self.in_channels * self.resolution ** 2 + self.in_channels * self.out_channels
+            return self.out_channels * self.kernel_size**2 * out_px
+        return self.in_channels * self.resolution**2 + self.in_channels * self.out_channels
 
     def key(self) -> str:
         """A stable, readable identifier, e.g. ``conv_i24_o144_r7_k1_s1_relu``."""
         tail = "_res" if self.residual else ""
-        return (f"{self.kind}_i{self.in_channels}_o{self.out_channels}_r{self.resolution}_k{self.kernel_size}"
-                f"_s{self.stride}_{self.activation}{tail}")
+        return (
+            f"{self.kind}_i{self.in_channels}_o{self.out_channels}_r{self.resolution}_k{self.kernel_size}"
+            f"_s{self.stride}_{self.activation}{tail}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -65,7 +67,9 @@ def subnet_workloads(space: SearchSpace, genome: Genome) -> list[Workload]:
     g = genome.validate(space)
     res = g.resolution
     stem = space.stem
-    layers = [Workload("conv", space.in_channels, stem.out_channels, res, stem.kernel_size, stem.stride, stem.activation)]
+    layers = [
+        Workload("conv", space.in_channels, stem.out_channels, res, stem.kernel_size, stem.stride, stem.activation)
+    ]
     res = layers[-1].out_resolution
     in_ch = stem.out_channels
     for slot in g.active_slots(space):
@@ -87,11 +91,15 @@ def subnet_workloads(space: SearchSpace, genome: Genome) -> list[Workload]:
 def enumerate_workloads(space: SearchSpace) -> list[Workload]:
     """Every distinct kernel any subnet of ``space`` can contain (sorted)."""
     found: set[Workload] = set()
-    divisor_widths = {si: sorted({space.kept_channels(s.out_channels, p) for p in s.width_prune_ratios})
-                      for si, s in enumerate(space.stages)}
+    divisor_widths = {
+        si: sorted({space.kept_channels(s.out_channels, p) for p in s.width_prune_ratios})
+        for si, s in enumerate(space.stages)
+    }
     for res0 in space.resolutions:
         stem = space.stem
-        first = Workload("conv", space.in_channels, stem.out_channels, res0, stem.kernel_size, stem.stride, stem.activation)
+        first = Workload(
+            "conv", space.in_channels, stem.out_channels, res0, stem.kernel_size, stem.stride, stem.activation
+        )
         found.add(first)
         res = first.out_resolution
         in_widths = [stem.out_channels]
@@ -99,13 +107,14 @@ def enumerate_workloads(space: SearchSpace) -> list[Workload]:
             out_res = (res + stage.stride - 1) // stage.stride
             for bi in range(stage.max_depth):
                 full_in = space.block_full_input_channels(si, bi)
-                mids = sorted({space.kept_channels(full_in * e, p) for e in stage.expand_ratios
-                               for p in stage.block_prune_ratios})
+                mids = sorted(
+                    {space.kept_channels(full_in * e, p) for e in stage.expand_ratios for p in stage.block_prune_ratios}
+                )
                 stride = stage.stride if bi == 0 else 1
                 block_res = res if bi == 0 else out_res
                 ins = in_widths if bi == 0 else divisor_widths[si]
                 for out in divisor_widths[si]:
-                    for cin in (ins if bi == 0 else [out]):
+                    for cin in ins if bi == 0 else [out]:
                         for mid in mids:
                             found.add(Workload("conv", cin, mid, block_res, 1, 1, stage.activation))
                             for k in stage.kernel_sizes:

@@ -80,8 +80,9 @@ class Journal:
         return iter(list(self.records))
 
 
-def with_retries(action: Callable[[], T], *, attempts: int, on_error: Callable[[int, BaseException], None] | None = None
-                 ) -> tuple[T | None, str | None]:
+def with_retries(
+    action: Callable[[], T], *, attempts: int, on_error: Callable[[int, BaseException], None] | None = None
+) -> tuple[T | None, str | None]:
     """Run ``action`` up to ``attempts`` times; return ``(result, None)`` or ``(None, last error)``."""
     last = "not attempted"
     for attempt in range(1, attempts + 1):

@@ -62,6 +62,7 @@ class Genome:
     @classmethod
     def random(cls, space: SearchSpace, rng: np.random.Generator) -> Genome:
         """A genome drawn uniformly, each choice independently, from ``rng``."""
+
         def pick(options: tuple[Any, ...]) -> Any:
             return options[int(rng.integers(len(options)))]
 
@@ -101,34 +102,51 @@ class Genome:
         for slot, (si, bi) in enumerate(space.block_slots()):
             if bi >= self.depths[si]:
                 stage = space.stages[si]
-                ks[slot], es[slot], ps[slot] = stage.kernel_sizes[0], stage.expand_ratios[0], stage.block_prune_ratios[0]
+                ks[slot], es[slot], ps[slot] = (
+                    stage.kernel_sizes[0],
+                    stage.expand_ratios[0],
+                    stage.block_prune_ratios[0],
+                )
         return replace(self, kernel_sizes=tuple(ks), expand_ratios=tuple(es), block_prune=tuple(ps))
 
     def validate(self, space: SearchSpace) -> Genome:
         """Raise :class:`GenomeError` naming the first gene that does not fit ``space``; return self."""
         n_stages, n_slots = space.num_stages, space.max_blocks
-        for name, values, expected in (("depths", self.depths, n_stages), ("width_prune", self.width_prune, n_stages),
-                                       ("kernel_sizes", self.kernel_sizes, n_slots),
-                                       ("expand_ratios", self.expand_ratios, n_slots),
-                                       ("block_prune", self.block_prune, n_slots)):
+        for name, values, expected in (
+            ("depths", self.depths, n_stages),
+            ("width_prune", self.width_prune, n_stages),
+            ("kernel_sizes", self.kernel_sizes, n_slots),
+            ("expand_ratios", self.expand_ratios, n_slots),
+            ("block_prune", self.block_prune, n_slots),
+        ):
             if len(values) != expected:
                 raise GenomeError(f"genome has {len(values)} {name} genes, space {space.name!r} needs {expected}")
         if self.resolution not in space.resolutions:
-            raise GenomeError(f"resolution {self.resolution} is not in space {space.name!r} choices {list(space.resolutions)}")
+            raise GenomeError(
+                f"resolution {self.resolution} is not in space {space.name!r} choices {list(space.resolutions)}"
+            )
         for si, stage in enumerate(space.stages):
             if self.depths[si] not in stage.depths:
                 raise GenomeError(f"stage {si} depth {self.depths[si]} is not one of {list(stage.depths)}")
             if self.width_prune[si] not in stage.width_prune_ratios:
-                raise GenomeError(f"stage {si} width pruning {self.width_prune[si]} is not one of {list(stage.width_prune_ratios)}")
+                raise GenomeError(
+                    f"stage {si} width pruning {self.width_prune[si]} is not one of {list(stage.width_prune_ratios)}"
+                )
         for slot, (si, bi) in enumerate(space.block_slots()):
             stage = space.stages[si]
             where = f"block slot {slot} (stage {si}, block {bi})"
             if self.kernel_sizes[slot] not in stage.kernel_sizes:
-                raise GenomeError(f"{where} kernel size {self.kernel_sizes[slot]} is not one of {list(stage.kernel_sizes)}")
+                raise GenomeError(
+                    f"{where} kernel size {self.kernel_sizes[slot]} is not one of {list(stage.kernel_sizes)}"
+                )
             if self.expand_ratios[slot] not in stage.expand_ratios:
-                raise GenomeError(f"{where} expand ratio {self.expand_ratios[slot]} is not one of {list(stage.expand_ratios)}")
+                raise GenomeError(
+                    f"{where} expand ratio {self.expand_ratios[slot]} is not one of {list(stage.expand_ratios)}"
+                )
             if self.block_prune[slot] not in stage.block_prune_ratios:
-                raise GenomeError(f"{where} pruning {self.block_prune[slot]} is not one of {list(stage.block_prune_ratios)}")
+                raise GenomeError(
+                    f"{where} pruning {self.block_prune[slot]} is not one of {list(stage.block_prune_ratios)}"
+                )
         if any((not isinstance(s, int)) or s < 0 for s in self.schedules):
             raise GenomeError("schedule genes must be non-negative integers")
         return self
@@ -156,22 +174,21 @@ class Genome:
         if len(v) < arch_len:
             raise GenomeError(f"genome vector has {len(v)} entries, space {space.name!r} needs at least {arch_len}")
         slots = space.block_slots()
-        try:
-            def take(options: tuple[Any, ...], index: int) -> Any:
-                if not 0 <= index < len(options):
-                    raise IndexError(index)
-                return options[index]
+        cursor = iter(v)
 
-            pos = 0
-            resolution = take(space.resolutions, v[pos]); pos += 1
-            depths = tuple(take(s.depths, v[pos + i]) for i, s in enumerate(space.stages)); pos += n_s
-            kernels = tuple(take(space.stages[si].kernel_sizes, v[pos + i]) for i, (si, _) in enumerate(slots)); pos += n_b
-            expands = tuple(take(space.stages[si].expand_ratios, v[pos + i]) for i, (si, _) in enumerate(slots)); pos += n_b
-            bprune = tuple(take(space.stages[si].block_prune_ratios, v[pos + i]) for i, (si, _) in enumerate(slots)); pos += n_b
-            wprune = tuple(take(s.width_prune_ratios, v[pos + i]) for i, s in enumerate(space.stages)); pos += n_s
-        except IndexError as exc:
-            raise GenomeError(f"genome vector index {exc} is out of range for its choice list") from None
-        return cls(resolution, depths, kernels, expands, bprune, wprune, tuple(v[pos:]))
+        def take(options: tuple[Any, ...]) -> Any:
+            index = next(cursor)
+            if not 0 <= index < len(options):
+                raise GenomeError(f"genome vector index {index} is out of range for choices {list(options)}")
+            return options[index]
+
+        resolution = take(space.resolutions)
+        depths = tuple(take(s.depths) for s in space.stages)
+        kernels = tuple(take(space.stages[si].kernel_sizes) for si, _ in slots)
+        expands = tuple(take(space.stages[si].expand_ratios) for si, _ in slots)
+        bprune = tuple(take(space.stages[si].block_prune_ratios) for si, _ in slots)
+        wprune = tuple(take(s.width_prune_ratios) for s in space.stages)
+        return cls(resolution, depths, kernels, expands, bprune, wprune, tuple(cursor))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form with the schema version."""
@@ -227,7 +244,9 @@ class Genome:
             blocks = []
             for bi in range(stage.max_depth):
                 if bi < self.depths[si]:
-                    blocks.append(f"k{self.kernel_sizes[slot]}e{self.expand_ratios[slot]}p{round(self.block_prune[slot] * 100)}")
+                    blocks.append(
+                        f"k{self.kernel_sizes[slot]}e{self.expand_ratios[slot]}p{round(self.block_prune[slot] * 100)}"
+                    )
                 slot += 1
             parts.append(f"w{round(self.width_prune[si] * 100)} " + " ".join(blocks))
         return " | ".join(parts)

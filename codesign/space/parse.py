@@ -13,7 +13,7 @@ from codesign.space.space import SearchSpace
 
 
 def parse_genome_spec(spec: str, space: SearchSpace) -> Genome:
-    """``largest``, ``smallest``, ``random:SEED``, a JSON file (a genome, or an object with a ``genome`` key) or inline JSON."""
+    """Parse ``largest``, ``smallest``, ``random:SEED``, inline JSON or a JSON file (genome or ``{"genome": ...}``)."""
     text = spec.strip()
     if text == "largest":
         return Genome.largest(space)
@@ -30,7 +30,9 @@ def parse_genome_spec(spec: str, space: SearchSpace) -> Genome:
     else:
         path = Path(text)
         if not path.is_file():
-            raise GenomeError(f"genome {spec!r} is neither largest/smallest/random:SEED, inline JSON, nor an existing file")
+            raise GenomeError(
+                f"genome {spec!r} is neither largest/smallest/random:SEED, inline JSON, nor an existing file"
+            )
         data = _loads(path.read_text(encoding="utf-8"), str(path))
     if isinstance(data, dict) and "genome" in data and isinstance(data["genome"], dict):
         data = data["genome"]

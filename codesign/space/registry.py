@@ -24,8 +24,10 @@ def get_space(name_or_path: str | Path = DEFAULT_SPACE) -> SearchSpace:
         return SearchSpace.from_json_file(candidate)
     name = str(name_or_path)
     if name not in available_spaces():
-        raise SpaceError(f"unknown search space {name!r}; shipped spaces: {', '.join(available_spaces())} "
-                         "(or pass the path of a .json description)")
+        raise SpaceError(
+            f"unknown search space {name!r}; shipped spaces: {', '.join(available_spaces())} "
+            "(or pass the path of a .json description)"
+        )
     text = (resources.files("codesign.space") / "descriptions" / f"{name}.json").read_text(encoding="utf-8")
     import json
 

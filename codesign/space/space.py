@@ -26,16 +26,20 @@ def _require(condition: bool, message: str) -> None:
 
 def _int_choices(values: Any, what: str, *, minimum: int = 1) -> tuple[int, ...]:
     _require(isinstance(values, (list, tuple)) and len(values) > 0, f"{what} must be a non-empty list")
-    _require(all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values),
-             f"{what} must hold integers >= {minimum}, got {list(values)}")
+    _require(
+        all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values),
+        f"{what} must hold integers >= {minimum}, got {list(values)}",
+    )
     _require(len(set(values)) == len(values), f"{what} has duplicates: {list(values)}")
     return tuple(sorted(values))
 
 
 def _ratio_choices(values: Any, what: str) -> tuple[float, ...]:
     _require(isinstance(values, (list, tuple)) and len(values) > 0, f"{what} must be a non-empty list")
-    _require(all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v < 1.0 for v in values),
-             f"{what} must hold ratios in [0, 1), got {list(values)}")
+    _require(
+        all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v < 1.0 for v in values),
+        f"{what} must hold ratios in [0, 1), got {list(values)}",
+    )
     _require(len(set(values)) == len(values), f"{what} has duplicates: {list(values)}")
     return tuple(sorted(float(v) for v in values))
 
@@ -148,8 +152,10 @@ class SearchSpace:
         _require(isinstance(data, dict), "a space description must be a JSON object")
         version = data.get("schema_version")
         _require(isinstance(version, int), "space description has no integer 'schema_version'")
-        _require(version <= SPACE_SCHEMA_VERSION,
-                 f"space schema_version {version} is newer than this codesign supports ({SPACE_SCHEMA_VERSION})")
+        _require(
+            version <= SPACE_SCHEMA_VERSION,
+            f"space schema_version {version} is newer than this codesign supports ({SPACE_SCHEMA_VERSION})",
+        )
         try:
             stem_d = dict(data["stem"])
             head_d = dict(data["head"])
@@ -168,8 +174,10 @@ class SearchSpace:
             head = HeadSpec(**head_d)
         except TypeError as exc:
             raise SpaceError(f"bad stem/head description: {exc}") from None
-        _require(stem.activation in ACTIVATIONS and head.activation in ACTIVATIONS,
-                 f"activations must be one of {ACTIVATIONS}")
+        _require(
+            stem.activation in ACTIVATIONS and head.activation in ACTIVATIONS,
+            f"activations must be one of {ACTIVATIONS}",
+        )
         _require(stem.kernel_size % 2 == 1 and stem.stride >= 1 and stem.out_channels >= 1, "bad stem geometry")
         _require(0.0 <= head.dropout < 1.0 and head.out_channels >= 1, "bad head description")
         _require(len(stages_d) >= 1, "a space needs at least one stage")
@@ -177,8 +185,16 @@ class SearchSpace:
         for i, sd in enumerate(stages_d):
             where = f"stage {i}"
             _require(isinstance(sd, dict), f"{where} must be an object")
-            unknown = set(sd) - {"out_channels", "stride", "depths", "kernel_sizes", "expand_ratios",
-                                 "block_prune_ratios", "width_prune_ratios", "activation"}
+            unknown = set(sd) - {
+                "out_channels",
+                "stride",
+                "depths",
+                "kernel_sizes",
+                "expand_ratios",
+                "block_prune_ratios",
+                "width_prune_ratios",
+                "activation",
+            }
             _require(not unknown, f"{where} has unknown fields {sorted(unknown)}")
             try:
                 stage = StageSpec(
@@ -187,8 +203,12 @@ class SearchSpace:
                     depths=_int_choices(sd["depths"], f"{where} depths"),
                     kernel_sizes=_int_choices(sd["kernel_sizes"], f"{where} kernel_sizes"),
                     expand_ratios=_int_choices(sd["expand_ratios"], f"{where} expand_ratios"),
-                    block_prune_ratios=_ratio_choices(sd.get("block_prune_ratios", [0.0]), f"{where} block_prune_ratios"),
-                    width_prune_ratios=_ratio_choices(sd.get("width_prune_ratios", [0.0]), f"{where} width_prune_ratios"),
+                    block_prune_ratios=_ratio_choices(
+                        sd.get("block_prune_ratios", [0.0]), f"{where} block_prune_ratios"
+                    ),
+                    width_prune_ratios=_ratio_choices(
+                        sd.get("width_prune_ratios", [0.0]), f"{where} width_prune_ratios"
+                    ),
                     activation=str(sd.get("activation", "relu")),
                 )
             except KeyError as exc:
@@ -198,9 +218,17 @@ class SearchSpace:
             _require(stage.activation in ACTIVATIONS, f"{where} activation must be one of {ACTIVATIONS}")
             _require(stage.out_channels >= 1, f"{where} out_channels must be >= 1")
             stages.append(stage)
-        return cls(name=name, in_channels=in_channels, num_classes=num_classes, resolutions=resolutions,
-                   channel_divisor=divisor, stem=stem, stages=tuple(stages), head=head,
-                   description=str(data.get("description", "")))
+        return cls(
+            name=name,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            resolutions=resolutions,
+            channel_divisor=divisor,
+            stem=stem,
+            stages=tuple(stages),
+            head=head,
+            description=str(data.get("description", "")),
+        )
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> SearchSpace:

@@ -5,5 +5,12 @@ from codesign.supernet.static import StaticSubnet
 from codesign.supernet.supernet import ElasticSupernet, resize_to
 from codesign.supernet.weights import LoadedSupernet, load_supernet, save_supernet
 
-__all__ = ["ElasticSupernet", "LoadedSupernet", "StaticSubnet", "load_supernet", "reorganize_channels", "resize_to",
-           "save_supernet"]
+__all__ = [
+    "ElasticSupernet",
+    "LoadedSupernet",
+    "StaticSubnet",
+    "load_supernet",
+    "reorganize_channels",
+    "resize_to",
+    "save_supernet",
+]

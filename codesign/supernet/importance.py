@@ -51,20 +51,27 @@ def _apply_permutation(members: list[_Member], order: torch.Tensor, optimizer: t
                         value.copy_(value.index_select(m.axis, order))
 
 
-def _reorder_group(scored: list[_Member], members: list[_Member], optimizer: torch.optim.Optimizer | None) -> np.ndarray:
+def _reorder_group(
+    scored: list[_Member], members: list[_Member], optimizer: torch.optim.Optimizer | None
+) -> np.ndarray:
     scores = group_l1_importance([_channel_rows(m) for m in scored])
     order = rank_channels(scores)
     _apply_permutation(members, torch.as_tensor(order, dtype=torch.long), optimizer)
     return order
 
 
-def reorganize_channels(supernet: ElasticSupernet, optimizer: torch.optim.Optimizer | None = None) -> dict[str, list[int]]:
+def reorganize_channels(
+    supernet: ElasticSupernet, optimizer: torch.optim.Optimizer | None = None
+) -> dict[str, list[int]]:
     """Reorder every dependency group by importance, in place; returns the permutation applied per group."""
     space = supernet.space
     applied: dict[str, list[int]] = {}
     for slot, block in enumerate(supernet.blocks):
-        scored = [_Member(block.expand_conv.weight, 0), _Member(block.depthwise_conv.weight, 0),
-                  _Member(block.project_conv.weight, 1)]
+        scored = [
+            _Member(block.expand_conv.weight, 0),
+            _Member(block.depthwise_conv.weight, 0),
+            _Member(block.project_conv.weight, 1),
+        ]
         members = scored + _bn_members(block.expand_bn) + _bn_members(block.depthwise_bn)
         applied[f"block{slot}.mid"] = _reorder_group(scored, members, optimizer).tolist()
     slots = space.block_slots()

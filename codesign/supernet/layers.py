@@ -27,7 +27,7 @@ def center_crop_kernel(weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """The centred ``kernel_size`` x ``kernel_size`` window of a larger square kernel."""
     full = weight.shape[-1]
     start = (full - kernel_size) // 2
-    return weight[..., start:start + kernel_size, start:start + kernel_size]
+    return weight[..., start : start + kernel_size, start : start + kernel_size]
 
 
 class ElasticConv2d(nn.Module):
@@ -88,5 +88,9 @@ class ElasticBatchNorm2d(nn.BatchNorm2d):
             x,
             self.running_mean[:c] if not self.training or self.track_running_stats else None,
             self.running_var[:c] if not self.training or self.track_running_stats else None,
-            self.weight[:c], self.bias[:c], use_batch_stats, factor, self.eps,
+            self.weight[:c],
+            self.bias[:c],
+            use_batch_stats,
+            factor,
+            self.eps,
         )

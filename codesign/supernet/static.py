@@ -19,8 +19,9 @@ from codesign.supernet.layers import make_activation
 class ConvBNAct(nn.Sequential):
     """Conv (no bias) + BatchNorm + optional activation: the fused kernel TVM builds."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int,
-                 activation: str | None) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int, activation: str | None
+    ) -> None:
         layers: list[nn.Module] = [
             nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
             nn.BatchNorm2d(out_channels),
@@ -33,8 +34,16 @@ class ConvBNAct(nn.Sequential):
 class InvertedResidual(nn.Module):
     """1x1 expand -> depthwise kxk -> 1x1 project (+ residual when shapes allow)."""
 
-    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, kernel_size: int, stride: int,
-                 activation: str, residual: bool) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        mid_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        activation: str,
+        residual: bool,
+    ) -> None:
         super().__init__()
         if residual and (stride != 1 or in_channels != out_channels):
             raise ValueError("a residual block needs stride 1 and equal input/output widths")
@@ -56,11 +65,19 @@ class StaticSubnet(nn.Module):
         super().__init__()
         self._config = copy.deepcopy(config)
         stem = config["stem"]
-        self.stem = ConvBNAct(config["in_channels"], stem["out_channels"], stem["kernel_size"], stem["stride"], 1,
-                              stem["activation"])
+        self.stem = ConvBNAct(
+            config["in_channels"], stem["out_channels"], stem["kernel_size"], stem["stride"], 1, stem["activation"]
+        )
         self.blocks = nn.ModuleList(
-            InvertedResidual(b["in_channels"], b["mid_channels"], b["out_channels"], b["kernel_size"], b["stride"],
-                             b["activation"], b["residual"])
+            InvertedResidual(
+                b["in_channels"],
+                b["mid_channels"],
+                b["out_channels"],
+                b["kernel_size"],
+                b["stride"],
+                b["activation"],
+                b["residual"],
+            )
             for b in config["blocks"]
         )
         head = config["head"]

@@ -22,8 +22,9 @@ from codesign.supernet.static import StaticSubnet
 class ElasticBlock(nn.Module):
     """An inverted-residual block holding the largest weights of its slot."""
 
-    def __init__(self, max_in: int, max_mid: int, max_out: int, max_kernel: int, stride: int, activation: str,
-                 residual: bool) -> None:
+    def __init__(
+        self, max_in: int, max_mid: int, max_out: int, max_kernel: int, stride: int, activation: str, residual: bool
+    ) -> None:
         super().__init__()
         self.stride, self.residual, self.activation_name = stride, residual, activation
         self.expand_conv = ElasticConv2d(max_in, max_mid, 1)
@@ -61,15 +62,17 @@ class ElasticSupernet(nn.Module):
         blocks = []
         for si, bi in space.block_slots():
             stage = space.stages[si]
-            blocks.append(ElasticBlock(
-                max_in=space.block_full_input_channels(si, bi),
-                max_mid=space.max_mid_channels(si, bi),
-                max_out=stage.out_channels,
-                max_kernel=max(stage.kernel_sizes),
-                stride=stage.stride if bi == 0 else 1,
-                activation=stage.activation,
-                residual=bi > 0,
-            ))
+            blocks.append(
+                ElasticBlock(
+                    max_in=space.block_full_input_channels(si, bi),
+                    max_mid=space.max_mid_channels(si, bi),
+                    max_out=stage.out_channels,
+                    max_kernel=max(stage.kernel_sizes),
+                    stride=stage.stride if bi == 0 else 1,
+                    activation=stage.activation,
+                    residual=bi > 0,
+                )
+            )
         self.blocks = nn.ModuleList(blocks)
         last = space.stages[-1].out_channels
         self.head_conv = ElasticConv2d(last, space.head.out_channels, 1)
@@ -121,20 +124,38 @@ class ElasticSupernet(nn.Module):
             si, bi = space.block_slots()[slot]
             stage = space.stages[si]
             out_ch = g.stage_width(space, si)
-            blocks.append({
-                "slot": slot, "in_channels": in_ch, "mid_channels": g.mid_channels(space, slot), "out_channels": out_ch,
-                "kernel_size": g.kernel_sizes[slot], "stride": stage.stride if bi == 0 else 1,
-                "activation": stage.activation, "residual": bi > 0,
-            })
+            blocks.append(
+                {
+                    "slot": slot,
+                    "in_channels": in_ch,
+                    "mid_channels": g.mid_channels(space, slot),
+                    "out_channels": out_ch,
+                    "kernel_size": g.kernel_sizes[slot],
+                    "stride": stage.stride if bi == 0 else 1,
+                    "activation": stage.activation,
+                    "residual": bi > 0,
+                }
+            )
             in_ch = out_ch
         return {
-            "space": space.name, "genome": g.to_dict(), "resolution": g.resolution,
-            "in_channels": space.in_channels, "num_classes": space.num_classes,
-            "stem": {"out_channels": space.stem.out_channels, "kernel_size": space.stem.kernel_size,
-                     "stride": space.stem.stride, "activation": space.stem.activation},
+            "space": space.name,
+            "genome": g.to_dict(),
+            "resolution": g.resolution,
+            "in_channels": space.in_channels,
+            "num_classes": space.num_classes,
+            "stem": {
+                "out_channels": space.stem.out_channels,
+                "kernel_size": space.stem.kernel_size,
+                "stride": space.stem.stride,
+                "activation": space.stem.activation,
+            },
             "blocks": blocks,
-            "head": {"in_channels": in_ch, "out_channels": space.head.out_channels,
-                     "activation": space.head.activation, "dropout": space.head.dropout},
+            "head": {
+                "in_channels": in_ch,
+                "out_channels": space.head.out_channels,
+                "activation": space.head.activation,
+                "dropout": space.head.dropout,
+            },
         }
 
     def get_active_subnet(self, preserve_weight: bool = True) -> StaticSubnet:
@@ -144,18 +165,25 @@ class ElasticSupernet(nn.Module):
         if not preserve_weight:
             return subnet
         with torch.no_grad():
-            _copy_conv_bn(subnet.stem, self.stem_conv.active_weight(self.space.in_channels, self.space.stem.out_channels),
-                          self.stem_bn)
+            _copy_conv_bn(
+                subnet.stem,
+                self.stem_conv.active_weight(self.space.in_channels, self.space.stem.out_channels),
+                self.stem_bn,
+            )
             for block_cfg, block in zip(cfg["blocks"], subnet.blocks):
                 elastic = self.blocks[block_cfg["slot"]]
                 cin, mid, cout = block_cfg["in_channels"], block_cfg["mid_channels"], block_cfg["out_channels"]
                 _copy_conv_bn(block.expand, elastic.expand_conv.active_weight(cin, mid), elastic.expand_bn)
-                _copy_conv_bn(block.depthwise, elastic.depthwise_conv.active_weight(mid, block_cfg["kernel_size"]),
-                              elastic.depthwise_bn)
+                _copy_conv_bn(
+                    block.depthwise,
+                    elastic.depthwise_conv.active_weight(mid, block_cfg["kernel_size"]),
+                    elastic.depthwise_bn,
+                )
                 _copy_conv_bn(block.project, elastic.project_conv.active_weight(mid, cout), elastic.project_bn)
             head = cfg["head"]
-            _copy_conv_bn(subnet.head, self.head_conv.active_weight(head["in_channels"], head["out_channels"]),
-                          self.head_bn)
+            _copy_conv_bn(
+                subnet.head, self.head_conv.active_weight(head["in_channels"], head["out_channels"]), self.head_bn
+            )
             subnet.classifier.weight.copy_(self.classifier.weight)
             subnet.classifier.bias.copy_(self.classifier.bias)
         subnet.train(self.training)

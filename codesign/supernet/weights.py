@@ -37,8 +37,15 @@ class LoadedSupernet:
     path: Path
 
 
-def save_supernet(path: str | Path, supernet: ElasticSupernet, *, mean: tuple[float, ...], std: tuple[float, ...],
-                  dataset: str, info: dict[str, Any] | None = None) -> Path:
+def save_supernet(
+    path: str | Path,
+    supernet: ElasticSupernet,
+    *,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    dataset: str,
+    info: dict[str, Any] | None = None,
+) -> Path:
     """Write weights + metadata atomically to ``path`` (a file, or a directory to hold ``supernet.safetensors``)."""
     from safetensors.torch import save_file
 
@@ -88,7 +95,9 @@ def load_supernet(path: str | Path | None = None) -> LoadedSupernet:
         raise CheckpointError(f"{file}: not a codesign supernet (format={metadata.get('format')!r})")
     version = int(metadata.get("schema_version", "0"))
     if version > SUPERNET_SCHEMA_VERSION:
-        raise CheckpointError(f"{file}: supernet schema {version} is newer than this codesign ({SUPERNET_SCHEMA_VERSION})")
+        raise CheckpointError(
+            f"{file}: supernet schema {version} is newer than this codesign ({SUPERNET_SCHEMA_VERSION})"
+        )
     try:
         space = SearchSpace.from_dict(json.loads(metadata["space"]))
         norm = json.loads(metadata["normalization"])
@@ -99,7 +108,9 @@ def load_supernet(path: str | Path | None = None) -> LoadedSupernet:
     try:
         supernet.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{file}: weights do not match the space {space.name!r}: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"{file}: weights do not match the space {space.name!r}: {str(exc).splitlines()[0]}"
+        ) from None
     supernet.eval()
     return LoadedSupernet(supernet, tuple(norm["mean"]), tuple(norm["std"]), metadata.get("dataset", ""), info, file)
 

@@ -16,7 +16,9 @@ CHECKPOINT_SCHEMA_VERSION = 1
 CHECKPOINT_FILENAME = "train_state.safetensors"
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def save_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
     """Write model weights, optimizer state and the JSON ``state`` atomically to ``path``."""
     from safetensors.torch import save_file
 
@@ -61,7 +63,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         scalars = json.loads(metadata["optim_scalars"])
     except (KeyError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: corrupt checkpoint metadata ({exc})") from None
-    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(model_state, strict=True)
     except RuntimeError as exc:

@@ -76,16 +76,27 @@ def _augment(x: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch
 class SupernetTrainer:
     """Train an :class:`ElasticSupernet` on a dataset's training split, resumably, into ``out_dir``."""
 
-    def __init__(self, supernet: ElasticSupernet, splits: DataSplits, config: TrainConfig, out_dir: str | Path, *,
-                 progress: bool = True) -> None:
+    def __init__(
+        self,
+        supernet: ElasticSupernet,
+        splits: DataSplits,
+        config: TrainConfig,
+        out_dir: str | Path,
+        *,
+        progress: bool = True,
+    ) -> None:
         self.supernet, self.splits, self.config = supernet, splits, config
         self.out_dir = Path(out_dir)
         self.progress = progress
         space = supernet.space
         if splits.train.channels != space.in_channels:
-            raise ValueError(f"dataset has {splits.train.channels} channels, space {space.name!r} expects {space.in_channels}")
+            raise ValueError(
+                f"dataset has {splits.train.channels} channels, space {space.name!r} expects {space.in_channels}"
+            )
         if len(splits.train.classes) != space.num_classes:
-            raise ValueError(f"dataset has {len(splits.train.classes)} classes, space {space.name!r} expects {space.num_classes}")
+            raise ValueError(
+                f"dataset has {len(splits.train.classes)} classes, space {space.name!r} expects {space.num_classes}"
+            )
         train = splits.train.head(config.max_train_images) if config.max_train_images else splits.train
         self.images, self.labels = train.tensors()
         # channels-last is 1.5-3x faster for depthwise convolutions on CPU; it does not change results' meaning.
@@ -114,7 +125,7 @@ class SupernetTrainer:
         c = self.config
         epoch, index = divmod(step, self.steps_per_epoch)
         order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(c.seed * 1_000_003 + epoch))
-        idx = order[index * c.batch_size:(index + 1) * c.batch_size]
+        idx = order[index * c.batch_size : (index + 1) * c.batch_size]
         x = self.images[idx]
         if c.augment:
             x = _augment(x, torch.Generator().manual_seed(c.seed * 7_919 + step))
@@ -125,8 +136,9 @@ class SupernetTrainer:
         if step < self.sandwich_start:
             return [self.largest]
         rng = np.random.default_rng([self.config.seed, step])
-        return [self.largest, self.smallest] + [Genome.random(self.supernet.space, rng)
-                                                for _ in range(self.config.num_random_subnets)]
+        return [self.largest, self.smallest] + [
+            Genome.random(self.supernet.space, rng) for _ in range(self.config.num_random_subnets)
+        ]
 
     def _train_step(self, step: int) -> float:
         c = self.config
@@ -145,7 +157,9 @@ class SupernetTrainer:
             if i == 0:
                 teacher = logits.detach()
             elif c.kd_ratio > 0 and teacher is not None:
-                loss = loss + c.kd_ratio * F.kl_div(F.log_softmax(logits, 1), F.softmax(teacher, 1), reduction="batchmean")
+                loss = loss + c.kd_ratio * F.kl_div(
+                    F.log_softmax(logits, 1), F.softmax(teacher, 1), reduction="batchmean"
+                )
             loss.backward()
             total += float(loss.item())
         torch.nn.utils.clip_grad_norm_(self.supernet.parameters(), 5.0)
@@ -154,15 +168,27 @@ class SupernetTrainer:
 
     def evaluate(self) -> dict[str, float]:
         """Validation accuracy of the largest and smallest subnets after BN recalibration."""
-        evaluator = TorchSubnetEvaluator(self.supernet, self.splits, split="val", max_images=self.config.eval_images,
-                                         calibration_images=1000)
-        return {"val_largest": evaluator.evaluate(self.largest).accuracy,
-                "val_smallest": evaluator.evaluate(self.smallest).accuracy}
+        evaluator = TorchSubnetEvaluator(
+            self.supernet, self.splits, split="val", max_images=self.config.eval_images, calibration_images=1000
+        )
+        return {
+            "val_largest": evaluator.evaluate(self.largest).accuracy,
+            "val_smallest": evaluator.evaluate(self.smallest).accuracy,
+        }
 
-    def _state(self, next_step: int, reorganized: bool, history: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
-        return {"next_step": next_step, "reorganized": reorganized, "history": history, "elapsed_s": elapsed,
-                "config": asdict(self.config), "space": self.supernet.space.to_dict(),
-                "dataset": self.splits.train.name, "train_images": len(self.images)}
+    def _state(
+        self, next_step: int, reorganized: bool, history: list[dict[str, Any]], elapsed: float
+    ) -> dict[str, Any]:
+        return {
+            "next_step": next_step,
+            "reorganized": reorganized,
+            "history": history,
+            "elapsed_s": elapsed,
+            "config": asdict(self.config),
+            "space": self.supernet.space.to_dict(),
+            "dataset": self.splits.train.name,
+            "train_images": len(self.images),
+        }
 
     def run(self, *, resume: bool = True, stop_after_steps: int | None = None) -> dict[str, Any]:
         """Train to the end (or for ``stop_after_steps`` more steps); returns the summary.
@@ -179,9 +205,16 @@ class SupernetTrainer:
             expected = self._state(0, False, [], 0.0)
             for key in ("config", "space", "dataset", "train_images"):
                 if saved.get(key) != expected[key]:
-                    raise CheckpointError(f"{self.checkpoint_path} was made with a different {key}; "
-                                          "use another output directory or the same options")
-            step, reorganized, history, elapsed = saved["next_step"], saved["reorganized"], saved["history"], saved["elapsed_s"]
+                    raise CheckpointError(
+                        f"{self.checkpoint_path} was made with a different {key}; "
+                        "use another output directory or the same options"
+                    )
+            step, reorganized, history, elapsed = (
+                saved["next_step"],
+                saved["reorganized"],
+                saved["history"],
+                saved["elapsed_s"],
+            )
         end = self.total_steps if stop_after_steps is None else min(self.total_steps, step + stop_after_steps)
         started = time.perf_counter() - elapsed
         bar = tqdm(total=self.total_steps, initial=step, disable=not self.progress, unit="step", dynamic_ncols=True)
@@ -197,20 +230,39 @@ class SupernetTrainer:
                 bar.set_postfix(epoch=step // self.steps_per_epoch, loss=f"{loss:.3f}")
                 epoch_done = step % self.steps_per_epoch == 0
                 if epoch_done:
-                    record = {"epoch": step // self.steps_per_epoch, "step": step, **self.evaluate(),
-                              "elapsed_s": round(time.perf_counter() - started, 1)}
+                    record = {
+                        "epoch": step // self.steps_per_epoch,
+                        "step": step,
+                        **self.evaluate(),
+                        "elapsed_s": round(time.perf_counter() - started, 1),
+                    }
                     history.append(record)
                     bar.write(json.dumps(record))
                 if epoch_done or step % self.config.checkpoint_every_steps == 0 or step == end:
-                    save_checkpoint(self.checkpoint_path, self.supernet, self.optimizer,
-                                    self._state(step, reorganized, history, time.perf_counter() - started))
+                    save_checkpoint(
+                        self.checkpoint_path,
+                        self.supernet,
+                        self.optimizer,
+                        self._state(step, reorganized, history, time.perf_counter() - started),
+                    )
         finally:
             bar.close()
-        summary = {"finished": step >= self.total_steps, "steps": step, "total_steps": self.total_steps,
-                   "history": history, "config": asdict(self.config), "elapsed_s": round(time.perf_counter() - started, 1)}
+        summary = {
+            "finished": step >= self.total_steps,
+            "steps": step,
+            "total_steps": self.total_steps,
+            "history": history,
+            "config": asdict(self.config),
+            "elapsed_s": round(time.perf_counter() - started, 1),
+        }
         if step >= self.total_steps:
-            save_supernet(self.out_dir, self.supernet, mean=self.splits.mean, std=self.splits.std,
-                          dataset=self.splits.train.name.split("/")[0],
-                          info={"train_config": asdict(self.config), "history": history})
+            save_supernet(
+                self.out_dir,
+                self.supernet,
+                mean=self.splits.mean,
+                std=self.splits.std,
+                dataset=self.splits.train.name.split("/")[0],
+                info={"train_config": asdict(self.config), "history": history},
+            )
             write_json_atomic(self.out_dir / "train_summary.json", summary)
         return summary
