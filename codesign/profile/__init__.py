@@ -1,4 +1,8 @@
-"""Device profiling (``codesign profile``): measurement journal so far; TVM measurement is the next step."""
+"""Device profiling (``codesign profile``).
+
+So far: the resumable measurement journal and the TVM primitives (workload -> fused kernel, MetaSchedule
+tuning, schedule replay, timing) in :mod:`codesign.profile.tvm_backend` (imported lazily: TVM is optional).
+"""
 
 from codesign.profile.journal import Journal, read_journal, with_retries
 

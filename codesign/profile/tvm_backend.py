@@ -1,0 +1,230 @@
+"""TVM primitives of the profiler: turn a :class:`Workload` into the fused TIR kernel TVM builds
+for it, tune it with MetaSchedule, and time schedules of it.
+
+Each workload is lowered the way a whole exported subnet is: a one-layer torch module exported
+by the same ONNX exporter, imported with ``from_onnx`` and fused by Relax's ``zero`` pipeline.
+The kernels measured here are therefore structurally the ones a deployed model contains, and
+their tuning records apply to whole-model compilation through the MetaSchedule database.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from codesign.errors import CodesignError
+from codesign.latency.workloads import Workload
+from codesign.supernet.static import ConvBNAct
+
+
+def require_tvm() -> Any:
+    """Import TVM (with MetaSchedule) or fail with a one-line install hint."""
+    os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+    try:
+        import tvm
+        from tvm.s_tir import meta_schedule  # noqa: F401
+    except ImportError as exc:
+        raise CodesignError(f"profiling needs Apache TVM: pip install 'codesign[tvm]' ({exc})") from None
+    return tvm
+
+
+def host_llvm_target(num_cores: int | None = None) -> dict[str, Any]:
+    """The llvm target of this host's CPU, with its ``mcpu`` detected (without it LLVM builds generic x86)."""
+    tvm = require_tvm()
+    return {
+        "kind": "llvm",
+        "mcpu": str(tvm.target.codegen.llvm_get_system_cpu()),
+        "num-cores": int(num_cores or os.cpu_count() or 1),
+    }
+
+
+class _ResidualProject(nn.Module):
+    """Project conv + BN whose output is added to the block input (fused into one kernel by TVM)."""
+
+    def __init__(self, mid: int, out: int) -> None:
+        super().__init__()
+        self.conv = ConvBNAct(mid, out, 1, 1, 1, None)
+
+    def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(y)
+
+
+class _PoolClassifier(nn.Module):
+    def __init__(self, channels: int, classes: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(x).flatten(1))
+
+
+def layer_module(workload: Workload) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """A one-layer torch module computing ``workload`` and example inputs (batch 1)."""
+    w = workload
+    act = None if w.activation == "none" else w.activation
+    x = torch.randn(1, w.in_channels, w.resolution, w.resolution)
+    if w.kind == "pool_fc":
+        return _PoolClassifier(w.in_channels, w.out_channels).eval(), (x,)
+    if w.kind == "depthwise":
+        return ConvBNAct(w.in_channels, w.out_channels, w.kernel_size, w.stride, w.in_channels, act).eval(), (x,)
+    if w.residual:
+        skip = torch.randn(1, w.out_channels, w.out_resolution, w.out_resolution)
+        return _ResidualProject(w.in_channels, w.out_channels).eval(), (x, skip)
+    return ConvBNAct(w.in_channels, w.out_channels, w.kernel_size, w.stride, 1, act).eval(), (x,)
+
+
+def relax_module(module: nn.Module, inputs: tuple[torch.Tensor, ...], *, opset: int = 17) -> Any:
+    """``module`` exported to ONNX (as export does) and imported into Relax, unfused."""
+    require_tvm()
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "layer.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, inputs, str(path), opset_version=opset, do_constant_folding=True, dynamo=False)
+            return from_onnx(onnx.load(str(path)), keep_params_in_input=False)
+
+
+@dataclass(frozen=True)
+class KernelTask:
+    """One fused TIR kernel of a workload (``mod`` holds it as ``main``) and how often it runs."""
+
+    name: str
+    mod: Any
+    weight: int
+
+
+def workload_tasks(workload: Workload, target: dict[str, Any]) -> list[KernelTask]:
+    """The fused kernels TVM builds for ``workload`` on ``target`` (one for convolutions)."""
+    tvm = require_tvm()
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    module, inputs = layer_module(workload)
+    fused = relax.get_pipeline("zero")(relax_module(module, inputs))
+    tasks = ms.relax_integration.extract_tasks(fused, tvm.target.Target(target))
+    return [KernelTask(t.task_name, t.dispatched[0], int(t.weight)) for t in tasks]
+
+
+def fast_build(mod: Any, target: Any, _params: Any) -> Any:
+    """MetaSchedule's default build without its 30 s ``tensor_intrin`` import (not needed for fp32)."""
+    import tvm
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm.tirx.build(mod, target=target)
+
+
+def tune_task(
+    task: KernelTask,
+    target: dict[str, Any],
+    work_dir: str | Path,
+    *,
+    trials: int,
+    seed: int = 0,
+    cost_model: str = "xgb",
+    runner: Any = "local",
+    trials_per_iter: int = 16,
+) -> Any:
+    """Tune one kernel with MetaSchedule; returns the JSON database (records accumulate across calls)."""
+    tvm = require_tvm()
+    from tvm.s_tir import meta_schedule as ms
+
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    if runner == "local":
+        runner = ms.runner.LocalRunner(
+            timeout_sec=60,
+            evaluator_config=ms.runner.EvaluatorConfig(
+                number=3, repeat=3, min_repeat_ms=20, enable_cpu_cache_flush=False
+            ),
+        )
+    return ms.tune_tir(
+        task.mod,
+        tvm.target.Target(target),
+        str(work_dir),
+        max_trials_global=trials,
+        num_trials_per_iter=min(trials_per_iter, trials),
+        builder=ms.builder.LocalBuilder(f_build=fast_build, timeout_sec=120, max_workers=1),
+        runner=runner,
+        database=ms.database.JSONDatabase(work_dir=str(work_dir)),
+        cost_model=cost_model,
+        seed=seed,
+        num_tuning_cores=int(target.get("num-cores", 1)),
+    )
+
+
+def distinct_top_records(database: Any, task: KernelTask, k: int) -> list[Any]:
+    """Up to ``k`` fastest tuning records of ``task`` whose schedules (traces) differ."""
+    workload = database.commit_workload(task.mod)
+    seen: set[str] = set()
+    picked = []
+    for record in database.get_top_k(workload, 64):
+        key = str(record.trace)
+        if key not in seen:
+            seen.add(key)
+            picked.append(record)
+        if len(picked) == k:
+            break
+    return picked
+
+
+def build_kernel(task: KernelTask, target: dict[str, Any], trace: Any | None = None) -> Any:
+    """Compile ``task`` with ``trace`` replayed on it (``None``: TVM's default lowering)."""
+    tvm = require_tvm()
+    mod = task.mod
+    if trace is not None:
+        sch = tvm.s_tir.Schedule(mod)
+        trace.apply_to_schedule(sch, remove_postproc=False)
+        mod = sch.mod
+    return tvm.tirx.build(mod, target=tvm.target.Target(target))
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Run time statistics of one kernel or model: milliseconds over ``repeats`` repeats of ``number`` runs."""
+
+    mean_ms: float
+    median_ms: float
+    std_ms: float
+    repeats: int
+    number: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "mean_ms": self.mean_ms,
+            "median_ms": self.median_ms,
+            "std_ms": self.std_ms,
+            "repeats": self.repeats,
+            "number": self.number,
+        }
+
+
+def time_kernel(
+    runtime_module: Any, task: KernelTask, *, device: Any = None, repeat: int = 5, min_repeat_ms: int = 50
+) -> Timing:
+    """Time a built kernel on random inputs with TVM's time evaluator."""
+    tvm = require_tvm()
+    dev = device if device is not None else tvm.cpu()
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    rng = np.random.default_rng(0)
+    args = []
+    for info in ArgInfo.from_prim_func(task.mod["main"]):
+        shape = [int(d) for d in info.shape]
+        args.append(tvm.runtime.tensor(rng.standard_normal(shape).astype(str(info.dtype)), dev))
+    evaluator = runtime_module.time_evaluator("main", dev, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
+    result = evaluator(*args)
+    per_run = np.asarray(result.results, dtype=np.float64) * 1e3
+    return Timing(float(per_run.mean()), float(np.median(per_run)), float(per_run.std()), len(per_run), 1)

@@ -1,0 +1,50 @@
+"""The profiler's TVM primitives, for real on this CPU (tiny workloads, tiny budgets)."""
+
+import math
+
+import pytest
+
+from codesign.latency import Workload
+from codesign.profile.tvm_backend import (
+    build_kernel,
+    distinct_top_records,
+    host_llvm_target,
+    time_kernel,
+    tune_task,
+    workload_tasks,
+)
+
+
+@pytest.fixture(scope="module")
+def target():
+    t = host_llvm_target(1)
+    assert t["mcpu"] and t["mcpu"] != "generic"
+    return t
+
+
+@pytest.mark.parametrize(
+    "workload, kernels",
+    [
+        (Workload("conv", 8, 24, 6, 1, 1, "relu"), ["fused_conv2d_add_relu"]),
+        (Workload("depthwise", 24, 24, 6, 5, 2, "relu6"), ["fused_conv2d_add_maximum_minimum"]),
+        (Workload("conv", 24, 8, 3, 1, 1, "none", residual=True), ["fused_conv2d_add_add1"]),
+        (Workload("pool_fc", 32, 10, 3, 1, 1, "none"), ["fused_matmul_add", "mean", "reshape"]),
+    ],
+)
+def test_workloads_lower_to_one_fused_kernel_each(workload, kernels, target):
+    tasks = workload_tasks(workload, target)
+    assert sorted(t.name for t in tasks) == sorted(kernels)
+    for task in tasks:
+        timing = time_kernel(build_kernel(task, target), task, repeat=3, min_repeat_ms=5)
+        assert timing.repeats == 3 and 0 < timing.median_ms < 1000 and math.isfinite(timing.std_ms)
+
+
+def test_tune_and_replay_distinct_schedules(target, tmp_path):
+    (task,) = workload_tasks(Workload("conv", 16, 32, 4, 1, 1, "relu"), target)
+    db = tune_task(task, target, tmp_path / "ms", trials=6, cost_model="random", trials_per_iter=6)
+    records = distinct_top_records(db, task, 3)
+    assert 1 <= len(records) <= 3
+    assert len({str(r.trace) for r in records}) == len(records)
+    for record in records:
+        timing = time_kernel(build_kernel(task, target, record.trace), task, repeat=3, min_repeat_ms=5)
+        assert timing.median_ms > 0
