@@ -12,6 +12,7 @@ from codesign.data import DataSplits, ImageDataset
 from codesign.evaluation.batchnorm import recalibrate_bn
 from codesign.evaluation.preprocess import prepare_images
 from codesign.space import Genome
+from codesign.supernet.static import StaticSubnet
 from codesign.supernet.supernet import ElasticSupernet
 
 
@@ -75,7 +76,7 @@ class TorchSubnetEvaluator:
             self._cache[key] = prepare_images(ds, self.splits.mean, self.splits.std, resolution)
         return self._cache[key]
 
-    def subnet(self, genome: Genome) -> nn.Module:
+    def subnet(self, genome: Genome) -> StaticSubnet:
         """The extracted, BN-recalibrated static subnet of ``genome``."""
         module = self.supernet.extract(genome)
         calib, _ = self._prepared("calibration", genome.resolution)

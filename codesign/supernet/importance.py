@@ -66,7 +66,8 @@ def reorganize_channels(
     """Reorder every dependency group by importance, in place; returns the permutation applied per group."""
     space = supernet.space
     applied: dict[str, list[int]] = {}
-    for slot, block in enumerate(supernet.blocks):
+    for slot in range(len(supernet.blocks)):
+        block = supernet.block(slot)
         scored = [
             _Member(block.expand_conv.weight, 0),
             _Member(block.depthwise_conv.weight, 0),
@@ -77,15 +78,15 @@ def reorganize_channels(
     slots = space.block_slots()
     for si in range(space.num_stages):
         in_stage = [slot for slot, (s, _) in enumerate(slots) if s == si]
-        scored = [_Member(supernet.blocks[slot].project_conv.weight, 0) for slot in in_stage]
-        consumers = [_Member(supernet.blocks[slot].expand_conv.weight, 1) for slot in in_stage[1:]]
+        scored = [_Member(supernet.block(slot).project_conv.weight, 0) for slot in in_stage]
+        consumers = [_Member(supernet.block(slot).expand_conv.weight, 1) for slot in in_stage[1:]]
         if si + 1 < space.num_stages:
             next_first = next(slot for slot, (s, b) in enumerate(slots) if s == si + 1 and b == 0)
-            consumers.append(_Member(supernet.blocks[next_first].expand_conv.weight, 1))
+            consumers.append(_Member(supernet.block(next_first).expand_conv.weight, 1))
         else:
             consumers.append(_Member(supernet.head_conv.weight, 1))
         members = scored + consumers
         for slot in in_stage:
-            members += _bn_members(supernet.blocks[slot].project_bn)
+            members += _bn_members(supernet.block(slot).project_bn)
         applied[f"stage{si}.width"] = _reorder_group(scored + consumers, members, optimizer).tolist()
     return applied

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -93,6 +93,10 @@ class ElasticSupernet(nn.Module):
         """A new supernet for the space described by ``config`` (as returned by :attr:`config`)."""
         return cls(SearchSpace.from_dict(config))
 
+    def block(self, slot: int) -> ElasticBlock:
+        """The elastic block of block slot ``slot``."""
+        return cast(ElasticBlock, self.blocks[slot])
+
     def set_active_subnet(self, genome: Genome) -> None:
         """Make ``forward`` run ``genome``'s subnet; raises :class:`GenomeError` if it does not fit."""
         self.active_genome = genome.validate(self.space)
@@ -109,7 +113,7 @@ class ElasticSupernet(nn.Module):
         x = self.stem_act(self.stem_bn(self.stem_conv(x, space.stem.out_channels)))
         for slot in g.active_slots(space):
             si, _ = space.block_slots()[slot]
-            x = self.blocks[slot](x, g.mid_channels(space, slot), g.stage_width(space, si), g.kernel_sizes[slot])
+            x = self.block(slot)(x, g.mid_channels(space, slot), g.stage_width(space, si), g.kernel_sizes[slot])
         x = self.head_act(self.head_bn(self.head_conv(x, space.head.out_channels)))
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.classifier(self.dropout(x))
@@ -171,7 +175,7 @@ class ElasticSupernet(nn.Module):
                 self.stem_bn,
             )
             for block_cfg, block in zip(cfg["blocks"], subnet.blocks):
-                elastic = self.blocks[block_cfg["slot"]]
+                elastic = self.block(block_cfg["slot"])
                 cin, mid, cout = block_cfg["in_channels"], block_cfg["mid_channels"], block_cfg["out_channels"]
                 _copy_conv_bn(block.expand, elastic.expand_conv.active_weight(cin, mid), elastic.expand_bn)
                 _copy_conv_bn(
@@ -195,14 +199,13 @@ class ElasticSupernet(nn.Module):
         return self.get_active_subnet(preserve_weight=preserve_weight)
 
 
-def _copy_conv_bn(target: nn.Sequential, weight: torch.Tensor, bn: ElasticBatchNorm2d) -> None:
-    conv, tbn = target[0], target[1]
+def _copy_conv_bn(target: nn.Module, weight: torch.Tensor, bn: ElasticBatchNorm2d) -> None:
+    conv = cast(nn.Conv2d, cast(nn.Sequential, target)[0])
+    tbn = cast(nn.BatchNorm2d, cast(nn.Sequential, target)[1])
     c = weight.shape[0]
     conv.weight.copy_(weight)
-    tbn.weight.copy_(bn.weight[:c])
-    tbn.bias.copy_(bn.bias[:c])
-    tbn.running_mean.copy_(bn.running_mean[:c])
-    tbn.running_var.copy_(bn.running_var[:c])
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        cast(torch.Tensor, getattr(tbn, name)).copy_(cast(torch.Tensor, getattr(bn, name))[:c])
     tbn.eps = bn.eps
 
 
