@@ -228,3 +228,36 @@ def time_kernel(
     result = evaluator(*args)
     per_run = np.asarray(result.results, dtype=np.float64) * 1e3
     return Timing(float(per_run.mean()), float(np.median(per_run)), float(per_run.std()), len(per_run), 1)
+
+
+def trace_to_json(trace: Any) -> Any:
+    """A schedule trace as plain JSON data (lists, ints, floats, strings), replayable with :func:`build_from_json`."""
+    return _plain(trace.as_json(remove_postproc=False))
+
+
+def _plain(obj: Any) -> Any:
+    import tvm
+
+    if isinstance(obj, (bool, int, float, str)) or obj is None:
+        return obj
+    if isinstance(obj, tvm.tirx.IntImm):
+        return int(obj.value)
+    if isinstance(obj, tvm.tirx.FloatImm):
+        return float(obj.value)
+    if isinstance(obj, (list, tuple)) or type(obj).__name__ == "Array":
+        return [_plain(x) for x in obj]
+    return str(obj)
+
+
+def build_from_json(task: KernelTask, target: dict[str, Any], trace_json: Any | None) -> Any:
+    """Compile ``task`` with a JSON trace replayed on it (``None``: default lowering).
+
+    A trace tuned for one workload replays onto another of the same kernel family (same fused
+    operators, other shapes); tile decisions that do not fit the new shape are re-sampled by TVM.
+    """
+    tvm = require_tvm()
+    if trace_json is None:
+        return build_kernel(task, target)
+    sch = tvm.s_tir.Schedule(task.mod)
+    tvm.s_tir.Trace.apply_json_to_schedule(trace_json, sch)
+    return tvm.tirx.build(sch.mod, target=tvm.target.Target(target))
