@@ -48,3 +48,43 @@ def test_tune_measure_and_resume(tiny_space, tmp_path):
 
 def ranked_first(space):
     return rank_workloads(space, 200, 0)[0][0]
+
+
+def test_profile_command_writes_a_valid_profile(tmp_path):
+    import subprocess
+    import sys
+
+    from codesign.profile.profile_file import load_profile
+
+    out = tmp_path / "cpu.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "codesign",
+        "profile",
+        "--space",
+        "tiny",
+        "--representatives",
+        "0",
+        "--max-workloads",
+        "5",
+        "--cores",
+        "1",
+        "-o",
+        str(out),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    loaded = load_profile(out, target=host_llvm_target(1))
+    profile = loaded.profile
+    assert len(profile.measurements) == 5 and profile.validation["workloads_measured"] == 5
+    assert profile.software.tvm.startswith("0.27") and profile.device.cores >= 1
+    assert profile.command[:2] == ["codesign", "profile"] or profile.command[1] == "profile"
+    bad = subprocess.run(
+        [sys.executable, "-m", "codesign", "profile", "--target", "tpu", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert bad.returncode == 1 and "unknown target" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -9,11 +9,12 @@ from codesign import __version__
 from codesign.cli.base import Command
 from codesign.cli.evaluate import EvaluateCommand
 from codesign.cli.export import ExportCommand
+from codesign.cli.profile import ProfileCommand
 from codesign.cli.space import SpaceCommand
 from codesign.cli.train import TrainCommand
 from codesign.errors import CodesignError
 
-COMMANDS: tuple[type[Command], ...] = (TrainCommand, EvaluateCommand, ExportCommand, SpaceCommand)
+COMMANDS: tuple[type[Command], ...] = (TrainCommand, EvaluateCommand, ExportCommand, ProfileCommand, SpaceCommand)
 
 
 def build_parser() -> argparse.ArgumentParser:

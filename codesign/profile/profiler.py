@@ -208,3 +208,44 @@ class Profiler:
             "workloads": len(ranked),
             "config": asdict(cfg),
         }
+
+
+def profile_from_journal(space: SearchSpace, config: ProfileConfig, work_dir: str | Path) -> Any:
+    """Assemble a :class:`~codesign.profile.profile_file.HardwareProfile` from a run's journal."""
+    from codesign.profile.profile_file import (
+        HardwareProfile,
+        SoftwareInfo,
+        current_command,
+        describe_host_cpu,
+        now_utc,
+    )
+    from codesign.profile.tvm_backend import software_versions
+
+    journal = Journal(Path(work_dir) / "journal.jsonl")
+    measurements = [r for r in journal if r.get("type") == "measured"]
+    tuned = [r for r in journal if r.get("type") == "tuned"]
+    candidates: dict[str, list[dict[str, Any]]] = {}
+    for record in tuned:
+        fam = candidates.setdefault(record["family"], [{"source": "default", "trace": None}])
+        fam.extend({"source": f"{record['key']}#{i}", "trace": t} for i, t in enumerate(record["traces"]))
+    failed = sum(1 for m in measurements for r in m["results"] if r["status"] != "ok")
+    versions = software_versions()
+    return HardwareProfile(
+        target=dict(config.target),
+        device=describe_host_cpu(str(config.target.get("mcpu", ""))),
+        software=SoftwareInfo(**versions),
+        space=space.to_dict(),
+        command=current_command(),
+        created=now_utc(),
+        measurements=measurements,
+        tuning_records={
+            "families": candidates,
+            "tuning_runs": [{k: v for k, v in r.items() if k != "traces"} for r in tuned],
+        },
+        validation={
+            "workloads_total": len(enumerate_workloads(space)),
+            "workloads_measured": len(measurements),
+            "failed_measurements": failed,
+            "config": asdict(config),
+        },
+    )

@@ -261,3 +261,22 @@ def build_from_json(task: KernelTask, target: dict[str, Any], trace_json: Any | 
     sch = tvm.s_tir.Schedule(task.mod)
     tvm.s_tir.Trace.apply_json_to_schedule(trace_json, sch)
     return tvm.tirx.build(sch.mod, target=tvm.target.Target(target))
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of TVM, its FFI and the LLVM it was built with (provenance for profiles)."""
+    tvm = require_tvm()
+    from importlib import metadata
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return ""
+
+    llvm = ""
+    try:
+        llvm = str(tvm.support.libinfo().get("LLVM_VERSION", ""))
+    except Exception:  # libinfo is best effort provenance
+        llvm = ""
+    return {"tvm": version("apache-tvm") or str(tvm.__version__), "tvm_ffi": version("apache-tvm-ffi"), "llvm": llvm}
