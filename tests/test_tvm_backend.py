@@ -40,6 +40,8 @@ def test_workloads_lower_to_one_fused_kernel_each(workload, kernels, target):
 
 
 def test_tune_and_replay_distinct_schedules(target, tmp_path):
+    (first,) = workload_tasks(Workload("conv", 8, 16, 4, 1, 1, "relu"), target)
+    tune_task(first, target, tmp_path / "first", trials=2, cost_model="random")  # several tunings per process
     (task,) = workload_tasks(Workload("conv", 16, 32, 4, 1, 1, "relu"), target)
     db = tune_task(task, target, tmp_path / "ms", trials=6, cost_model="random", trials_per_iter=6)
     records = distinct_top_records(db, task, 3)

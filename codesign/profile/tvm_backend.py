@@ -142,6 +142,7 @@ def tune_task(
     from tvm.s_tir import meta_schedule as ms
 
     Path(work_dir).mkdir(parents=True, exist_ok=True)
+    _drop_unnamed_log_handlers()
     if runner == "local":
         runner = ms.runner.LocalRunner(
             timeout_sec=60,
@@ -162,6 +163,18 @@ def tune_task(
         seed=seed,
         num_tuning_cores=int(target.get("num-cores", 1)),
     )
+
+
+def _drop_unnamed_log_handlers() -> None:
+    # MetaSchedule rebuilds its logging config on every tune_tir call from the names of the handlers
+    # already on its logger; an unnamed one (None) makes the second call in a process crash.
+    import logging
+
+    for name in ("tvm.s_tir.meta_schedule", "tvm.s_tir.meta_schedule.logging"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if handler.get_name() is None:
+                logger.removeHandler(handler)
 
 
 def distinct_top_records(database: Any, task: KernelTask, k: int) -> list[Any]:
