@@ -1,0 +1,189 @@
+"""The C++ subnet evaluator against the torch reference (slicing, extraction, BN recalibration)."""
+
+import numpy as np
+import pytest
+import torch
+
+from codesign.evaluation import (
+    CppSubnetEvaluator,
+    TorchSubnetEvaluator,
+    have_cpp_evaluator,
+    predict_logits,
+    recalibrate_bn,
+)
+from codesign.evaluation.cpp_evaluator import supernet_config
+from codesign.space import Genome
+from codesign.supernet import ElasticSupernet
+from codesign.testing import random_genomes, randomize_batchnorm
+
+pytestmark = pytest.mark.skipif(not have_cpp_evaluator(), reason="codesign._kernels was built without the evaluator")
+
+REL_TOL = 1e-4
+
+
+def _supernet(space, seed=0):
+    torch.manual_seed(seed)
+    net = ElasticSupernet(space)
+    randomize_batchnorm(net, seed)
+    with torch.no_grad():  # non-trivial residual branches (project BN starts at zero)
+        for block in net.blocks:
+            block.project_bn.weight.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    scale = want.abs().max().item()
+    assert scale > 0
+    return (got - want).abs().max().item() / scale
+
+
+@pytest.fixture(scope="module", params=["fmnist_mbv3", "tiny"])
+def setup(request, fmnist_splits):
+    from codesign.space import get_space
+
+    space = get_space(request.param)
+    net = _supernet(space)
+    count = 30 if request.param == "fmnist_mbv3" else 20
+    options = dict(calibration_images=96, calibration_batch_size=32, max_images=16)
+    torch_eval = TorchSubnetEvaluator(net, fmnist_splits, **options)
+    cpp_eval = CppSubnetEvaluator(net, fmnist_splits, **options)
+    return space, net, random_genomes(space, count, seed=1), torch_eval, cpp_eval
+
+
+def test_logits_match_sliced_supernet_without_recalibration(setup):
+    space, net, genomes, torch_eval, cpp_eval = setup
+    worst = 0.0
+    for genome in genomes:
+        images, _ = torch_eval._prepared("target", genome.resolution)
+        net.set_active_subnet(genome)
+        with torch.no_grad():
+            want = net(images)
+        worst = max(worst, _rel_err(cpp_eval.logits(genome, images, recalibrate=False), want))
+    assert worst < REL_TOL
+
+
+def test_logits_match_recalibrated_static_subnets(setup):
+    space, net, genomes, torch_eval, cpp_eval = setup
+    worst = 0.0
+    for genome in genomes:
+        images, _ = torch_eval._prepared("target", genome.resolution)
+        want = predict_logits(torch_eval.subnet(genome), images)
+        worst = max(worst, _rel_err(cpp_eval.logits(genome, images), want))
+    assert worst < REL_TOL
+
+
+def test_prepared_subnet_matches_per_call_logits(setup):
+    space, net, genomes, torch_eval, cpp_eval = setup
+    for genome in genomes[:4]:
+        images, _ = torch_eval._prepared("target", genome.resolution)
+        prepared = cpp_eval.prepare(genome)
+        assert prepared.resolution == genome.resolution
+        want = cpp_eval.logits(genome, images).numpy()
+        for threads in (1, 2):
+            np.testing.assert_array_equal(prepared.logits(images.numpy(), num_threads=threads), want)
+        with pytest.raises(ValueError, match="shape"):
+            prepared.logits(np.zeros((1, 1, genome.resolution + 1, genome.resolution), np.float32))
+
+
+def test_partial_last_calibration_batch_and_team_threads(default_space):
+    net = _supernet(default_space, seed=4)
+    genome = Genome.random(default_space, np.random.default_rng(5))
+    r = genome.resolution
+    g = torch.Generator().manual_seed(0)
+    calib = torch.randn(40, 1, r, r, generator=g) * 1.5 + 0.3
+    images = torch.randn(9, 1, r, r, generator=g)
+    sub = net.extract(genome)
+    recalibrate_bn(sub, calib, batch_size=16, num_batches=3)  # batches of 16, 16 and 8
+    want = predict_logits(sub, images)
+    weights = {k: v.numpy() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    from codesign import _kernels
+
+    ext = _kernels.SubnetEvaluator(supernet_config(net), weights)
+    cfg = net.subnet_config(genome)
+    plan = (r, [(b["slot"], b["mid_channels"], b["out_channels"], b["kernel_size"]) for b in cfg["blocks"]])
+    for threads in (1, 2, 3):  # one request: the threads share each batch
+        _, out = ext.run(
+            [plan],
+            {r: images.numpy()},
+            calibration={r: calib.numpy()},
+            calibration_batch_size=16,
+            num_threads=threads,
+            return_logits=True,
+        )
+        assert _rel_err(torch.from_numpy(out[0]), want) < REL_TOL
+
+
+def test_accuracies_identical_on_real_data(default_space, fmnist_splits):
+    net = _supernet(default_space, seed=2)
+    options = dict(calibration_images=200, calibration_batch_size=100, max_images=300)
+    genomes = random_genomes(default_space, 6, seed=3)
+    want = TorchSubnetEvaluator(net, fmnist_splits, **options).evaluate_many(genomes)
+    cpp = CppSubnetEvaluator(net, fmnist_splits, num_threads=2, **options)
+    got = cpp.evaluate_many(genomes)
+    np.testing.assert_array_equal(got, want)
+    score = cpp.evaluate(genomes[3])
+    assert score.accuracy == want[3] and score.images == 300 and score.split == "val"
+    single = CppSubnetEvaluator(net, fmnist_splits, num_threads=1, **options)
+    np.testing.assert_array_equal(single.correct_counts(genomes), cpp.correct_counts(genomes))
+
+
+def test_bad_genomes_and_shapes_raise_value_error(tiny_space, fmnist_splits):
+    from codesign import _kernels
+
+    net = _supernet(tiny_space)
+    cpp = CppSubnetEvaluator(net, fmnist_splits, calibration_images=32, calibration_batch_size=16, max_images=8)
+    genome = Genome.largest(tiny_space)
+    images = torch.zeros(2, 1, genome.resolution, genome.resolution)
+    bad = [
+        Genome(
+            resolution=17,
+            **{
+                k: getattr(genome, k) for k in ("depths", "kernel_sizes", "expand_ratios", "block_prune", "width_prune")
+            },
+        ),
+        Genome(
+            genome.resolution, (2,), genome.kernel_sizes, genome.expand_ratios, genome.block_prune, genome.width_prune
+        ),
+        Genome(
+            genome.resolution,
+            genome.depths,
+            (4,) * len(genome.kernel_sizes),
+            genome.expand_ratios,
+            genome.block_prune,
+            genome.width_prune,
+        ),
+    ]
+    for g in bad:
+        with pytest.raises(ValueError):
+            cpp.logits(g, images)
+        with pytest.raises(ValueError):
+            cpp.evaluate(g)
+    for shape in [(2, 1, 16, 16), (2, 3, 20, 20), (20, 20), (2, 1, 20, 21)]:
+        with pytest.raises(ValueError, match="shape"):
+            cpp.logits(genome, torch.zeros(shape))
+
+    weights = {k: v.numpy() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    ext = _kernels.SubnetEvaluator(supernet_config(net), weights)
+    x = {20: np.zeros((2, 1, 20, 20), np.float32)}
+    for plan, message in [
+        ((20, [(9, 8, 8, 3)]), "out of range"),
+        ((20, [(0, 999, 8, 3)]), "expanded width"),
+        ((20, [(0, 8, 8, 4)]), "kernel size"),
+        ((20, [(0, 8, 8, 3), (1, 8, 4, 3)]), "residual"),
+        ((20, [(1, 8, 8, 3), (0, 8, 8, 3)]), "increasing"),
+        ((24, [(0, 8, 8, 3)]), "no images at resolution"),
+        ("nonsense", "must be"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ext.run([plan], x)
+    with pytest.raises(ValueError, match="calibration"):
+        ext.run([(20, [(0, 8, 8, 3)])], x, calibration={20: np.zeros((3, 1, 16, 16), np.float32)})
+    with pytest.raises(ValueError, match="labels"):
+        ext.run([(20, [(0, 8, 8, 3)])], x, labels=np.zeros(3, np.int64))
+    broken = dict(weights)
+    broken["blocks.1.expand_conv.weight"] = np.zeros((3, 3, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="blocks.1.expand_conv.weight"):
+        _kernels.SubnetEvaluator(supernet_config(net), broken)
+    del broken["head_bn.bias"]
+    with pytest.raises(ValueError, match="missing"):
+        _kernels.SubnetEvaluator(supernet_config(net), broken)

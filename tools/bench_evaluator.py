@@ -1,0 +1,248 @@
+"""Population evaluation: the C++ subnet evaluator against torch eager, same subnets, same threads.
+
+Every subnet is BN-recalibrated on training images, then scored on validation images. Torch runs
+two ways (slicing the supernet in place, and extracting static modules as TorchSubnetEvaluator
+does); the faster one is the baseline. Each variant runs once, in its own process, so its peak
+memory (VmHWM) is its own. Also measures batch-1 latency of one subnet. Uses the shipped
+supernet when present, else a seeded random one. Ends with
+``RESULT evaluator speedup=<torch/cpp> batch1_speedup=<torch/cpp> max_rel_err=<logits> n=<subnets>``.
+
+    python tools/bench_evaluator.py [--subnets 64] [--images 2000] [--calibration 2000] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+VARIANTS = ("cpp", "torch-slice", "torch-static")
+
+
+def vm_kib(field: str) -> int:
+    """A ``/proc/self/status`` memory field (VmHWM: peak resident set) in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return -1
+
+
+def reset_peak() -> int:
+    """Reset the peak-RSS counter (Linux clear_refs "5") and return the current RSS in KiB.
+
+    Afterwards VmHWM is the peak since the reset, so ``VmHWM - returned`` is what the measured
+    code added at its peak. Without clear_refs, VmHWM stays the process peak (an upper bound).
+    """
+    import gc
+
+    gc.collect()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return vm_kib("VmRSS")
+
+
+def build(args: argparse.Namespace) -> tuple[Any, Any, list[Any], str]:
+    """The supernet, data splits and population every worker uses."""
+    import torch
+
+    from codesign.data import load_splits
+    from codesign.supernet import ElasticSupernet, load_supernet
+    from codesign.supernet.weights import resolve_supernet_path
+    from codesign.testing import random_genomes, randomize_batchnorm
+
+    if args.supernet or resolve_supernet_path(None).is_file():
+        loaded = load_supernet(args.supernet)
+        net, mean, std, source = loaded.supernet, loaded.mean, loaded.std, str(loaded.path)
+    else:
+        from codesign.space import get_space
+
+        torch.manual_seed(args.seed)
+        net = ElasticSupernet(get_space("fmnist_mbv3"))
+        randomize_batchnorm(net, args.seed)
+        with torch.no_grad():  # non-trivial residual branches
+            for block in net.blocks:
+                block.project_bn.weight.uniform_(0.5, 1.5)
+        mean = std = None
+        source = f"random supernet (seed {args.seed}; no shipped weights)"
+    splits = load_splits("fashion-mnist", args.data_root)
+    if mean is not None:
+        from dataclasses import replace
+
+        splits = replace(splits, mean=tuple(mean), std=tuple(std))
+    genomes = random_genomes(net.space, max(0, args.subnets - 2), seed=args.seed)[: args.subnets]
+    return net.eval(), splits, genomes, source
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Run one variant and write its timings, memory and logits to ``args.out``."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from codesign.evaluation import CppSubnetEvaluator, TorchSubnetEvaluator, predict_logits, recalibrate_bn
+
+    net, splits, genomes, source = build(args)
+    options = dict(
+        calibration_images=args.calibration, calibration_batch_size=args.calibration_batch, max_images=args.images
+    )
+    out = Path(args.out)
+    result: dict[str, Any] = {"variant": args.worker, "source": source}
+    resolutions = sorted({g.resolution for g in genomes})
+    if args.worker == "cpp":
+        ev = CppSubnetEvaluator(net, splits, num_threads=args.threads, **options)
+        for r in resolutions:  # preprocessing is shared by both evaluators and not timed
+            ev._prepared("target", r), ev._prepared("calibration", r)
+        result["rss_setup_kib"] = reset_peak()
+        start = time.perf_counter()
+        accuracies, logits = ev.evaluate_many(genomes, return_logits=True)
+        result["seconds"] = time.perf_counter() - start
+        result["hwm_kib"] = vm_kib("VmHWM")
+        one = genomes[min(2, len(genomes) - 1)]
+        image = ev._prepared("target", one.resolution)[0][:1]
+        ev.logits(one, image, recalibrate=False)
+        start = time.perf_counter()
+        for _ in range(args.latency_runs):
+            ev.logits(one, image, recalibrate=False)
+        result["batch1_call_ms"] = (time.perf_counter() - start) / args.latency_runs * 1e3
+        prepared = ev.prepare(one, recalibrate=False)
+        prepared.logits(image)
+        start = time.perf_counter()
+        for _ in range(args.latency_runs):
+            prepared.logits(image)
+        result["batch1_ms"] = (time.perf_counter() - start) / args.latency_runs * 1e3
+    else:
+        ev = TorchSubnetEvaluator(net, splits, **options)
+        for r in resolutions:
+            ev._prepared("target", r), ev._prepared("calibration", r)
+        result["rss_setup_kib"] = reset_peak()
+        logits, accuracies = [], []
+        start = time.perf_counter()
+        for g in genomes:
+            images, labels = ev._prepared("target", g.resolution)
+            if args.worker == "torch-static":
+                module = ev.subnet(g)
+            else:
+                net.set_active_subnet(g)
+                calib, _ = ev._prepared("calibration", g.resolution)
+                recalibrate_bn(
+                    net,
+                    calib,
+                    batch_size=args.calibration_batch,
+                    num_batches=max(1, args.calibration // args.calibration_batch),
+                )
+                module = net
+            z = predict_logits(module, images)
+            logits.append(z.numpy())
+            accuracies.append(float((z.argmax(dim=1) == labels).float().mean().item()))
+        result["seconds"] = time.perf_counter() - start
+        result["hwm_kib"] = vm_kib("VmHWM")
+        if args.worker == "torch-static":
+            # float64 reference for a few subnets: which float32 result is closer to exact arithmetic
+            ref64 = []
+            for g in genomes[: args.float64_subnets]:
+                module = net.extract(g).double()
+                calib, _ = ev._prepared("calibration", g.resolution)
+                recalibrate_bn(
+                    module,
+                    calib.double(),
+                    batch_size=args.calibration_batch,
+                    num_batches=max(1, args.calibration // args.calibration_batch),
+                )
+                ref64.append(predict_logits(module, ev._prepared("target", g.resolution)[0].double()).numpy())
+            np.save(out / "float64-logits.npy", np.stack(ref64) if ref64 else np.zeros((0,)))
+            one = genomes[min(2, len(genomes) - 1)]
+            module = net.extract(one).eval()
+            image = ev._prepared("target", one.resolution)[0][:1]
+            with torch.no_grad():
+                module(image)
+                start = time.perf_counter()
+                for _ in range(args.latency_runs):
+                    module(image)
+            result["batch1_ms"] = (time.perf_counter() - start) / args.latency_runs * 1e3
+    np.save(out / f"{args.worker}-logits.npy", np.stack(logits).astype(np.float32))
+    result["accuracies"] = [float(a) for a in accuracies]
+    (out / f"{args.worker}.json").write_text(json.dumps(result))
+
+
+def main() -> int:
+    """Run every variant in its own process and print the comparison and the RESULT line."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--supernet", default=None, help="supernet file (default: the shipped one, else random)")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--subnets", type=int, default=64)
+    parser.add_argument("--images", type=int, default=2000, help="validation images per subnet")
+    parser.add_argument("--calibration", type=int, default=2000, help="BN calibration images per subnet")
+    parser.add_argument("--calibration-batch", type=int, default=250)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latency-runs", type=int, default=200)
+    parser.add_argument("--float64-subnets", type=int, default=4, help="subnets also run in float64 as a check")
+    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return 0
+
+    import numpy as np
+
+    passthrough = [a for a in sys.argv[1:]]
+    results: dict[str, dict[str, Any]] = {}
+    logits: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in VARIANTS:
+            cmd = [sys.executable, __file__, *passthrough, "--worker", variant, "--out", tmp]
+            subprocess.run(cmd, check=True)
+            results[variant] = json.loads((Path(tmp) / f"{variant}.json").read_text())
+            logits[variant] = np.load(Path(tmp) / f"{variant}-logits.npy")
+        ref64 = np.load(Path(tmp) / "float64-logits.npy")
+    cpp = results["cpp"]
+    torch_best = min(("torch-slice", "torch-static"), key=lambda v: results[v]["seconds"])
+    ref = logits["torch-static"]
+    errs = [float(np.abs(logits["cpp"][i] - ref[i]).max() / max(np.abs(ref[i]).max(), 1e-30)) for i in range(len(ref))]
+    max_rel_err = max(errs)
+    same_acc = sum(a == b for a, b in zip(cpp["accuracies"], results["torch-static"]["accuracies"]))
+    n = len(cpp["accuracies"])
+    print(f"supernet: {cpp['source']}")
+    print(
+        f"{n} subnets, {args.images} validation images, BN recalibration on {args.calibration} training images "
+        f"(batches of {args.calibration_batch}), {args.threads} threads"
+    )
+    for v in VARIANTS:
+        r = results[v]
+        print(
+            f"  {v:13s} {r['seconds']:8.2f} s  {r['seconds'] / n * 1e3:8.1f} ms/subnet  "
+            f"peak RSS {r['hwm_kib'] / 1024:7.1f} MiB, +{(r['hwm_kib'] - r['rss_setup_kib']) / 1024:6.1f} MiB over "
+            f"the loaded data and model"
+        )
+    speedup = results[torch_best]["seconds"] / cpp["seconds"]
+    batch1 = results["torch-static"]["batch1_ms"] / cpp["batch1_ms"]
+    print(f"  speedup vs best torch ({torch_best}): {speedup:.2f}x")
+    print(
+        f"  batch-1 latency of one subnet: C++ prepared subnet {cpp['batch1_ms']:.3f} ms "
+        f"({cpp['batch1_call_ms']:.3f} ms per evaluator.logits call incl. slicing/packing) vs "
+        f"torch extracted static module {results['torch-static']['batch1_ms']:.3f} ms -> {batch1:.2f}x"
+    )
+    print(f"  logits max relative error vs torch {max_rel_err:.2e}; identical accuracies {same_acc}/{n}")
+    if len(ref64):
+
+        def err64(z: Any) -> float:
+            return max(float(np.abs(z[i] - ref64[i]).max() / np.abs(ref64[i]).max()) for i in range(len(ref64)))
+
+        print(
+            f"  vs a float64 torch reference ({len(ref64)} subnets): C++ {err64(logits['cpp']):.2e}, "
+            f"torch float32 {err64(ref):.2e}"
+        )
+    print(f"RESULT evaluator speedup={speedup:.3f} batch1_speedup={batch1:.3f} max_rel_err={max_rel_err:.3e} n={n}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
