@@ -25,3 +25,73 @@ def random_genomes(space: SearchSpace, count: int, seed: int = 0) -> list[Genome
     """The largest and smallest genomes followed by ``count`` seeded random ones."""
     rng = np.random.default_rng(seed)
     return [Genome.largest(space), Genome.smallest(space)] + [Genome.random(space, rng) for _ in range(count)]
+
+
+def synthetic_profile(space: SearchSpace, *, candidates: int = 3, seed: int = 0, calibration: bool = True) -> object:
+    """A hardware profile with *invented* kernel latencies, for unit tests of the latency model and search.
+
+    Kernel latency grows with MACs and memory traffic; schedule candidate 0 (the default lowering)
+    is 3x slower, tuned candidates are faster on channel counts divisible by 16 and slower
+    otherwise, so schedules and pruning interact. Every kernel of ``space`` is "measured"; there
+    are no traces (nothing can be compiled from it) and the device says it is synthetic.
+    """
+    from codesign.latency.positions import PositionTable
+    from codesign.latency.workloads import kernel_family
+    from codesign.profile.profile_file import DeviceInfo, HardwareProfile, SoftwareInfo
+
+    rng = np.random.default_rng(seed)
+    positions = PositionTable(space)
+    families: dict[str, list[dict[str, object]]] = {}
+    for w in positions.workloads:
+        if w.kind != "pool_fc":
+            families.setdefault(
+                kernel_family(w),
+                [{"source": "default", "trace": None}]
+                + [{"source": f"synthetic#{i}", "trace": None} for i in range(candidates)],
+            )
+    measurements = []
+    for w in positions.workloads:
+        base = 2e-6 * w.macs + 1e-6 * (w.in_channels * w.resolution**2 + w.out_channels * w.out_resolution**2) + 0.002
+        count = 1 if w.kind == "pool_fc" else 1 + candidates
+        results = []
+        for c in range(count):
+            if c == 0:
+                factor = 3.0
+            else:
+                fits = w.out_channels % (8 * c) == 0
+                factor = (0.6 if fits else 1.3) + 0.05 * c
+            ms = base * factor * float(rng.uniform(0.97, 1.03))
+            timing = {"median_ms": ms, "mean_ms": ms, "std_ms": ms * 0.01, "repeats": 5, "kernels": []}
+            results.append({"candidate": c, "source": "synthetic", "status": "ok", "timing": timing, "error": None})
+        measurements.append(
+            {
+                "type": "measured",
+                "key": w.key(),
+                "family": kernel_family(w),
+                "workload": w.to_dict(),
+                "results": results,
+            }
+        )
+    terms = {"layer_scale": 1.1, "per_kernel_ms": 0.004, "constant_ms": 0.02} if calibration else {}
+    return HardwareProfile(
+        target={"kind": "llvm", "mcpu": "synthetic", "num-cores": 1},
+        device=DeviceInfo(kind="cpu", name="synthetic (tests only)", cores=1, arch="synthetic"),
+        software=SoftwareInfo(tvm="0.27.0.post1"),
+        space=space.to_dict(),
+        command=["synthetic_profile"],
+        created="1970-01-01T00:00:00Z",
+        measurements=measurements,
+        tuning_records={"families": families},
+        predictor={"calibration": {"terms": terms, "models": 0}} if terms else None,
+    )
+
+
+def synthetic_accuracy_predictor(space: SearchSpace, *, samples: int = 96, seed: int = 0) -> object:
+    """An accuracy predictor fitted on an *invented* accuracy (rises with log MACs), for unit tests of search."""
+    from codesign.latency.workloads import subnet_macs
+    from codesign.search.accuracy_predictor import AccuracyPredictor
+
+    genomes = random_genomes(space, samples, seed)
+    macs = np.asarray([subnet_macs(space, g) for g in genomes], dtype=np.float64)
+    accuracy = 0.80 + 0.02 * (np.log(macs) - np.log(macs).min())
+    return AccuracyPredictor.fit(space, genomes, accuracy, hidden=(32,), ensemble=2, epochs=200, seed=seed)

@@ -1,7 +1,8 @@
 """The profiling run, for real on this CPU with a tiny space and budget (TVM, MetaSchedule)."""
 
+from codesign.latency.workloads import kernel_family
 from codesign.profile.journal import read_journal
-from codesign.profile.profiler import ProfileConfig, Profiler, kernel_family, rank_workloads
+from codesign.profile.profiler import ProfileConfig, Profiler, rank_workloads
 from codesign.profile.tvm_backend import host_llvm_target
 
 
@@ -25,6 +26,7 @@ def test_tune_measure_and_resume(tiny_space, tmp_path):
         ranking_samples=200,
         max_tuned_families=1,
         max_workloads=6,
+        calibration_models=0,
     )
     summary = Profiler(tiny_space, config, tmp_path).run()
     assert summary == {**summary, "tuned": 1, "measured": 6}
@@ -38,12 +40,47 @@ def test_tune_measure_and_resume(tiny_space, tmp_path):
         if record["family"] == tuned["family"]:  # replayed tuned schedules are candidates 1..k
             assert len(record["results"]) == 1 + len(tuned["traces"])
     # a second run (e.g. after a kill) measures only what is missing and tunes nothing again
-    more = ProfileConfig(**{**config.__dict__, "max_workloads": 8})
+    more = ProfileConfig(
+        **{
+            **config.__dict__,
+            "max_workloads": 8,
+            "calibration_models": 3,
+            "full_fraction": 0.0,
+            "coverage_candidates": 1,
+        }
+    )
     again = Profiler(tiny_space, more, tmp_path).run()
-    assert again["tuned"] == 1 and again["measured"] == 8
-    keys = [r["key"] for r in read_journal(tmp_path / "journal.jsonl").records if r["type"] == "measured"]
+    assert again["tuned"] == 1 and again["measured"] == 8 and again["models"] == 3
+    records = read_journal(tmp_path / "journal.jsonl").records
+    keys = [r["key"] for r in records if r["type"] == "measured"]
     assert len(keys) == len(set(keys)) == 8
+    # the two new kernels went through the coverage pass: default + 1 preferred candidate timed,
+    # the other tuned candidate only checked to replay
+    covered = [r for r in records if r["type"] == "measured" and r["key"] not in {m["key"] for m in measured}]
+    for record in covered:
+        statuses = [r["status"] for r in record["results"]]
+        if record["family"] == tuned["family"]:
+            assert statuses[0] == "ok" and statuses.count("ok") == 2 and len(statuses) == 3, statuses
     assert kernel_family(ranked_first(tiny_space)) in {r["family"] for r in measured}
+    models = [r for r in read_journal(tmp_path / "journal.jsonl").records if r["type"] == "model"]
+    assert all(m["status"] == "ok" and m["timing"]["median_ms"] > 0 for m in models), models
+    assert any(any(s > 0 for s in m["genome"]["schedules"]) for m in models)  # tuned schedules compiled in
+    invocations = [r for r in read_journal(tmp_path / "journal.jsonl").records if r["type"] == "invocation"]
+    assert len(invocations) == 2 and all(r["seconds"] > 0 for r in invocations)
+
+    # the profile: kernel predictor fills what was not measured, calibration fitted on the models
+    from codesign.latency.model import LatencyModel
+    from codesign.profile.profiler import profile_from_journal
+
+    profile = profile_from_journal(tiny_space, more, tmp_path)
+    fitted = profile.predictor
+    assert fitted["coverage"]["pairs_measured"] < fitted["coverage"]["pairs_total"]
+    assert fitted["calibration"]["models"] == 3 and "model_validation" in fitted
+    assert profile.validation["measurement_minutes"] > 0 and len(profile.models) == 3
+    latency = LatencyModel.from_profile(profile)
+    from codesign.space import Genome
+
+    assert 0 < latency.predict([Genome.largest(tiny_space)])[0] < 1e3
 
 
 def ranked_first(space):
@@ -68,6 +105,8 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
         "0",
         "--max-workloads",
         "5",
+        "--calibration-models",
+        "2",
         "--cores",
         "1",
         "-o",
@@ -78,6 +117,7 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
     loaded = load_profile(out, target=host_llvm_target(1))
     profile = loaded.profile
     assert len(profile.measurements) == 5 and profile.validation["workloads_measured"] == 5
+    assert len(profile.models) == 2 and "whole models (leave-one-out)" in result.stdout
     assert profile.software.tvm.startswith("0.27") and profile.device.cores >= 1
     assert profile.command[:2] == ["codesign", "profile"] or profile.command[1] == "profile"
     bad = subprocess.run(

@@ -17,12 +17,18 @@ class ProfileCommand(Command):
         "machine, most important kernels first, until --budget-minutes is spent. Progress is journaled in\n"
         "--work-dir: rerunning the same command resumes a killed run. The profile JSON (device and\n"
         "software provenance, raw measurements with spread, tuning records) is written to -o.\n"
-        "Not yet: remote devices over RPC, --target cuda, the fitted latency predictor and whole-model\n"
-        "calibration."
+        "After the kernels, --calibration-models whole random subnets are compiled with TVM under the\n"
+        "schedules their genes choose and measured; a gradient-boosted kernel predictor (JSON) fills the\n"
+        "kernels the budget left unmeasured, and a calibration learns what the per-kernel sum misses.\n"
+        "With --rpc-tracker/--rpc-key everything is compiled here and timed on the remote device (a\n"
+        "board or server running `python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY`).\n"
+        "Not yet: --target cuda."
     )
     examples = (
         "codesign profile --target llvm --budget-minutes 30 -o hw_profiles/my_cpu.json",
         "codesign profile --space tiny --budget-minutes 2 --tune-trials 8 -o /tmp/tiny.json",
+        'codesign profile --target \'{"kind": "llvm", "mcpu": "cortex-a72", "mtriple": "aarch64-linux-gnu", '
+        '"num-cores": 4}\' --rpc-tracker 10.0.0.5:9190 --rpc-key rpi4 -o hw_profiles/rpi4.json',
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -50,6 +56,33 @@ class ProfileCommand(Command):
             metavar="N",
             help="measure at most the N most important kernels (smoke runs)",
         )
+        parser.add_argument(
+            "--calibration-models",
+            type=int,
+            default=24,
+            metavar="N",
+            help="whole random subnets compiled and measured to calibrate the per-kernel sum (0: none)",
+        )
+        parser.add_argument(
+            "--calibration-minutes",
+            type=float,
+            default=6.0,
+            help="part of --budget-minutes kept for the whole-model measurements",
+        )
+        parser.add_argument(
+            "--full-fraction",
+            type=float,
+            default=0.3,
+            help="share of the kernel time spent timing the most important kernels under every candidate "
+            "before the coverage pass (default: 0.3)",
+        )
+        parser.add_argument(
+            "--rpc-tracker",
+            default=None,
+            metavar="HOST:PORT",
+            help="measure on the device registered at this TVM RPC tracker (build here, run there)",
+        )
+        parser.add_argument("--rpc-key", default=None, metavar="KEY", help="the device's key at the tracker")
         parser.add_argument("--cores", type=int, default=None, help="cores to use (default: all)")
         parser.add_argument("--seed", type=int, default=0)
 
@@ -66,6 +99,13 @@ class ProfileCommand(Command):
         from codesign.profile.tvm_backend import host_llvm_target
         from codesign.space import get_space
 
+        if args.rpc_tracker and not args.rpc_key:
+            raise CodesignError("--rpc-tracker needs --rpc-key (the key the device's RPC server registered with)")
+        if args.target == "llvm" and args.rpc_tracker:
+            raise CodesignError(
+                "with --rpc-tracker give the remote device's target as JSON, e.g. "
+                '\'{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "num-cores": 4}\''
+            )
         if args.target == "llvm":
             target = host_llvm_target(args.cores)
         else:
@@ -86,11 +126,24 @@ class ProfileCommand(Command):
             top_k=args.top_k,
             seed=args.seed,
             max_workloads=args.max_workloads,
+            calibration_models=args.calibration_models,
+            full_fraction=args.full_fraction,
+            rpc_tracker=args.rpc_tracker,
+            rpc_key=args.rpc_key,
+            calibration_minutes=min(args.calibration_minutes, args.budget_minutes),
         )
         summary = Profiler(space, config, work_dir).run(progress=print)
-        save_profile(out, profile_from_journal(space, config, work_dir))
+        profile = profile_from_journal(space, config, work_dir)
+        save_profile(out, profile)
         print(
             f"profile written to {out}: {summary['measured']} of {summary['workloads']} kernels measured, "
-            f"{summary['tuned']} tuned (journal in {work_dir})"
+            f"{summary['tuned']} tuned, {summary['models']} whole models (journal in {work_dir})"
         )
+        fitted = profile.predictor or {}
+        if "kernel_validation" in fitted:
+            k = fitted["kernel_validation"]["all"]
+            print(f"kernel predictor (cross-validated): {k['within10']:.1%} within +-10%, RMSPE {k['rmspe']:.3f}")
+        if "model_validation" in fitted:
+            m = fitted["model_validation"]["calibrated"]
+            print(f"whole models (leave-one-out): {m['within10']:.1%} within +-10%, RMSPE {m['rmspe']:.3f}")
         return 0

@@ -62,6 +62,11 @@ class Workload:
         return cls(**data)
 
 
+def kernel_family(workload: Workload) -> str:
+    """Workloads of one family lower to the same fused operators, so schedules replay across them."""
+    return f"{workload.kind}/{workload.activation}/{'residual' if workload.residual else 'plain'}"
+
+
 def subnet_workloads(space: SearchSpace, genome: Genome) -> list[Workload]:
     """The kernels of ``genome``'s subnet, in execution order."""
     g = genome.validate(space)

@@ -7,9 +7,16 @@ Method (budgeted, resumable):
 2. Per kernel family (same fused operators: kind, activation, residual) tune the top
    ``representatives`` workloads with MetaSchedule and keep each one's ``top_k`` distinct traces.
    A family's schedule candidates are: 0 = TVM's default lowering, then those traces.
-3. Measure every workload, in rank order until the budget ends, under every candidate of its
-   family (a trace tuned on one shape replays onto another of its family), recording mean,
-   median, spread and repeat count, or the failure and its reason after retries.
+3. Time the most important workloads (``full_fraction`` of the kernel time, rank order) under
+   every candidate of their family (a trace tuned on one shape replays onto another of its
+   family), recording mean, median, spread and repeat count, or the failure and its reason.
+4. Coverage: every other workload is timed under the default and the family's ``coverage_candidates``
+   most often fastest candidates; every other candidate is checked to replay on it (a trace that
+   does not fit a shape is recorded as failed, so no subnet is ever predicted with it).
+5. Adaptive: with the time left, fully time workloads of the family where the kernel predictor's
+   cross-validated error is largest (nn-Meter's adaptive sampling, at family granularity).
+6. Whole models: compile ``calibration_models`` random subnets under their schedule genes and time
+   them; they calibrate and judge the per-kernel sum.
 
 Every finished step is appended to a journal first, so a killed run resumes where it stopped.
 """
@@ -25,14 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from codesign.latency.workloads import Workload, enumerate_workloads, subnet_workloads
+from codesign.latency.workloads import Workload, enumerate_workloads, kernel_family, subnet_workloads
 from codesign.profile.journal import Journal, with_retries
 from codesign.space import Genome, SearchSpace
-
-
-def kernel_family(workload: Workload) -> str:
-    """Workloads of one family lower to the same fused operators, so schedules replay across them."""
-    return f"{workload.kind}/{workload.activation}/{'residual' if workload.residual else 'plain'}"
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,15 @@ class ProfileConfig:
     seed: int = 0
     max_tuned_families: int | None = None
     max_workloads: int | None = None
+    adaptive_batch: int = 16
+    calibration_models: int = 24
+    calibration_minutes: float = 6.0
+    full_fraction: float = 0.3
+    coverage_candidates: int = 2
+    coverage_repeat: int = 3
+    coverage_min_repeat_ms: int = 10
+    rpc_tracker: str | None = None
+    rpc_key: str | None = None
 
 
 def rank_workloads(space: SearchSpace, samples: int, seed: int) -> list[tuple[Workload, float]]:
@@ -67,6 +78,15 @@ def rank_workloads(space: SearchSpace, samples: int, seed: int) -> list[tuple[Wo
     return [(w, weight.get(w, 0) / total) for w in ranked]
 
 
+def families_from_records(tuned: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Schedule candidates per kernel family from tuning records: 0 = default lowering, then the traces."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for record in tuned:
+        fam = out.setdefault(record["family"], [{"source": "default", "trace": None}])
+        fam.extend({"source": f"{record['key']}#{i}", "trace": t} for i, t in enumerate(record.get("traces", [])))
+    return out
+
+
 class Profiler:
     """Runs the method above for one space on one target, journaling into ``work_dir``."""
 
@@ -74,27 +94,51 @@ class Profiler:
         self.space, self.config = space, config
         self.work_dir = Path(work_dir)
         self.journal = Journal(self.work_dir / "journal.jsonl")
+        self._session: Any = None
 
     def _done(self, kind: str) -> dict[str, dict[str, Any]]:
         return {r["key"]: r for r in self.journal if r.get("type") == kind}
 
     def candidates(self) -> dict[str, list[dict[str, Any]]]:
         """Schedule candidates per family from the journal: index 0 is the default lowering."""
-        out: dict[str, list[dict[str, Any]]] = {}
-        for record in self.journal:
-            if record.get("type") == "tuned":
-                fam = out.setdefault(record["family"], [{"source": "default", "trace": None}])
-                for i, trace in enumerate(record.get("traces", [])):
-                    fam.append({"source": f"{record['key']}#{i}", "trace": trace})
-        return out
+        return families_from_records([r for r in self.journal if r.get("type") == "tuned"])
 
     def run(self, *, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Tune and measure within the budget; returns counts of what is in the journal."""
-        from codesign.profile import tvm_backend as tb
+
+        from codesign.profile.profile_file import current_command, now_utc
 
         say = progress or (lambda _msg: None)
         cfg = self.config
-        deadline = time.monotonic() + cfg.budget_minutes * 60.0
+        begun = time.monotonic()
+        deadline = begun + cfg.budget_minutes * 60.0
+        invocation = {"command": current_command(), "started": now_utc(), "budget_minutes": cfg.budget_minutes}
+        try:
+            self._run_phases(deadline, say)
+        finally:
+            previous = len(self._done("invocation"))
+            self.journal.append(
+                {
+                    "type": "invocation",
+                    "key": f"run{previous}",
+                    **invocation,
+                    "seconds": round(time.monotonic() - begun, 1),
+                }
+            )
+        return {
+            "tuned": len(self._done("tuned")),
+            "measured": len(self._done("measured")),
+            "models": len(self._done("model")),
+            "workloads": len(enumerate_workloads(self.space)),
+            "config": asdict(cfg),
+        }
+
+    def _run_phases(self, deadline: float, say: Callable[[str], None]) -> None:
+        from codesign.profile import tvm_backend as tb
+
+        cfg = self.config
+        models_seconds = cfg.calibration_minutes * 60.0 if cfg.calibration_models else 0.0
+        kernel_deadline = deadline - models_seconds
         ranked = rank_workloads(self.space, cfg.ranking_samples, cfg.seed)
         by_family: dict[str, list[Workload]] = collections.defaultdict(list)
         for w, _share in ranked:
@@ -108,7 +152,7 @@ class Profiler:
         for family in families:
             members = by_family[family]
             for rep in members[: cfg.representatives]:
-                if rep.key() in tuned or time.monotonic() > deadline:
+                if rep.key() in tuned or time.monotonic() > kernel_deadline:
                     continue
                 say(f"tuning {rep.key()} ({cfg.tune_trials} trials)")
                 started = time.monotonic()
@@ -122,6 +166,7 @@ class Profiler:
                         trials=cfg.tune_trials,
                         seed=cfg.seed,
                         cost_model=cfg.cost_model,
+                        runner=self._tuning_runner(),
                     )
                     return [tb.trace_to_json(r.trace) for r in tb.distinct_top_records(db, task, cfg.top_k)]
 
@@ -138,80 +183,343 @@ class Profiler:
                     }
                 )
         candidates = self.candidates()
-        measured = self._done("measured")
-        for w, share in ranked[: cfg.max_workloads]:
-            if w.key() in measured:
-                continue
-            if time.monotonic() > deadline:
-                say("budget spent")
+        from codesign.profile.session import open_session
+
+        self._session = open_session(cfg.target, self._rpc())
+        try:
+            self._measure_all(ranked, candidates, kernel_deadline, deadline, say)
+        finally:
+            self._session.close()
+
+    def _rpc(self) -> Any:
+        from codesign.profile.session import RPCConfig
+
+        cfg = self.config
+        return RPCConfig(cfg.rpc_tracker, cfg.rpc_key or "") if cfg.rpc_tracker else None
+
+    def _tuning_runner(self) -> Any:
+        rpc = self._rpc()
+        if rpc is None:
+            return "local"
+        from tvm.s_tir import meta_schedule as ms
+
+        host, port = rpc.host_port
+        return ms.runner.RPCRunner(
+            rpc_config=ms.runner.RPCConfig(
+                tracker_host=host, tracker_port=port, tracker_key=rpc.key, session_timeout_sec=120
+            ),
+            evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=20),
+            max_workers=1,
+        )
+
+    def _measure_all(
+        self,
+        ranked: list[tuple[Workload, float]],
+        candidates: dict[str, list[dict[str, Any]]],
+        kernel_deadline: float,
+        deadline: float,
+        say: Callable[[str], None],
+    ) -> None:
+        cfg = self.config
+        # most important kernels fully, then every kernel under its likely-best schedules, then full
+        # measurements where the predictor errs most
+        now = time.monotonic()
+        full_deadline = now + max(0.0, kernel_deadline - now) * cfg.full_fraction
+        self._measure_kernels(ranked, candidates, full_deadline, say, adaptive=False)
+        self._cover_kernels(ranked, candidates, kernel_deadline, say)
+        self._measure_kernels(ranked, candidates, kernel_deadline, say, adaptive=True)
+        if cfg.calibration_models:
+            self._measure_models(candidates, deadline, say)
+
+    # ------------------------------------------------------------------ kernels
+    def _measure_one(
+        self,
+        w: Workload,
+        share: float,
+        options: list[dict[str, Any]],
+        *,
+        only: set[int] | None = None,
+        repeat: int | None = None,
+        min_repeat_ms: int | None = None,
+    ) -> dict[str, Any]:
+        """Time ``w`` under every candidate (or those in ``only``: the others are only checked to replay)."""
+        from codesign.profile import tvm_backend as tb
+
+        cfg = self.config
+        tasks, error = with_retries(lambda: tb.workload_tasks(w, cfg.target), attempts=cfg.attempts)
+        results = []
+        for index, option in enumerate(options):
+            if w.kind == "pool_fc" and index > 0:
                 break
-            family = kernel_family(w)
-            options = candidates.get(family, [{"source": "default", "trace": None}])
-            tasks, error = with_retries(lambda w=w: tb.workload_tasks(w, cfg.target), attempts=cfg.attempts)
-            results = []
-            for index, option in enumerate(options):
-
-                def measure(option: dict[str, Any] = option, tasks: Any = tasks, error: Any = error) -> dict[str, Any]:
-                    timings = [
-                        tb.time_kernel(
-                            tb.build_from_json(t, cfg.target, option["trace"]),
-                            t,
-                            repeat=cfg.repeat,
-                            min_repeat_ms=cfg.min_repeat_ms,
-                        )
-                        for t in tasks or []
-                    ]
-                    if not timings:
-                        raise RuntimeError(error or "no kernel to measure")
-                    return {
-                        "median_ms": sum(t.median_ms for t in timings),
-                        "mean_ms": sum(t.mean_ms for t in timings),
-                        "std_ms": float(np.sqrt(sum(t.std_ms**2 for t in timings))),
-                        "repeats": min(t.repeats for t in timings),
-                        "kernels": [t.to_dict() for t in timings],
-                    }
-
-                if w.kind == "pool_fc" and index > 0:
-                    break
-                timing, failure = with_retries(measure, attempts=cfg.attempts)
+            if only is not None and index not in only:
+                problem = None
+                if tasks and option["trace"] is not None:
+                    try:
+                        for t in tasks:
+                            tb.replay_json(t, option["trace"])
+                    except Exception as exc:  # a trace that does not fit this shape
+                        problem = f"{type(exc).__name__}: {exc}"
                 results.append(
                     {
                         "candidate": index,
                         "source": option["source"],
-                        "status": "ok" if timing else "failed",
-                        "timing": timing,
-                        "error": failure,
+                        "status": "failed" if problem or not tasks else "unmeasured",
+                        "timing": None,
+                        "error": problem or (None if tasks else error),
                     }
                 )
-            self.journal.append(
+                continue
+
+            def measure(option: dict[str, Any] = option) -> dict[str, Any]:
+                timings = [
+                    tb.time_kernel(
+                        self._session.load(tb.build_from_json(t, cfg.target, option["trace"])),
+                        t,
+                        device=self._session.device,
+                        repeat=repeat or cfg.repeat,
+                        min_repeat_ms=min_repeat_ms or cfg.min_repeat_ms,
+                    )
+                    for t in tasks or []
+                ]
+                if not timings:
+                    raise RuntimeError(error or "no kernel to measure")
+                return {
+                    "median_ms": sum(t.median_ms for t in timings),
+                    "mean_ms": sum(t.mean_ms for t in timings),
+                    "std_ms": float(np.sqrt(sum(t.std_ms**2 for t in timings))),
+                    "repeats": min(t.repeats for t in timings),
+                    "kernels": [t.to_dict() for t in timings],
+                }
+
+            timing, failure = with_retries(measure, attempts=cfg.attempts)
+            results.append(
                 {
-                    "type": "measured",
-                    "key": w.key(),
-                    "family": family,
-                    "workload": w.to_dict(),
-                    "share": share,
-                    "results": results,
+                    "candidate": index,
+                    "source": option["source"],
+                    "status": "ok" if timing else "failed",
+                    "timing": timing,
+                    "error": failure,
                 }
             )
+        record = {
+            "type": "measured",
+            "key": w.key(),
+            "family": kernel_family(w),
+            "workload": w.to_dict(),
+            "share": share,
+            "results": results,
+        }
+        self.journal.append(record)
+        return record
+
+    def _measure_kernels(
+        self,
+        ranked: list[tuple[Workload, float]],
+        candidates: dict[str, list[dict[str, Any]]],
+        deadline: float,
+        say: Callable[[str], None],
+        *,
+        adaptive: bool,
+    ) -> None:
+        """Time kernels under every candidate: in rank order, or (``adaptive``) where the predictor errs most."""
+        cfg = self.config
+        measured = self._done("measured")
+
+        def complete(key: str) -> bool:
+            record = measured.get(key)
+            return record is not None and all(r["status"] != "unmeasured" for r in record["results"])
+
+        pending = [(w, share) for w, share in ranked[: cfg.max_workloads] if not complete(w.key())]
+        family_error: dict[str, float] = {}
+        since_fit = 0
+        while pending:
+            if time.monotonic() > deadline:
+                if adaptive:
+                    say(f"kernel budget spent; {len(pending)} kernels have candidates left to the predictor")
+                return
+            index = 0
+            if adaptive:
+                if not family_error or since_fit >= cfg.adaptive_batch:
+                    family_error = self._family_errors()
+                    since_fit = 0
+                    if family_error:
+                        say(
+                            "predictor error by family (RMSPE): "
+                            + ", ".join(f"{f}={e:.3f}" for f, e in sorted(family_error.items()))
+                        )
+                index = self._adaptive_pick(pending, family_error)
+            w, share = pending.pop(index)
+            since_fit += 1
+            family = kernel_family(w)
+            record = self._measure_one(w, share, candidates.get(family, [{"source": "default", "trace": None}]))
             say(
                 f"measured {w.key()}: "
                 + ", ".join(
                     f"{r['candidate']}={r['timing']['median_ms'] * 1e3:.1f}us"
                     if r["timing"]
                     else f"{r['candidate']}=failed"
-                    for r in results
+                    for r in record["results"]
                 )
             )
-        return {
-            "tuned": len(self._done("tuned")),
-            "measured": len(self._done("measured")),
-            "workloads": len(ranked),
-            "config": asdict(cfg),
-        }
+
+    def preferred_candidates(self, candidates: dict[str, list[dict[str, Any]]]) -> dict[str, list[int]]:
+        """Per family, the tuned candidates most often within 10 % of the fastest on fully measured kernels."""
+        wins: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
+        for record in self._done("measured").values():
+            ok = {r["candidate"]: r["timing"]["median_ms"] for r in record["results"] if r["status"] == "ok"}
+            if len(ok) < len(candidates.get(record["family"], [None])):
+                continue  # a coverage record, not a full measurement
+            best = min(ok.values())
+            for c, ms in ok.items():
+                if c > 0 and ms <= best * 1.1:
+                    wins[record["family"]][c] += 1
+        out = {}
+        for family, options in candidates.items():
+            ranked = [c for c, _ in wins[family].most_common()] + list(range(1, len(options)))
+            out[family] = list(dict.fromkeys(ranked))[: self.config.coverage_candidates]
+        return out
+
+    def _cover_kernels(
+        self,
+        ranked: list[tuple[Workload, float]],
+        candidates: dict[str, list[dict[str, Any]]],
+        deadline: float,
+        say: Callable[[str], None],
+    ) -> None:
+        """Every kernel not measured yet: default + preferred candidates timed, every other one checked to replay."""
+        cfg = self.config
+        preferred = self.preferred_candidates(candidates)
+        measured = self._done("measured")
+        pending = [(w, share) for w, share in ranked[: cfg.max_workloads] if w.key() not in measured]
+        if pending:
+            say(f"coverage pass over {len(pending)} kernels: candidates timed per family {preferred}")
+        for w, share in pending:
+            if time.monotonic() > deadline:
+                say("coverage budget spent")
+                return
+            family = kernel_family(w)
+            options = candidates.get(family, [{"source": "default", "trace": None}])
+            record = self._measure_one(
+                w,
+                share,
+                options,
+                only={0, *preferred.get(family, [])},
+                repeat=cfg.coverage_repeat,
+                min_repeat_ms=cfg.coverage_min_repeat_ms,
+            )
+            say(
+                f"covered {w.key()}: "
+                + ", ".join(
+                    f"{r['candidate']}={r['timing']['median_ms'] * 1e3:.1f}us"
+                    if r["timing"]
+                    else f"{r['candidate']}={'ok' if r['status'] == 'unmeasured' else 'failed'}"
+                    for r in record["results"]
+                )
+            )
+
+    def measurement_rows(self) -> list[tuple[Workload, int, float]]:
+        """Every successful kernel measurement as ``(workload, candidate, median_ms)``."""
+        rows = []
+        for record in self._done("measured").values():
+            w = Workload.from_dict(record["workload"])
+            for r in record["results"]:
+                if r["status"] == "ok":
+                    rows.append((w, int(r["candidate"]), float(r["timing"]["median_ms"])))
+        return rows
+
+    def _family_errors(self) -> dict[str, float]:
+        from codesign.latency.predictor import grouped_cross_validation
+
+        rows = self.measurement_rows()
+        if len({w for w, _, _ in rows}) < 10:
+            return {}
+        predicted, measured = grouped_cross_validation(rows, folds=4, seed=self.config.seed)
+        errors: dict[str, list[float]] = collections.defaultdict(list)
+        for (w, _, _), p, m in zip(rows, predicted, measured, strict=True):
+            if np.isfinite(p):
+                errors[kernel_family(w)].append(p / m - 1.0)
+        return {f: float(np.sqrt(np.mean(np.square(e)))) for f, e in errors.items()}
+
+    @staticmethod
+    def _adaptive_pick(pending: list[tuple[Workload, float]], family_error: dict[str, float]) -> int:
+        """Index of the next kernel: the most important one of the family with the most error x share left."""
+        if not family_error:
+            return 0
+        left: collections.Counter[str] = collections.Counter()
+        for w, share in pending:
+            left[kernel_family(w)] += share
+        worst = max(left, key=lambda f: family_error.get(f, max(family_error.values())) * (left[f] + 1e-6))
+        return next(i for i, (w, _) in enumerate(pending) if kernel_family(w) == worst)
+
+    # ------------------------------------------------------------------ whole models
+    def calibration_genomes(self, candidates: dict[str, list[dict[str, Any]]]) -> list[Genome]:
+        """Random subnets; schedule genes at each kernel's fastest timed candidate (even) or random valid ones (odd)."""
+        from codesign.latency.positions import PositionTable
+
+        positions = PositionTable(self.space)
+        measured = self._done("measured")
+        rng = np.random.default_rng(self.config.seed + 1)
+        genomes = []
+        for i in range(self.config.calibration_models):
+            g = Genome.random(self.space, rng).canonical(self.space)
+            v = g.to_vector(self.space)[None, :]
+            ids = positions.workload_ids(v)[0]
+            genes = []
+            for p, position in enumerate(positions.positions):
+                count = max(1, len(candidates.get(position.family, [None])))
+                record = measured.get(positions.workloads[ids[p]].key())
+                results = {r["candidate"]: r for r in record["results"]} if record else {}
+                valid = [c for c in range(count) if results.get(c, {}).get("status", "unmeasured") != "failed"]
+                timed = {c: r["timing"]["median_ms"] for c, r in results.items() if r["status"] == "ok"}
+                if i % 2 == 0 and timed:
+                    genes.append(int(min(timed, key=timed.__getitem__)))
+                else:
+                    genes.append(int(valid[int(rng.integers(len(valid)))]) if valid else 0)
+            genomes.append(Genome(**{**g.__dict__, "schedules": tuple(genes)}))
+        return genomes
+
+    def _measure_models(
+        self, candidates: dict[str, list[dict[str, Any]]], deadline: float, say: Callable[[str], None]
+    ) -> None:
+        from codesign.compiler.tvm_compile import compile_subnet, time_executable
+        from codesign.latency.positions import PositionTable
+
+        cfg = self.config
+        done = self._done("model")
+        positions = PositionTable(self.space)
+        for i, genome in enumerate(self.calibration_genomes(candidates)):
+            key = f"model{i:03d}"
+            if key in done:
+                continue
+            if time.monotonic() > deadline:
+                say("budget spent before every calibration model was measured")
+                return
+            started = time.monotonic()
+
+            def run(genome: Genome = genome) -> dict[str, Any]:
+                executable = compile_subnet(self.space, genome, cfg.target, candidates, positions=positions)
+                return time_executable(
+                    executable, self.space, genome.resolution, repeat=max(cfg.repeat, 10), session=self._session
+                ).to_dict()
+
+            timing, error = with_retries(run, attempts=cfg.attempts)
+            self.journal.append(
+                {
+                    "type": "model",
+                    "key": key,
+                    "genome": genome.to_dict(),
+                    "status": "ok" if timing else "failed",
+                    "timing": timing,
+                    "error": error,
+                    "seconds": round(time.monotonic() - started, 2),
+                }
+            )
+            say(f"whole model {key}: " + (f"{timing['median_ms']:.3f} ms" if timing else f"failed: {error}"))
 
 
 def profile_from_journal(space: SearchSpace, config: ProfileConfig, work_dir: str | Path) -> Any:
     """Assemble a :class:`~codesign.profile.profile_file.HardwareProfile` from a run's journal."""
+    from codesign.profile.fitting import fit_predictor
     from codesign.profile.profile_file import (
         HardwareProfile,
         SoftwareInfo,
@@ -224,20 +532,32 @@ def profile_from_journal(space: SearchSpace, config: ProfileConfig, work_dir: st
     journal = Journal(Path(work_dir) / "journal.jsonl")
     measurements = [r for r in journal if r.get("type") == "measured"]
     tuned = [r for r in journal if r.get("type") == "tuned"]
-    candidates: dict[str, list[dict[str, Any]]] = {}
-    for record in tuned:
-        fam = candidates.setdefault(record["family"], [{"source": "default", "trace": None}])
-        fam.extend({"source": f"{record['key']}#{i}", "trace": t} for i, t in enumerate(record["traces"]))
+    models = [r for r in journal if r.get("type") == "model"]
+    invocations = [r for r in journal if r.get("type") == "invocation"]
+    candidates = families_from_records(tuned)
     failed = sum(1 for m in measurements for r in m["results"] if r["status"] != "ok")
     versions = software_versions()
+    if config.rpc_tracker:
+        from codesign.profile.profile_file import DeviceInfo
+
+        device = DeviceInfo(
+            kind="gpu" if config.target.get("kind") == "cuda" else "cpu",
+            name=f"rpc:{config.rpc_key}@{config.rpc_tracker}",
+            cores=int(config.target.get("num-cores", 0)),
+            arch=str(config.target.get("mcpu") or config.target.get("arch") or ""),
+        )
+    else:
+        device = describe_host_cpu(str(config.target.get("mcpu", "")))
     return HardwareProfile(
         target=dict(config.target),
-        device=describe_host_cpu(str(config.target.get("mcpu", ""))),
+        device=device,
         software=SoftwareInfo(**versions),
         space=space.to_dict(),
         command=current_command(),
         created=now_utc(),
         measurements=measurements,
+        models=models,
+        predictor=fit_predictor(space, candidates, measurements, models, seed=config.seed),
         tuning_records={
             "families": candidates,
             "tuning_runs": [{k: v for k, v in r.items() if k != "traces"} for r in tuned],
@@ -246,6 +566,8 @@ def profile_from_journal(space: SearchSpace, config: ProfileConfig, work_dir: st
             "workloads_total": len(enumerate_workloads(space)),
             "workloads_measured": len(measurements),
             "failed_measurements": failed,
+            "invocations": [{k: v for k, v in r.items() if k not in ("type", "key")} for r in invocations],
+            "measurement_minutes": round(sum(r.get("seconds", 0.0) for r in invocations) / 60.0, 2),
             "config": asdict(config),
         },
     )

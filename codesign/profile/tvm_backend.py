@@ -271,9 +271,15 @@ def build_from_json(task: KernelTask, target: dict[str, Any], trace_json: Any | 
     tvm = require_tvm()
     if trace_json is None:
         return build_kernel(task, target)
+    return tvm.tirx.build(replay_json(task, trace_json).mod, target=tvm.target.Target(target))
+
+
+def replay_json(task: KernelTask, trace_json: Any) -> Any:
+    """The schedule of ``task`` with a JSON trace replayed on it; raises when the trace does not fit the shape."""
+    tvm = require_tvm()
     sch = tvm.s_tir.Schedule(task.mod)
     tvm.s_tir.Trace.apply_json_to_schedule(trace_json, sch)
-    return tvm.tirx.build(sch.mod, target=tvm.target.Target(target))
+    return sch
 
 
 def software_versions() -> dict[str, str]:

@@ -1,0 +1,151 @@
+"""Whole subnets compiled by TVM Relax under per-layer schedules, and timed.
+
+The schedules a genome chooses (per kernel position, an index into its kernel family's candidates
+in a hardware profile) become a MetaSchedule database: one tuning record per distinct kernel,
+holding the chosen trace replayed onto that kernel. ``compile_relax`` then applies exactly those
+records to the whole model's fused kernels (matched by structure) and leaves every other kernel
+(candidate 0, pooling, classifier) to TVM's default lowering, as the profile measured them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from codesign.latency.positions import PositionTable
+from codesign.latency.workloads import Workload
+from codesign.profile import tvm_backend as tb
+from codesign.space import Genome, SearchSpace
+
+_TASK_CACHE: dict[tuple[Workload, str], list[tb.KernelTask]] = {}
+
+
+def _tasks(workload: Workload, target: dict[str, Any]) -> list[tb.KernelTask]:
+    key = (workload, repr(sorted(target.items())))
+    if key not in _TASK_CACHE:
+        _TASK_CACHE[key] = tb.workload_tasks(workload, target)
+    return _TASK_CACHE[key]
+
+
+def chosen_traces(
+    space: SearchSpace,
+    genome: Genome,
+    families: dict[str, list[dict[str, Any]]],
+    *,
+    positions: PositionTable | None = None,
+) -> dict[Workload, Any]:
+    """The JSON trace each distinct kernel of ``genome`` compiles with (kernels left at candidate 0 omitted)."""
+    table = positions or PositionTable(space)
+    vector = genome.to_vector(space)[None, :]
+    ids = table.workload_ids(vector)
+    active = table.active(vector)
+    genes = np.zeros((1, table.num_positions), dtype=np.int64)
+    genes[0, : len(genome.schedules)] = genome.schedules[: table.num_positions]
+    effective = table.effective_schedules(ids, active, genes)[0]
+    chosen: dict[Workload, Any] = {}
+    for p, position in enumerate(table.positions):
+        if not active[0, p] or effective[p] == 0:
+            continue
+        workload = table.workloads[int(ids[0, p])]
+        options = families.get(position.family, [])
+        if effective[p] >= len(options):
+            raise ValueError(f"schedule gene {effective[p]} at {position.name} exceeds the {len(options)} candidates")
+        chosen.setdefault(workload, options[int(effective[p])]["trace"])
+    return chosen
+
+
+def schedule_database(chosen: dict[Workload, Any], target: dict[str, Any]) -> Any:
+    """A MetaSchedule in-memory database with one record per kernel: its chosen trace."""
+    tvm = tb.require_tvm()
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    database = ms.database.MemoryDatabase()
+    tvm_target = tvm.target.Target(target)
+    for workload, trace_json in chosen.items():
+        for task in _tasks(workload, target):
+            try:
+                sch = tb.replay_json(task, trace_json)
+            except Exception as exc:
+                raise ValueError(f"the chosen schedule does not replay on {workload.key()}: {exc}") from None
+            entry = database.commit_workload(task.mod)
+            database.commit_tuning_record(
+                ms.database.TuningRecord(
+                    sch.trace,
+                    entry,
+                    run_secs=[1e-6],
+                    target=tvm_target,
+                    args_info=ArgInfo.from_prim_func(task.mod["main"]),
+                )
+            )
+    return database
+
+
+def subnet_relax_module(space: SearchSpace, genome: Genome, *, opset: int = 17) -> Any:
+    """The subnet of ``genome`` (random weights: latency does not depend on values) as raw Relax from ONNX."""
+    tb.require_tvm()
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from codesign.supernet.static import StaticSubnet
+    from codesign.supernet.supernet import ElasticSupernet
+
+    torch.manual_seed(0)
+    module = StaticSubnet(ElasticSupernet(space).subnet_config(genome)).eval()
+    example = torch.zeros(1, space.in_channels, genome.resolution, genome.resolution)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "subnet.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, (example,), str(path), opset_version=opset, do_constant_folding=True, dynamo=False
+            )
+        return from_onnx(onnx.load(str(path)), keep_params_in_input=False)
+
+
+def compile_subnet(
+    space: SearchSpace,
+    genome: Genome,
+    target: dict[str, Any],
+    families: dict[str, list[dict[str, Any]]],
+    *,
+    positions: PositionTable | None = None,
+) -> Any:
+    """Compile ``genome``'s subnet for ``target`` with the schedules its genes choose; returns the executable."""
+    tvm = tb.require_tvm()
+    from tvm.s_tir import meta_schedule as ms
+
+    raw = subnet_relax_module(space, genome)
+    database = schedule_database(chosen_traces(space, genome, families, positions=positions), target)
+    # compile_relax needs the raw (unfused) module, or it silently applies nothing.
+    return ms.relax_integration.compile_relax(database, raw, tvm.target.Target(target), params=None)
+
+
+def time_executable(
+    executable: Any,
+    space: SearchSpace,
+    resolution: int,
+    *,
+    repeat: int = 10,
+    min_repeat_ms: int = 50,
+    session: Any = None,
+) -> tb.Timing:
+    """Median, mean and spread of one batch-1 inference of a compiled subnet (this CPU, or ``session``'s device)."""
+    tvm = tb.require_tvm()
+    from tvm import relax
+
+    device = session.device if session is not None else tvm.cpu()
+    vm = relax.VirtualMachine(session.load(executable) if session is not None else executable, device)
+    rng = np.random.default_rng(0)
+    x = tvm.runtime.tensor(
+        rng.standard_normal((1, space.in_channels, resolution, resolution)).astype("float32"), device
+    )
+    vm.save_function("main", "main_timed", x)
+    result = vm.time_evaluator("main_timed", device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)()
+    per_run = np.asarray(result.results, dtype=np.float64) * 1e3
+    return tb.Timing(float(per_run.mean()), float(np.median(per_run)), float(per_run.std()), len(per_run), 1)

@@ -1,0 +1,124 @@
+"""Fitting a profile's latency model from its measurements: kernel predictor, filled table, calibration.
+
+The kernel predictor (gradient-boosted trees) is validated with kernel-grouped cross-validation and
+then fills every (kernel, schedule) pair of the space the budget did not measure. The calibration
+is fitted on the whole subnets the profiler compiled and measured, and validated leave-one-out:
+each model's latency is predicted by a calibration fitted without it. Both validations are stored
+in the profile, next to the raw measurements they summarize.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from codesign.latency.model import Calibration, LatencyModel
+from codesign.latency.positions import PositionTable
+from codesign.latency.predictor import KernelLatencyPredictor, error_summary, grouped_cross_validation
+from codesign.latency.workloads import Workload, kernel_family
+from codesign.space import Genome, SearchSpace
+
+
+def measurement_rows(measurements: list[dict[str, Any]]) -> list[tuple[Workload, int, float]]:
+    """Successful kernel measurements as ``(workload, candidate, median_ms)``."""
+    rows = []
+    for record in measurements:
+        w = Workload.from_dict(record["workload"])
+        for r in record["results"]:
+            if r["status"] == "ok":
+                rows.append((w, int(r["candidate"]), float(r["timing"]["median_ms"])))
+    return rows
+
+
+def fit_predictor(
+    space: SearchSpace,
+    families: dict[str, list[dict[str, Any]]],
+    measurements: list[dict[str, Any]],
+    models: list[dict[str, Any]],
+    *,
+    seed: int = 0,
+) -> dict[str, Any] | None:
+    """The ``predictor`` section of a profile, or None when there is too little to fit on."""
+    rows = measurement_rows(measurements)
+    if len({w for w, _, _ in rows}) < 4:
+        return None
+    predictor = KernelLatencyPredictor.fit(rows)
+    predicted, measured = grouped_cross_validation(rows, seed=seed)
+    by_family: dict[str, list[int]] = collections.defaultdict(list)
+    for i, (w, _, _) in enumerate(rows):
+        by_family[kernel_family(w)].append(i)
+    ok = np.isfinite(predicted)
+    kernel_validation = {
+        "method": "5-fold cross-validation, all candidates of a kernel held out together",
+        "all": error_summary(predicted[ok], measured[ok]),
+        "by_family": {
+            f: error_summary(predicted[idx][ok[idx]], measured[idx][ok[idx]]) for f, idx in sorted(by_family.items())
+        },
+    }
+    positions = PositionTable(space)
+    measured_pairs = {(w, c) for w, c, _ in rows}
+    pairs = []
+    for w in positions.workloads:
+        count = max(1, len(families.get(kernel_family(w), [None])))
+        if w.kind == "pool_fc":
+            count = 1
+        pairs += [(w, c) for c in range(count)]
+    values = predictor.predict(pairs)
+    filled: dict[str, list[float]] = {}
+    for (w, _candidate), value in zip(pairs, values, strict=True):
+        filled.setdefault(w.key(), []).append(float(value))
+    section: dict[str, Any] = {
+        "kernel_model": predictor.to_dict(),
+        "filled": filled,
+        "kernel_validation": kernel_validation,
+        "coverage": {
+            "pairs_total": len(pairs),
+            "pairs_measured": sum(1 for p in pairs if p in measured_pairs),
+        },
+        "calibration": {"terms": asdict(Calibration()), "models": 0},
+    }
+    section.update(fit_calibration(space, families, measurements, models, section))
+    return section
+
+
+def fit_calibration(
+    space: SearchSpace,
+    families: dict[str, list[dict[str, Any]]],
+    measurements: list[dict[str, Any]],
+    models: list[dict[str, Any]],
+    section: dict[str, Any],
+) -> dict[str, Any]:
+    """Calibration terms and their leave-one-out validation on the measured whole models."""
+    from codesign.latency.model import kernel_table_from_profile
+
+    ok = [m for m in models if m.get("status") == "ok"]
+    if not ok:
+        return {}
+
+    class _Partial:  # the slice of a profile kernel_table_from_profile reads
+        tuning_records = {"families": families}
+        predictor = section
+
+    _Partial.measurements = measurements  # type: ignore[attr-defined]
+    table, sources = kernel_table_from_profile(_Partial)
+    model = LatencyModel(space, families, table, sources, Calibration())
+    genomes = [Genome.from_dict(m["genome"]) for m in ok]
+    sums, kernels = model.layer_sum(genomes)
+    measured = np.asarray([m["timing"]["median_ms"] for m in ok], dtype=np.float64)
+    calibration = Calibration.fit(sums, kernels, measured)
+    loo = np.empty_like(measured)
+    for i in range(len(ok)):
+        keep = np.arange(len(ok)) != i
+        fitted = Calibration.fit(sums[keep], kernels[keep], measured[keep]) if keep.sum() >= 3 else calibration
+        loo[i] = fitted.apply(sums[i : i + 1], kernels[i : i + 1])[0]
+    return {
+        "calibration": {"terms": asdict(calibration), "models": len(ok)},
+        "model_validation": {
+            "method": "leave-one-out over the measured whole models",
+            "calibrated": error_summary(loo, measured),
+            "layer_sum_only": error_summary(sums, measured),
+        },
+    }

@@ -1,0 +1,54 @@
+"""The measured profiles shipped with codesign (``hw_profiles/``) and picking one for a target."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from codesign.profile.profile_file import ProfileError, target_mismatch
+
+
+def shipped_profiles_dir() -> Path:
+    """``codesign/hw_profiles`` in an installed package, else the source tree's ``hw_profiles/``."""
+    installed = Path(str(resources.files("codesign"))) / "hw_profiles"
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parents[2] / "hw_profiles"
+
+
+def shipped_profiles() -> list[Path]:
+    """Every shipped profile file."""
+    folder = shipped_profiles_dir()
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
+def _target_of(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    target = data.get("target") if isinstance(data, dict) else None
+    return target if isinstance(target, dict) else None
+
+
+def find_shipped_profile(target: dict[str, Any], *, allow_mismatch: bool = False) -> Path:
+    """The shipped profile measured for ``target``; a clear error naming how to measure one otherwise."""
+    same_kind = []
+    for path in shipped_profiles():
+        recorded = _target_of(path)
+        if recorded is None:
+            continue
+        if target_mismatch(recorded, target) is None:
+            return path
+        if recorded.get("kind") == target.get("kind"):
+            same_kind.append(path)
+    if allow_mismatch and same_kind:
+        return same_kind[0]
+    shipped = ", ".join(p.name for p in shipped_profiles()) or "none"
+    raise ProfileError(
+        f"no shipped profile was measured for target {json.dumps(target, sort_keys=True)} (shipped: {shipped}); "
+        f"measure this device with `codesign profile --target {target.get('kind')} -o my_device.json` and pass "
+        "--profile my_device.json (or --allow-mismatch to use the nearest shipped one)"
+    )

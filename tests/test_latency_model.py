@@ -1,0 +1,107 @@
+"""The latency model: table lookups, shared schedules, failures, calibration, explain, profile round trip."""
+
+import numpy as np
+import pytest
+
+from codesign.errors import CodesignError
+from codesign.latency.model import Calibration, LatencyModel
+from codesign.latency.positions import PositionTable
+from codesign.latency.workloads import kernel_family, subnet_workloads
+from codesign.profile.profile_file import load_profile, save_profile
+from codesign.space import Genome
+from codesign.testing import synthetic_profile
+
+
+@pytest.fixture(scope="module")
+def profile(default_space):
+    return synthetic_profile(default_space)
+
+
+@pytest.fixture(scope="module")
+def model(profile):
+    return LatencyModel.from_profile(profile)
+
+
+def _reference(profile, space, genome):
+    """Per-genome, unvectorized prediction straight from the measurements."""
+    table = {m["key"]: [r["timing"]["median_ms"] for r in m["results"]] for m in profile.measurements}
+    positions = PositionTable(space)
+    genes = list(genome.schedules) + [0] * positions.num_positions
+    chosen, total, kernels = {}, 0.0, 0
+    layer_iter = iter(subnet_workloads(space, genome))
+    v = genome.to_vector(space)[None, :]
+    active = positions.active(v)[0]
+    for p in range(positions.num_positions):
+        if not active[p]:
+            continue
+        w = next(layer_iter)
+        c = chosen.setdefault(w, genes[p])
+        total += table[w.key()][c]
+        kernels += 1
+    terms = profile.predictor["calibration"]["terms"]
+    return terms["layer_scale"] * total + terms["per_kernel_ms"] * kernels + terms["constant_ms"]
+
+
+def test_vectorized_prediction_matches_reference(profile, model, default_space):
+    rng = np.random.default_rng(0)
+    genomes = []
+    for _ in range(40):
+        g = Genome.random(default_space, rng)
+        genes = tuple(int(rng.integers(0, c)) for c in model.candidate_counts)
+        genomes.append(Genome(**{**g.__dict__, "schedules": genes}))
+    predicted = model.predict(genomes)
+    expected = [_reference(profile, default_space, g) for g in genomes]
+    np.testing.assert_allclose(predicted, expected, rtol=1e-12)
+    explained = model.explain(genomes[0])
+    assert explained["predicted_ms"] == pytest.approx(predicted[0])
+    assert sum(layer["latency_ms"] for layer in explained["layers"]) == pytest.approx(explained["layer_sum_ms"])
+
+
+def test_schedules_and_pruning_interact(model, default_space):
+    g = Genome.largest(default_space)
+    default = model.predict([g])[0]
+    tuned = model.predict([model.fastest_schedules(g)])[0]
+    assert tuned < default  # the default lowering is the slow candidate in the synthetic profile
+    bad = Genome(**{**g.__dict__, "schedules": (99,) * model.num_positions})
+    assert np.isinf(model.predict([bad])[0])  # a schedule the profile does not have is never feasible
+
+
+def test_failed_measurement_is_never_chosen(default_space):
+    profile = synthetic_profile(default_space)
+    g = Genome.largest(default_space)
+    first = subnet_workloads(default_space, g)[0]
+    for m in profile.measurements:
+        if m["key"] == first.key():
+            m["results"][1] = {**m["results"][1], "status": "failed", "timing": None, "error": "build failed"}
+    model = LatencyModel.from_profile(profile)
+    genes = tuple([1] + [0] * (model.num_positions - 1))
+    assert np.isinf(model.predict([Genome(**{**g.__dict__, "schedules": genes})])[0])
+    assert kernel_family(first) in model.families
+
+
+def test_missing_kernels_fail_clearly(default_space):
+    profile = synthetic_profile(default_space)
+    profile.measurements.pop()
+    with pytest.raises(CodesignError, match="no latency for 1 kernels"):
+        LatencyModel.from_profile(profile)
+
+
+def test_calibration_recovers_known_terms():
+    rng = np.random.default_rng(0)
+    sums = rng.uniform(0.2, 2.0, 50)
+    kernels = rng.integers(20, 40, 50).astype(float)
+    measured = 1.2 * sums + 0.003 * kernels + 0.05
+    fitted = Calibration.fit(sums, kernels, measured)
+    assert fitted.layer_scale == pytest.approx(1.2, rel=1e-6)
+    assert fitted.per_kernel_ms == pytest.approx(0.003, rel=1e-5)
+    assert fitted.constant_ms == pytest.approx(0.05, rel=1e-5)
+    negative = Calibration.fit(sums, kernels, 1.2 * sums - 0.001 * kernels + 0.1)
+    assert min(negative.layer_scale, negative.per_kernel_ms, negative.constant_ms) >= 0
+
+
+def test_profile_file_round_trip(profile, model, tmp_path, default_space):
+    path = save_profile(tmp_path / "p.json", profile)
+    again = LatencyModel.from_profile(path)
+    genomes = [Genome.largest(default_space), Genome.smallest(default_space)]
+    np.testing.assert_array_equal(again.predict(genomes), model.predict(genomes))
+    assert load_profile(path).profile.device.name.startswith("synthetic")
