@@ -38,6 +38,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, compact: bool = False) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically: indented, or ``compact`` (one line, for large data files)."""
+    text = json.dumps(obj, separators=(",", ":")) if compact else json.dumps(obj, indent=2, sort_keys=False)
+    write_text_atomic(path, text + "\n")

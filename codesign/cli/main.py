@@ -9,12 +9,22 @@ from codesign import __version__
 from codesign.cli.base import Command
 from codesign.cli.evaluate import EvaluateCommand
 from codesign.cli.export import ExportCommand
+from codesign.cli.fit_predictor import FitPredictorCommand
 from codesign.cli.profile import ProfileCommand
+from codesign.cli.search import SearchCommand
 from codesign.cli.space import SpaceCommand
 from codesign.cli.train import TrainCommand
 from codesign.errors import CodesignError
 
-COMMANDS: tuple[type[Command], ...] = (TrainCommand, EvaluateCommand, ExportCommand, ProfileCommand, SpaceCommand)
+COMMANDS: tuple[type[Command], ...] = (
+    TrainCommand,
+    EvaluateCommand,
+    FitPredictorCommand,
+    ProfileCommand,
+    SearchCommand,
+    ExportCommand,
+    SpaceCommand,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

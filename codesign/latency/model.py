@@ -30,7 +30,7 @@ from codesign.latency.positions import PositionTable
 from codesign.latency.workloads import Workload, kernel_family
 from codesign.space import Genome, SearchSpace
 
-MEASURED, PREDICTED, FAILED = 1, 2, 3
+MEASURED, PREDICTED, FAILED, UNVERIFIED = 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class LatencyModel:
             for c, value in enumerate(row[:width]):
                 source = kernel_sources.get(w.key(), [MEASURED] * len(row))[c]
                 self.sources[i, c] = source
-                if value is not None and source != FAILED:
+                if value is not None and source not in (FAILED, UNVERIFIED):
                     self.table[i, c] = float(value)
         if missing:
             raise CodesignError(
@@ -219,7 +219,7 @@ class LatencyModel:
         genes[0, : v.shape[1] - self.arch_length] = v[0, self.arch_length :]
         effective = self.positions.effective_schedules(ids[None, :], active, genes)[0]
         latency, _ = self.layer_latencies(v)
-        names = {0: "default", MEASURED: "measured", PREDICTED: "predicted", FAILED: "failed"}
+        names = {0: "default", MEASURED: "measured", PREDICTED: "predicted", FAILED: "failed", UNVERIFIED: "unverified"}
         layers = []
         for p, position in enumerate(self.positions.positions):
             if not active[0, p]:
@@ -268,7 +268,9 @@ def _fields(genome: Genome) -> dict[str, Any]:
 def kernel_table_from_profile(profile: Any) -> tuple[dict[str, list[float | None]], dict[str, list[int]]]:
     """Per kernel key, latency (ms) per schedule candidate and where each value came from.
 
-    Measured medians win; the profile's filled predictions cover what was not measured.
+    Measured medians win; the profile's filled predictions cover what was not measured. A tuned
+    schedule of a kernel the profiler never visited is UNVERIFIED (it may not replay on that
+    shape), so it is never offered; the default lowering always compiles.
     """
     families = dict(profile.tuning_records.get("families", {}))
     fitted = profile.predictor or {}
@@ -277,7 +279,7 @@ def kernel_table_from_profile(profile: Any) -> tuple[dict[str, list[float | None
     sources: dict[str, list[int]] = {}
     for key, row in filled.items():
         table[key] = [float(x) for x in row]
-        sources[key] = [PREDICTED] * len(row)
+        sources[key] = [PREDICTED] + [UNVERIFIED] * (len(row) - 1)
     for record in profile.measurements:
         workload = Workload.from_dict(record["workload"])
         count = max(1, len(families.get(kernel_family(workload), [None])))
@@ -293,7 +295,8 @@ def kernel_table_from_profile(profile: Any) -> tuple[dict[str, list[float | None
                 row[c], src[c] = median, MEASURED
             elif result.get("status") == "failed":
                 src[c] = FAILED
-            # "unmeasured" (replays, not timed): the filled prediction stays
+            else:  # "unmeasured": seen to replay, not timed; the filled prediction stands
+                src[c] = PREDICTED
         table[record["key"]] = row
         sources[record["key"]] = src
     return table, sources

@@ -85,7 +85,7 @@ class KernelLatencyPredictor:
     _booster: Any = field(default=None, repr=False, compare=False)
 
     DEFAULT_PARAMS = {
-        "max_depth": 6,
+        "max_depth": 5,
         "eta": 0.08,
         "subsample": 0.9,
         "colsample_bytree": 0.9,
@@ -94,7 +94,7 @@ class KernelLatencyPredictor:
         "seed": 0,
         "nthread": 1,
     }
-    ROUNDS = 400
+    ROUNDS = 250
 
     @classmethod
     def fit(

@@ -106,8 +106,8 @@ class HardwareProfile:
 
 
 def save_profile(path: str | Path, profile: HardwareProfile) -> Path:
-    """Write ``profile`` atomically."""
-    write_json_atomic(path, profile.to_dict())
+    """Write ``profile`` atomically (compact JSON: profiles hold thousands of measurements)."""
+    write_json_atomic(path, profile.to_dict(), compact=True)
     return Path(path)
 
 

@@ -228,6 +228,7 @@ class Profiler:
         self._measure_kernels(ranked, candidates, full_deadline, say, adaptive=False)
         self._cover_kernels(ranked, candidates, kernel_deadline, say)
         self._measure_kernels(ranked, candidates, kernel_deadline, say, adaptive=True)
+        self._check_replays(ranked, candidates, say)
         if cfg.calibration_models:
             self._measure_models(candidates, deadline, say)
 
@@ -417,6 +418,25 @@ class Profiler:
                 )
             )
 
+    def _check_replays(
+        self,
+        ranked: list[tuple[Workload, float]],
+        candidates: dict[str, list[dict[str, Any]]],
+        say: Callable[[str], None],
+    ) -> None:
+        """Kernels the budget left untimed: check which tuned schedules replay on them (cheap; not budgeted).
+
+        Without it, a tuned schedule of such a kernel is unverified and the latency model never
+        offers it; with it, the schedules that replay are offered at the predictor's latency.
+        """
+        measured = self._done("measured")
+        pending = [(w, share) for w, share in ranked[: self.config.max_workloads] if w.key() not in measured]
+        if pending:
+            say(f"checking which schedules replay on the {len(pending)} kernels left untimed")
+        for w, share in pending:
+            options = candidates.get(kernel_family(w), [{"source": "default", "trace": None}])
+            self._measure_one(w, share, options, only=set())
+
     def measurement_rows(self) -> list[tuple[Workload, int, float]]:
         """Every successful kernel measurement as ``(workload, candidate, median_ms)``."""
         rows = []
@@ -469,7 +489,8 @@ class Profiler:
                 count = max(1, len(candidates.get(position.family, [None])))
                 record = measured.get(positions.workloads[ids[p]].key())
                 results = {r["candidate"]: r for r in record["results"]} if record else {}
-                valid = [c for c in range(count) if results.get(c, {}).get("status", "unmeasured") != "failed"]
+                # a candidate is usable once it was seen to replay on this kernel (timed or checked)
+                valid = [c for c in range(count) if c == 0 or results.get(c, {}).get("status") in ("ok", "unmeasured")]
                 timed = {c: r["timing"]["median_ms"] for c, r in results.items() if r["status"] == "ok"}
                 if i % 2 == 0 and timed:
                     genes.append(int(min(timed, key=timed.__getitem__)))

@@ -1,0 +1,222 @@
+"""``codesign search``: the joint architecture + pruning + schedule search under a latency budget."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from codesign.cli.base import Command, add_data_arguments, add_threads_argument, apply_threads
+
+
+def resolve_target(spec: str) -> dict[str, Any]:
+    """``llvm`` (this CPU), ``cuda`` or a TVM target JSON object; a clear error for anything else."""
+    from codesign.errors import CodesignError
+
+    if spec == "llvm":
+        try:
+            from codesign.profile.tvm_backend import host_llvm_target
+
+            return host_llvm_target()
+        except CodesignError:  # no TVM here: match shipped profiles by kind and core count only
+            import os
+
+            return {"kind": "llvm", "num-cores": os.cpu_count() or 1}
+    if spec == "cuda":
+        return {"kind": "cuda"}
+    try:
+        target = json.loads(spec)
+    except json.JSONDecodeError:
+        raise CodesignError(f"unknown target {spec!r}: use 'llvm', 'cuda' or a TVM target JSON object") from None
+    if not isinstance(target, dict) or target.get("kind") not in ("llvm", "cuda"):
+        raise CodesignError(f'unknown target {spec!r}: the target JSON needs "kind": "llvm" or "cuda"')
+    return target
+
+
+class SearchCommand(Command):
+    name = "search"
+    summary = "find the most accurate subnet within a latency budget on a measured device (joint search)"
+    description = (
+        "Search architecture (depth, kernel, expand ratio, resolution), per-layer pruning ratios and the\n"
+        "TVM schedule of every layer together. Latency comes from the device's measured profile (kernel\n"
+        "tables + calibrated whole-model correction), accuracy from a predictor trained on subnets\n"
+        "evaluated with inherited weights. The most promising points of the resulting front are then\n"
+        "evaluated for real and the best one is recommended. Writes front.json, recommended.json (a\n"
+        "genome for `codesign export`), front.png and a checkpoint after every generation (--resume\n"
+        "continues a killed search to the same result). Without --profile/--supernet/--predictor the\n"
+        "shipped ones are used; a target without a shipped profile fails and says how to measure one."
+    )
+    examples = (
+        "codesign search --target llvm --latency-ms 0.8 -o runs/search",
+        "codesign search --latency-ms 0.6 --strategy nsga2 --generations 300 --seed 1 -o runs/nsga2",
+        "codesign search --latency-ms 0.8 --max-params 150000 --profile my_cpu.json -o runs/s2 --resume",
+    )
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from codesign.search.strategies import available_strategies
+
+        parser.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory")
+        parser.add_argument("--target", default="llvm", help="'llvm' (this CPU), 'cuda', or a TVM target JSON")
+        parser.add_argument("--latency-ms", type=float, required=True, help="latency budget (batch 1, as compiled)")
+        parser.add_argument("--max-params", type=int, default=None, help="parameter budget (optional)")
+        parser.add_argument("--max-memory-mb", type=float, default=None, help="peak inference memory budget (MiB)")
+        parser.add_argument("--profile", default=None, metavar="FILE.json", help="hardware profile (default: shipped)")
+        parser.add_argument("--allow-mismatch", action="store_true", help="use a profile measured for another device")
+        parser.add_argument("--supernet", default=None, metavar="DIR|FILE", help="default: the shipped supernet")
+        parser.add_argument(
+            "--predictor", default=None, metavar="FILE.json", help="accuracy predictor (default: the shipped one)"
+        )
+        parser.add_argument("--strategy", choices=available_strategies(), default="evolution")
+        parser.add_argument("--population", type=int, default=100)
+        parser.add_argument("--generations", type=int, default=200)
+        parser.add_argument(
+            "--schedules",
+            choices=("joint", "default"),
+            default="joint",
+            help="search schedules jointly (default) or keep TVM's default schedule for every layer",
+        )
+        parser.add_argument("--finalists", type=int, default=8, help="front points evaluated for real (default: 8)")
+        parser.add_argument("--evaluator", choices=("auto", "cpp", "torch"), default="auto")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.json")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_data_arguments(parser)
+        add_threads_argument(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        apply_threads(args.threads)
+        from pathlib import Path
+
+        from tqdm import tqdm
+
+        from codesign.errors import CodesignError
+        from codesign.latency.model import LatencyModel
+        from codesign.profile.profile_file import load_profile
+        from codesign.profile.shipped import find_shipped_profile
+        from codesign.search.accuracy_data import file_sha256
+        from codesign.search.accuracy_predictor import AccuracyPredictor
+        from codesign.search.encoding import SearchEncoding
+        from codesign.search.pipeline import default_predictor_path
+        from codesign.search.problem import Budget, SearchProblem
+        from codesign.search.report import (
+            evaluate_finalists,
+            format_table,
+            front_points,
+            pick_finalists,
+            recommend,
+            write_results,
+        )
+        from codesign.search.runner import run_search
+        from codesign.search.strategies import create_strategy
+        from codesign.supernet.weights import resolve_supernet_path
+
+        target = resolve_target(args.target)
+        profile_path = (
+            Path(args.profile) if args.profile else find_shipped_profile(target, allow_mismatch=args.allow_mismatch)
+        )
+        loaded_profile = load_profile(profile_path, target=target, allow_mismatch=args.allow_mismatch)
+        for warning in loaded_profile.warnings:
+            print(f"warning: profile {profile_path.name}: {warning}")
+        latency_model = LatencyModel.from_profile(loaded_profile.profile)
+        supernet_file = resolve_supernet_path(args.supernet)
+        predictor_path = Path(args.predictor) if args.predictor else default_predictor_path(args.supernet)
+        predictor = AccuracyPredictor.load(predictor_path)
+        expected = predictor.provenance.get("supernet_sha256")
+        if expected and supernet_file.is_file() and expected != file_sha256(supernet_file):
+            raise CodesignError(
+                f"{predictor_path} was fitted on other supernet weights than {supernet_file}; "
+                "fit one for these weights with `codesign fit-predictor`"
+            )
+        space = latency_model.space
+        budget = Budget(
+            latency_ms=args.latency_ms,
+            max_params=args.max_params,
+            max_memory_bytes=int(args.max_memory_mb * 2**20) if args.max_memory_mb else None,
+        )
+        encoding = SearchEncoding(space, latency_model, search_schedules=args.schedules == "joint")
+        problem = SearchProblem(encoding, latency_model, predictor, budget)
+        fastest, _ = problem.fastest_reachable(seed=args.seed)
+        if fastest > budget.latency_ms:
+            raise CodesignError(
+                f"infeasible budget: the fastest subnet reachable on {latency_model.name or 'this device'} is "
+                f"predicted at {fastest:.3f} ms (> {budget.latency_ms:g} ms) within the other budgets"
+            )
+        problem.scored = 0
+        strategy = create_strategy(args.strategy, population_size=args.population)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=args.generations, desc=f"{args.strategy} search", unit="gen", disable=args.no_progress)
+
+        def progress(generation: int, archive: Any) -> None:
+            bar.update(generation - bar.n)
+            if len(archive.vectors):
+                bar.set_postfix(front=len(archive.vectors), best=f"{archive.scores.accuracy.max() * 100:.2f}%")
+
+        outcome = run_search(
+            problem,
+            strategy,
+            generations=args.generations,
+            seed=args.seed,
+            checkpoint=out / "checkpoint.json",
+            resume=args.resume,
+            progress=progress,
+        )
+        bar.close()
+        if not len(outcome.archive.vectors):
+            raise CodesignError(
+                f"no candidate within the budget was found in {outcome.generations} generations "
+                f"(the fastest reachable is predicted at {fastest:.3f} ms): raise the budget or --generations"
+            )
+        points = front_points(problem, outcome.archive)
+        finalists = pick_finalists(points, args.finalists)
+        if finalists:
+            from codesign.data import load_splits
+            from codesign.search.accuracy_data import make_evaluator
+            from codesign.supernet import load_supernet
+
+            supernet = load_supernet(args.supernet).supernet
+            splits = load_splits(
+                args.dataset, args.data_root, val_size=args.val_size, seed=args.data_seed, channels=space.in_channels
+            )
+            evaluator = make_evaluator(supernet, splits, kind=args.evaluator, threads=args.threads)
+            print(f"evaluating {len(finalists)} finalists on the validation split ...")
+            points = evaluate_finalists(points, finalists, evaluator)
+        best = recommend(points)
+        summary = {
+            "target": target,
+            "profile": str(profile_path),
+            "device": latency_model.name,
+            "supernet": str(supernet_file),
+            "predictor": str(predictor_path),
+            "budget": {
+                "latency_ms": budget.latency_ms,
+                "max_params": budget.max_params,
+                "max_memory_bytes": budget.max_memory_bytes,
+            },
+            "fastest_reachable_ms": fastest,
+            "search": {
+                **strategy.settings(),
+                "generations": outcome.generations,
+                "seed": args.seed,
+                "schedules": args.schedules,
+                "scored": outcome.scored,
+                "seconds": round(outcome.seconds, 2),
+            },
+        }
+        written = write_results(out, points=points, recommended=best, space=space, summary=summary)
+        print(format_table(points, space, best))
+        p = points[best]
+        acc = (
+            f"{p.val_accuracy * 100:.2f}% validation accuracy"
+            if p.val_accuracy is not None
+            else (f"{p.predicted_accuracy * 100:.2f}% predicted accuracy")
+        )
+        print(
+            f"recommended (*): {acc}, {p.latency_ms:.3f} ms predicted on {latency_model.name or target['kind']}, "
+            f"{p.params / 1e3:.1f}k parameters: {p.genome.short(space)}"
+        )
+        print(
+            f"scored {outcome.scored} candidates in {outcome.seconds:.1f} s; wrote "
+            + ", ".join(str(path) for path in written.values())
+        )
+        return 0

@@ -1,0 +1,103 @@
+"""The joint genome as the search sees it: one integer vector of architecture, pruning and schedule genes.
+
+Columns, in order: resolution, per-stage depth, per-slot kernel size, expand ratio and block
+pruning ratio, per-stage width pruning ratio (the space's genome vector), then one schedule gene per
+kernel position (an index into that position's kernel-family candidates in the hardware profile).
+Every column has a fixed number of choices, so sampling, mutation and crossover are array
+operations over whole populations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from codesign.latency.model import LatencyModel
+from codesign.latency.positions import choice_counts
+from codesign.space import Genome, SearchSpace
+
+
+class SearchEncoding:
+    """Integer-vector encoding of joint genomes for ``space`` with ``latency_model``'s schedule candidates."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        latency_model: LatencyModel,
+        *,
+        search_schedules: bool = True,
+        search_pruning: bool = True,
+    ) -> None:
+        self.space = space
+        self.latency_model = latency_model
+        self.positions = latency_model.positions
+        self.arch_length = self.positions.arch_length
+        schedule_counts = (
+            latency_model.candidate_counts if search_schedules else np.ones_like(latency_model.candidate_counts)
+        )
+        arch_counts = np.asarray(self.positions.counts, np.int64)
+        if not search_pruning:  # pruning genes pinned to each knob's first choice
+            n_s, n_b = space.num_stages, space.max_blocks
+            arch_counts[1 + n_s + 2 * n_b : 1 + n_s + 3 * n_b] = 1
+            arch_counts[1 + n_s + 3 * n_b :] = 1
+        self.counts = np.concatenate([arch_counts, schedule_counts]).astype(np.int64)
+        self.search_schedules = search_schedules
+        self.search_pruning = search_pruning
+
+    @property
+    def length(self) -> int:
+        """Columns of a vector."""
+        return int(self.counts.size)
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` vectors drawn uniformly, every column independently."""
+        return (rng.random((n, self.length)) * self.counts[None, :]).astype(np.int64)
+
+    def mutate(self, vectors: np.ndarray, rng: np.random.Generator, probability: float) -> np.ndarray:
+        """Each gene re-drawn uniformly with ``probability`` (at least one gene per row changes)."""
+        v = vectors.copy()
+        mask = rng.random(v.shape) < probability
+        forced = rng.integers(0, self.length, size=len(v))
+        mask[np.arange(len(v)), forced] = True
+        fresh = (rng.random(v.shape) * self.counts[None, :]).astype(np.int64)
+        v[mask] = fresh[mask]
+        return v
+
+    def crossover(self, first: np.ndarray, second: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Uniform crossover of two parent arrays (row ``i`` of each)."""
+        take = rng.random(first.shape) < 0.5
+        return np.where(take, first, second)
+
+    def to_genome(self, vector: np.ndarray) -> Genome:
+        """The canonical :class:`Genome` of one vector (schedule genes kept)."""
+        v = np.asarray(vector, dtype=np.int64)
+        arch = Genome.from_vector(self.space, v[: self.arch_length]).canonical(self.space)
+        return replace(arch, schedules=tuple(int(x) for x in v[self.arch_length :]))
+
+    def from_genomes(self, genomes: list[Genome]) -> np.ndarray:
+        """Vectors of ``genomes`` (missing schedule genes are 0)."""
+        return self.latency_model.vectors(genomes)
+
+    def arch_features(self, vectors: np.ndarray) -> np.ndarray:
+        """One-hot architecture features (inactive blocks all-zero), the accuracy predictor's input."""
+        return arch_one_hot(self.space, np.asarray(vectors)[:, : self.arch_length])
+
+
+def arch_one_hot(space: SearchSpace, arch: np.ndarray) -> np.ndarray:
+    """One-hot encoding of architecture vectors; genes of blocks beyond their stage's depth are zeroed."""
+    arch = np.asarray(arch, dtype=np.int64)
+    counts = np.asarray(choice_counts(space), dtype=np.int64)
+    n, n_stages, n_slots = len(arch), space.num_stages, space.max_blocks
+    keep = np.ones(arch.shape, dtype=bool)
+    depth_index = arch[:, 1 : 1 + n_stages]
+    for slot, (si, bi) in enumerate(space.block_slots()):
+        depth = np.asarray(space.stages[si].depths, dtype=np.int64)[depth_index[:, si]]
+        active = bi < depth
+        for gene in range(3):  # kernel size, expand ratio, block pruning of this slot
+            keep[:, 1 + n_stages + gene * n_slots + slot] = active
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    hot = offsets[None, :] + np.minimum(arch, counts[None, :] - 1)
+    out = np.zeros((n, int(counts.sum())), dtype=np.float32)
+    out[np.arange(n)[:, None], hot] = keep
+    return out

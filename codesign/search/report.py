@@ -1,0 +1,156 @@
+"""Search results: finalists re-evaluated for real, the recommended subnet, the table, JSON and the plot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from codesign.fileio import write_json_atomic
+from codesign.search.problem import SearchProblem
+from codesign.search.runner import Archive
+from codesign.space import Genome
+
+
+@dataclass(frozen=True)
+class FrontPoint:
+    """One candidate of the front: predicted and (for finalists) measured accuracy, predicted cost."""
+
+    genome: Genome
+    predicted_accuracy: float
+    latency_ms: float
+    params: int
+    memory_bytes: int
+    val_accuracy: float | None = None
+
+    def to_dict(self, space: Any) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "predicted_accuracy": self.predicted_accuracy,
+            "val_accuracy": self.val_accuracy,
+            "predicted_latency_ms": self.latency_ms,
+            "params": self.params,
+            "peak_memory_bytes": self.memory_bytes,
+            "short": self.genome.short(space),
+            "genome": self.genome.to_dict(),
+        }
+
+
+def front_points(problem: SearchProblem, archive: Archive) -> list[FrontPoint]:
+    """The archive as :class:`FrontPoint` s, fastest first."""
+    s = archive.scores
+    return [
+        FrontPoint(
+            problem.encoding.to_genome(v),
+            float(s.accuracy[i]),
+            float(s.latency_ms[i]),
+            int(s.params[i]),
+            int(s.memory_bytes[i]),
+        )
+        for i, v in enumerate(archive.vectors)
+    ]
+
+
+def pick_finalists(points: list[FrontPoint], count: int) -> list[int]:
+    """Indices of the ``count`` points with the highest predicted accuracy (all are within budget)."""
+    order = np.argsort([-p.predicted_accuracy for p in points], kind="stable")
+    return sorted(int(i) for i in order[:count])
+
+
+def evaluate_finalists(points: list[FrontPoint], indices: list[int], evaluator: Any) -> list[FrontPoint]:
+    """``points`` with the real validation accuracy filled in for ``indices``."""
+    measured = evaluator.evaluate_many([points[i].genome for i in indices]) if indices else []
+    out = list(points)
+    for i, acc in zip(indices, measured, strict=True):
+        p = out[i]
+        out[i] = FrontPoint(p.genome, p.predicted_accuracy, p.latency_ms, p.params, p.memory_bytes, float(acc))
+    return out
+
+
+def recommend(points: list[FrontPoint]) -> int:
+    """The point to deploy: best measured validation accuracy (then lower latency); predicted if none measured."""
+    measured = [i for i, p in enumerate(points) if p.val_accuracy is not None]
+    pool = measured or list(range(len(points)))
+
+    def key(i: int) -> tuple[float, float]:
+        p = points[i]
+        accuracy = p.val_accuracy if p.val_accuracy is not None else p.predicted_accuracy
+        return (-accuracy, p.latency_ms)
+
+    return min(pool, key=key)
+
+
+def format_table(points: list[FrontPoint], space: Any, recommended: int) -> str:
+    """The front as a text table (one line per point)."""
+    lines = [f"{'':2}{'pred acc':>9} {'val acc':>8} {'latency':>10} {'params':>8} {'memory':>9}  genome"]
+    for i, p in enumerate(points):
+        val = f"{p.val_accuracy * 100:7.2f}%" if p.val_accuracy is not None else f"{'-':>8}"
+        mark = "*" if i == recommended else " "
+        lines.append(
+            f"{mark} {p.predicted_accuracy * 100:8.2f}% {val} {p.latency_ms:7.3f} ms {p.params / 1e3:7.1f}k "
+            f"{p.memory_bytes / 2**20:6.2f} MiB  {p.genome.short(space)}"
+        )
+    return "\n".join(lines)
+
+
+def write_results(
+    out_dir: Path,
+    *,
+    points: list[FrontPoint],
+    recommended: int,
+    space: Any,
+    summary: dict[str, Any],
+) -> dict[str, Path]:
+    """``front.json``, ``recommended.json`` (a genome for ``codesign export``) and ``front.png`` when possible."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    written["front"] = out_dir / "front.json"
+    write_json_atomic(
+        written["front"], {**summary, "recommended": recommended, "front": [p.to_dict(space) for p in points]}
+    )
+    written["recommended"] = out_dir / "recommended.json"
+    write_json_atomic(written["recommended"], points[recommended].genome.to_dict())
+    plot = plot_front(out_dir / "front.png", points, recommended, summary["budget"]["latency_ms"])
+    if plot is not None:
+        written["plot"] = plot
+    return written
+
+
+def plot_front(path: Path, points: list[FrontPoint], recommended: int, budget_ms: float) -> Path | None:
+    """Accuracy vs predicted latency with the budget line and the recommended point; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    from codesign.fileio import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    lat = [p.latency_ms for p in points]
+    ax.plot(lat, [p.predicted_accuracy * 100 for p in points], "o-", ms=3, label="front (predicted accuracy)")
+    measured = [p for p in points if p.val_accuracy is not None]
+    if measured:
+        ax.plot(
+            [p.latency_ms for p in measured],
+            [p.val_accuracy * 100 for p in measured],
+            "s",
+            ms=5,
+            label="finalists (validation accuracy)",
+        )
+    best = points[recommended]
+    best_acc = best.val_accuracy if best.val_accuracy is not None else best.predicted_accuracy
+    ax.plot([best.latency_ms], [best_acc * 100], "*", ms=14, color="crimson", label="recommended")
+    ax.axvline(budget_ms, color="gray", linestyle="--", label=f"budget {budget_ms:g} ms")
+    ax.set_xlabel("predicted compiled latency (ms, batch 1)")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

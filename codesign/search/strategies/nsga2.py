@@ -1,0 +1,59 @@
+"""NSGA-II (Deb et al. 2002) with constraint domination, on (accuracy up, latency down)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from codesign.search.pareto import crowding_distance, non_dominated_ranks
+from codesign.search.problem import Scores, SearchProblem
+from codesign.search.strategies.base import Population, SearchStrategy
+from codesign.search.strategies.registry import register_strategy
+
+
+def _rank_and_crowding(scores: Scores) -> tuple[np.ndarray, np.ndarray]:
+    ranks = non_dominated_ranks(scores.accuracy, scores.latency_ms, scores.violation)
+    crowding = np.zeros(len(ranks))
+    for r in np.unique(ranks):
+        members = np.flatnonzero(ranks == r)
+        crowding[members] = crowding_distance(scores.accuracy[members], scores.latency_ms[members])
+    return ranks, crowding
+
+
+@register_strategy
+class NSGA2(SearchStrategy):
+    """Binary tournaments on (front rank, crowding), uniform crossover + mutation, elitist survival."""
+
+    name = "nsga2"
+
+    def __init__(
+        self, *, population_size: int = 100, mutation_probability: float = 0.1, crossover_probability: float = 0.9
+    ) -> None:
+        super().__init__(population_size=population_size, mutation_probability=mutation_probability)
+        self.crossover_probability = crossover_probability
+
+    def _tournament(self, ranks: np.ndarray, crowding: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
+        a, b = rng.integers(0, len(ranks), size=(2, n))
+        a_wins = (ranks[a] < ranks[b]) | ((ranks[a] == ranks[b]) & (crowding[a] >= crowding[b]))
+        return np.where(a_wins, a, b)
+
+    def step(self, problem: SearchProblem, population: Population, rng: np.random.Generator) -> Population:
+        """Offspring of the same size, then the best half of parents + offspring survives."""
+        n = self.population_size
+        ranks, crowding = _rank_and_crowding(population.scores)
+        first = population.vectors[self._tournament(ranks, crowding, rng, n)]
+        second = population.vectors[self._tournament(ranks, crowding, rng, n)]
+        crossed = problem.encoding.crossover(first, second, rng)
+        use_cross = rng.random(n) < self.crossover_probability
+        children = problem.encoding.mutate(np.where(use_cross[:, None], crossed, first), rng, self.mutation_probability)
+        merged_vectors = np.concatenate([population.vectors, children])
+        merged = Scores.concatenate([population.scores, problem.score(children)])
+        ranks, crowding = _rank_and_crowding(merged)
+        order = np.lexsort((-crowding, ranks))[:n]
+        order.sort()
+        return Population(merged_vectors[order], merged.take(order))
+
+    def settings(self) -> dict[str, Any]:
+        """Knobs including the crossover probability."""
+        return {**super().settings(), "crossover_probability": self.crossover_probability}

@@ -1,0 +1,129 @@
+"""Contract tests every search strategy passes: determinism, constraints, Pareto correctness, resume."""
+
+import json
+
+import numpy as np
+import pytest
+
+from codesign.errors import CodesignError
+from codesign.latency.model import LatencyModel
+from codesign.search.encoding import SearchEncoding
+from codesign.search.pareto import dominates_matrix, hypervolume, non_dominated_ranks
+from codesign.search.problem import Budget, SearchProblem
+from codesign.search.runner import run_search
+from codesign.search.strategies import available_strategies, create_strategy
+from codesign.testing import synthetic_accuracy_predictor, synthetic_profile
+
+STRATEGIES = ["random", "evolution", "nsga2"]
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_space):
+    model = LatencyModel.from_profile(synthetic_profile(tiny_space))
+    predictor = synthetic_accuracy_predictor(tiny_space, samples=48)
+    encoding = SearchEncoding(tiny_space, model)
+    median = float(np.median(model.predict(encoding.sample(np.random.default_rng(0), 2000))))
+    return encoding, model, predictor, median
+
+
+def make_problem(parts, **budget):
+    encoding, model, predictor, median = parts
+    return SearchProblem(encoding, model, predictor, Budget(latency_ms=budget.pop("latency_ms", median), **budget))
+
+
+def test_every_registered_strategy_is_tested():
+    assert set(available_strategies()) == set(STRATEGIES)
+    with pytest.raises(CodesignError, match="unknown search strategy"):
+        create_strategy("annealing")
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_seeded_runs_are_identical(parts, name):
+    runs = [
+        run_search(make_problem(parts), create_strategy(name, population_size=16), generations=6, seed=3)
+        for _ in range(2)
+    ]
+    np.testing.assert_array_equal(runs[0].archive.vectors, runs[1].archive.vectors)
+    other = run_search(make_problem(parts), create_strategy(name, population_size=16), generations=6, seed=4)
+    assert not np.array_equal(other.archive.vectors, runs[0].archive.vectors)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_archive_respects_every_budget(parts, name):
+    problem = make_problem(parts, max_params=20000)
+    out = run_search(problem, create_strategy(name, population_size=16), generations=8, seed=0)
+    assert len(out.archive.vectors) > 0
+    rescored = problem.score(out.archive.vectors)
+    assert (rescored.latency_ms <= problem.budget.latency_ms).all() and (rescored.params <= 20000).all()
+    assert out.scored == 16 * 8 if name != "evolution" else out.scored == 16 + 8 * 7
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_archive_is_the_pareto_front_of_everything_scored(parts, name, monkeypatch):
+    problem = make_problem(parts)
+    seen_vectors, seen_scores = [], []
+    original = problem.score
+
+    def recording(vectors):
+        scores = original(vectors)
+        seen_vectors.append(np.asarray(vectors))
+        seen_scores.append(scores)
+        return scores
+
+    monkeypatch.setattr(problem, "score", recording)
+    out = run_search(problem, create_strategy(name, population_size=16), generations=6, seed=1)
+    acc = np.concatenate([s.accuracy for s in seen_scores])
+    lat = np.concatenate([s.latency_ms for s in seen_scores])
+    feasible = np.concatenate([s.feasible for s in seen_scores])
+    front_acc, front_lat = out.archive.scores.accuracy, out.archive.scores.latency_ms
+    # nothing feasible that was scored dominates a front member, and members do not dominate each other
+    a, t = np.concatenate([acc[feasible], front_acc]), np.concatenate([lat[feasible], front_lat])
+    d = dominates_matrix(a, t)
+    assert not d[:, len(a) - len(front_acc) :].any()
+    best_feasible = acc[feasible].max()
+    assert front_acc.max() == pytest.approx(best_feasible)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_resume_reaches_the_uninterrupted_result(parts, name, tmp_path):
+    full = run_search(make_problem(parts), create_strategy(name, population_size=12), generations=8, seed=5)
+    ckpt = tmp_path / "checkpoint.json"
+    run_search(make_problem(parts), create_strategy(name, population_size=12), generations=3, seed=5, checkpoint=ckpt)
+    resumed = run_search(
+        make_problem(parts),
+        create_strategy(name, population_size=12),
+        generations=8,
+        seed=5,
+        checkpoint=ckpt,
+        resume=True,
+    )
+    np.testing.assert_array_equal(resumed.archive.vectors, full.archive.vectors)
+    assert resumed.scored == full.scored
+    data = json.loads(ckpt.read_text())
+    assert data["generation"] == 8
+    with pytest.raises(CodesignError, match="other settings"):
+        run_search(
+            make_problem(parts),
+            create_strategy(name, population_size=13),
+            generations=9,
+            seed=5,
+            checkpoint=ckpt,
+            resume=True,
+        )
+
+
+def test_infeasible_budget_reports_the_fastest_reachable(parts):
+    problem = make_problem(parts, latency_ms=1e-6)
+    fastest, vector = problem.fastest_reachable()
+    assert fastest > 1e-6 and problem.score(vector[None, :]).latency_ms[0] == pytest.approx(fastest)
+
+
+def test_pareto_ranks_and_hypervolume():
+    acc = np.array([0.9, 0.8, 0.85, 0.7, 0.9])
+    lat = np.array([2.0, 1.0, 1.5, 1.2, 2.5])
+    ranks = non_dominated_ranks(acc, lat)
+    assert ranks.tolist() == [0, 0, 0, 1, 1]
+    ranks = non_dominated_ranks(acc, lat, violation=np.array([0, 0, 0.5, 0, 0]))
+    assert ranks[2] > max(ranks[[0, 1, 3, 4]])
+    assert hypervolume(np.array([0.5]), np.array([1.0]), reference_latency=2.0) == pytest.approx(0.5)
+    assert hypervolume(acc, lat, reference_latency=3.0) == pytest.approx(0.8 * 0.5 + 0.85 * 0.5 + 0.9 * 1.0)
