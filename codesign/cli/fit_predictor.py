@@ -31,6 +31,10 @@ class FitPredictorCommand(Command):
         parser.add_argument(
             "--images", type=int, default=None, metavar="N", help="validation images used (default: all)"
         )
+        parser.add_argument(
+            "--hidden", default="64,64", help="hidden layer widths of each MLP, comma separated (default: 64,64)"
+        )
+        parser.add_argument("--ensemble", type=int, default=3, help="MLPs averaged (default: 3)")
         parser.add_argument("--evaluator", choices=("auto", "cpp", "torch"), default="auto")
         parser.add_argument("--work-dir", default=None, metavar="DIR", help="journal (default: FILE.json + '.work')")
         parser.add_argument("--seed", type=int, default=0)
@@ -74,7 +78,10 @@ class FitPredictorCommand(Command):
         genomes = [Genome.from_dict(r["genome"]) for r in records]
         accuracy = np.asarray([r["accuracy"] for r in records])
         n_train = len(genomes) - args.holdout
-        predictor = AccuracyPredictor.fit(space, genomes[:n_train], accuracy[:n_train], seed=args.seed)
+        hidden = tuple(int(h) for h in str(args.hidden).split(",") if h.strip())
+        predictor = AccuracyPredictor.fit(
+            space, genomes[:n_train], accuracy[:n_train], hidden=hidden, ensemble=args.ensemble, seed=args.seed
+        )
         predicted = predictor.predict(space, genomes[n_train:])
         truth = accuracy[n_train:]
         rmse = float(np.sqrt(np.mean((predicted - truth) ** 2)))
@@ -94,6 +101,8 @@ class FitPredictorCommand(Command):
             "val_size": args.val_size,
             "data_seed": args.data_seed,
             "seed": args.seed,
+            "hidden": list(hidden),
+            "ensemble": args.ensemble,
             "samples": [{"genome": r["genome"], "accuracy": r["accuracy"]} for r in records],
         }
         predictor.save(out)

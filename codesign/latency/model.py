@@ -171,24 +171,35 @@ class LatencyModel:
     # ------------------------------------------------------------------ prediction
     def layer_latencies(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per position latency (0 where inactive) and the active mask, both ``(N, positions)``."""
+        latency, active, _ = self.layer_latencies_and_ids(vectors)
+        return latency, active
+
+    def layer_latencies_and_ids(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`layer_latencies` plus the workload ids (for cost lookups), all ``(N, positions)``."""
+        latency, active, ids = self.layer_latencies_by_position(vectors)
+        return latency.T, active.T, ids.T
+
+    def layer_latencies_by_position(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Latency, active mask and workload ids laid out ``(positions, N)`` (the fast layout)."""
         v = np.asarray(vectors, dtype=np.int64)
         if v.ndim != 2 or v.shape[1] < self.arch_length:
             raise CodesignError(f"genome vectors must be (N, >= {self.arch_length}), got {v.shape}")
-        ids = self.positions.workload_ids(v)
-        active = self.positions.active(v)
+        ids = self.positions.workload_ids_by_position(v)
+        active = np.ascontiguousarray(self.positions.active(v).T)
         genes = np.zeros_like(ids)
         given = min(v.shape[1] - self.arch_length, self.num_positions)
-        genes[:, :given] = v[:, self.arch_length : self.arch_length + given]
-        genes = self.positions.effective_schedules(ids, active, genes)
-        valid = (genes >= 0) & (genes < self.candidate_counts[None, :])
+        if given:
+            genes[:given] = v[:, self.arch_length : self.arch_length + given].T
+        genes = self.positions.effective_schedules_by_position(ids, active, genes)
+        valid = (genes >= 0) & (genes < self.candidate_counts[:, None])
         latency = self.table[ids, np.clip(genes, 0, self.table.shape[1] - 1)]
-        latency = np.where(valid, latency, np.inf)
-        return np.where(active, latency, 0.0), active
+        latency = np.where(valid & active, latency, np.where(active, np.inf, 0.0))
+        return latency, active, ids
 
     def predict_vectors(self, vectors: np.ndarray) -> np.ndarray:
         """Calibrated latency (ms) of each genome vector: the search's fast path."""
-        latency, active = self.layer_latencies(vectors)
-        return self.calibration.apply(latency.sum(axis=1), active.sum(axis=1))
+        latency, active, _ = self.layer_latencies_by_position(vectors)
+        return self.calibration.apply(latency.sum(axis=0), active.sum(axis=0))
 
     def predict(self, genomes: Sequence[Genome] | np.ndarray) -> np.ndarray:
         """Calibrated latency (ms) of each genome (or of each row of a vector array)."""

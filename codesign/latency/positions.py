@@ -109,10 +109,20 @@ class PositionTable:
 
     def workload_ids(self, vectors: np.ndarray) -> np.ndarray:
         """``(N, positions)`` workload ids (indices into :attr:`workloads`) of ``N`` genome vectors."""
-        v = np.asarray(vectors, dtype=np.int64)[:, : self.arch_length]
-        out = np.empty((v.shape[0], self.num_positions), dtype=np.int64)
+        return self.workload_ids_by_position(vectors).T
+
+    def workload_ids_by_position(self, vectors: np.ndarray) -> np.ndarray:
+        """The same ids laid out ``(positions, N)`` (contiguous per position: the fast layout)."""
+        columns = np.ascontiguousarray(np.asarray(vectors, dtype=np.int64)[:, : self.arch_length].T)
+        out = np.empty((self.num_positions, columns.shape[1]), dtype=np.int64)
         for p, (deps, strides, table) in enumerate(zip(self.dependencies, self.strides, self.lookup, strict=True)):
-            out[:, p] = table[v[:, deps] @ strides] if len(deps) else table[0]
+            if not len(deps):
+                out[p] = table[0]
+                continue
+            code = columns[deps[0]] * strides[0]
+            for d, stride in zip(deps[1:], strides[1:], strict=True):
+                code += columns[d] * stride
+            out[p] = table[code]
         return out
 
     def active(self, vectors: np.ndarray) -> np.ndarray:
@@ -131,10 +141,17 @@ class PositionTable:
         """Schedule genes as compiled: a kernel equal to an earlier active one gets that one's schedule.
 
         TVM compiles structurally equal kernels once, with one schedule, so the first occurrence wins.
+        Arrays are ``(N, positions)``.
         """
-        effective = genes.copy()
+        return self.effective_schedules_by_position(workload_ids.T, active.T, genes.T).T
+
+    def effective_schedules_by_position(self, ids: np.ndarray, active: np.ndarray, genes: np.ndarray) -> np.ndarray:
+        """:meth:`effective_schedules` on ``(positions, N)`` arrays."""
+        effective = np.array(genes, dtype=np.int64, order="C", copy=True)
+        ids = np.ascontiguousarray(ids)
+        active = np.ascontiguousarray(active)
         for p, earlier in enumerate(self.may_share):
             for q in reversed(earlier):
-                same = active[:, q] & (workload_ids[:, q] == workload_ids[:, p])
-                effective[same, p] = effective[same, q]
+                same = active[q] & (ids[q] == ids[p])
+                np.copyto(effective[p], effective[q], where=same)
         return effective

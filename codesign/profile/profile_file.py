@@ -196,4 +196,5 @@ def now_utc() -> str:
 
 def current_command() -> list[str]:
     """The command line of this process (recorded as provenance)."""
-    return [Path(sys.argv[0]).name, *sys.argv[1:]]
+    program = Path(sys.argv[0]).name
+    return ["codesign" if program == "__main__.py" else program, *sys.argv[1:]]

@@ -556,7 +556,7 @@ def profile_from_journal(space: SearchSpace, config: ProfileConfig, work_dir: st
     models = [r for r in journal if r.get("type") == "model"]
     invocations = [r for r in journal if r.get("type") == "invocation"]
     candidates = families_from_records(tuned)
-    failed = sum(1 for m in measurements for r in m["results"] if r["status"] != "ok")
+    failed = sum(1 for m in measurements for r in m["results"] if r["status"] == "failed")
     versions = software_versions()
     if config.rpc_tracker:
         from codesign.profile.profile_file import DeviceInfo

@@ -8,6 +8,7 @@ this machine (it needs only TVM's runtime and ``python -m tvm.exec.rpc_server``)
 
 from __future__ import annotations
 
+import socket
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -63,6 +64,10 @@ class RPCSession:
         from tvm import rpc
 
         host, port = config.host_port
+        try:  # a plain connect first: TVM's client retries for a minute, logging every attempt
+            socket.create_connection((host, port), timeout=10).close()
+        except OSError as exc:
+            raise CodesignError(f"cannot reach a device through the RPC tracker {config.tracker}: {exc}") from None
         try:
             tracker = rpc.connect_tracker(host, port)
             self.remote = tracker.request(config.key, priority=1, session_timeout=config.session_timeout_s)

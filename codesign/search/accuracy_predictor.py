@@ -51,8 +51,8 @@ class AccuracyPredictor:
         genomes: list[Genome],
         accuracies: np.ndarray,
         *,
-        hidden: tuple[int, ...] = (128, 128),
-        ensemble: int = 5,
+        hidden: tuple[int, ...] = (64, 64),
+        ensemble: int = 3,
         epochs: int = 600,
         seed: int = 0,
     ) -> AccuracyPredictor:
@@ -121,7 +121,7 @@ class AccuracyPredictor:
             "space": self.space,
             "target_mean": self.target_mean,
             "target_std": self.target_std,
-            "members": [[{"weight": w.tolist(), "bias": b.tolist()} for w, b in layers] for layers in self.members],
+            "members": [[{"weight": _rounded(w), "bias": _rounded(b)} for w, b in layers] for layers in self.members],
             "validation": self.validation,
             "provenance": self.provenance,
         }
@@ -154,7 +154,7 @@ class AccuracyPredictor:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically as JSON."""
-        write_json_atomic(path, self.to_dict())
+        write_json_atomic(path, self.to_dict(), compact=True)
         return Path(path)
 
     @classmethod
@@ -168,6 +168,11 @@ class AccuracyPredictor:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CodesignError(f"{p}: corrupt or truncated accuracy predictor ({exc})") from None
         return cls.from_dict(data, source=str(p))
+
+
+def _rounded(values: np.ndarray) -> list[Any]:
+    # float32 weights need 9 significant digits to round-trip exactly
+    return np.vectorize(lambda x: float(f"{x:.9g}"), otypes=[object])(values).tolist()
 
 
 def _arch_length(space: SearchSpace) -> int:

@@ -49,13 +49,13 @@ class SubnetCosts:
                 self.residual_pairs.append((p, names.index(position.name.replace(".depthwise", ".expand"))))
 
     def parameter_counts(self, workload_ids: np.ndarray, active: np.ndarray) -> np.ndarray:
-        """Parameters of each subnet."""
-        return np.where(active, self.params[workload_ids], 0).sum(axis=1)
+        """Parameters of each subnet; arrays laid out ``(positions, N)``."""
+        return np.where(active, self.params[workload_ids], 0).sum(axis=0)
 
     def peak_memory_bytes(self, workload_ids: np.ndarray, active: np.ndarray) -> np.ndarray:
-        """Weights + peak live activations of each subnet, in bytes (batch 1, float32)."""
-        live = self.activations[workload_ids].copy()
+        """Weights + peak live activations of each subnet, in bytes (batch 1, float32); ``(positions, N)``."""
+        live = self.activations[workload_ids]
         for dw, expand in self.residual_pairs:
-            live[:, dw] += self.block_input[workload_ids[:, expand]]
+            live[dw] += self.block_input[workload_ids[expand]]
         live = np.where(active, live, 0)
-        return (self.parameter_counts(workload_ids, active) + live.max(axis=1)) * BYTES_PER_FLOAT
+        return (self.parameter_counts(workload_ids, active) + live.max(axis=0)) * BYTES_PER_FLOAT

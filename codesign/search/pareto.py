@@ -47,6 +47,9 @@ def crowding_distance(accuracy: np.ndarray, latency: np.ndarray) -> np.ndarray:
     if n <= 2:
         return np.full(n, np.inf)
     for values in (np.asarray(accuracy, np.float64), np.asarray(latency, np.float64)):
+        finite = np.isfinite(values)
+        if not finite.all():  # candidates whose schedules cannot compile: as far as possible, not NaN
+            values = np.where(finite, values, (np.max(np.abs(values[finite])) * 10 + 1) if finite.any() else 1.0)
         order = np.argsort(values, kind="stable")
         span = values[order[-1]] - values[order[0]]
         distance[order[0]] = distance[order[-1]] = np.inf

@@ -106,10 +106,8 @@ class SearchProblem:
         """Accuracy, latency, parameters, memory and constraint violation of each vector."""
         v = np.asarray(vectors, dtype=np.int64)
         self.scored += len(v)
-        positions = self.latency_model.positions
-        layer_ms, active = self.latency_model.layer_latencies(v)
-        latency = self.latency_model.calibration.apply(layer_ms.sum(axis=1), active.sum(axis=1))
-        ids = positions.workload_ids(v)
+        layer_ms, active, ids = self.latency_model.layer_latencies_by_position(v)
+        latency = self.latency_model.calibration.apply(layer_ms.sum(axis=0), active.sum(axis=0))
         params = self.costs.parameter_counts(ids, active)
         memory = self.costs.peak_memory_bytes(ids, active)
         accuracy = self.accuracy_predictor.predict_features(self.encoding.arch_features(v))
@@ -135,8 +133,7 @@ class SearchProblem:
         # every kernel at its fastest candidate, vectorized: best schedule per workload
         ids = model.positions.workload_ids(vectors)
         counts = model.candidate_counts
-        best = np.argmin(np.where(np.arange(model.table.shape[1])[None, :] < counts.max(), model.table, np.inf), 1)
-        genes = np.minimum(best[ids], counts[None, :] - 1)
+        genes = np.minimum(np.argmin(model.table, axis=1)[ids], counts[None, :] - 1)
         if self.encoding.search_schedules:
             vectors[:, model.arch_length :] = genes
         scores = self.score(vectors)
