@@ -1,0 +1,197 @@
+"""Co-design payoff: the joint search against the sequential recipe the field uses, on the shipped CPU profile.
+
+Sequential recipe, per latency budget B (also shown: the same recipe when step 1 already knows
+every kernel's fastest schedule, the best case for a schedule-unaware search):
+  1. architecture search (no pruning) with TVM's default schedule for every layer, under B;
+  2. uniform pruning (one ratio for every block and stage) until the default-schedule latency <= B;
+  3. tuning: every layer of the result gets its fastest measured schedule.
+Joint: one search over architecture, per-layer pruning and per-layer schedules under B.
+
+Both pick their subnet the same way: the 8 front points with the highest predicted accuracy are
+evaluated for real on the validation split and the best is kept. Reported per subnet: test
+accuracy (inherited weights + BN recalibration), predicted latency and the latency measured on
+this machine after compiling the whole subnet with TVM under its schedules. Because the
+sequential result usually lands well under B, the joint search is also run with the sequential
+result's own predicted latency as its budget (equal latency), and on a ladder of smaller budgets
+to find the fastest joint subnet at least as accurate (equal accuracy).
+
+    python tools/bench_codesign.py --threads 2
+
+Last line: ``RESULT codesign acc_gain_pts=<joint minus sequential at equal latency, mean over budgets>
+latency_ratio=<sequential/joint latency at equal accuracy, mean over budgets>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from dataclasses import replace
+
+import numpy as np
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default=None, help="default: the shipped profile of this CPU")
+    parser.add_argument("--quantiles", default="0.2,0.5,0.8", help="budgets as quantiles of random subnets' latency")
+    parser.add_argument("--generations", type=int, default=150)
+    parser.add_argument("--population", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-measure", action="store_true", help="skip compiling and measuring the picks")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from codesign.data import load_splits
+    from codesign.latency.model import LatencyModel
+    from codesign.profile.profile_file import load_profile
+    from codesign.profile.shipped import find_shipped_profile
+    from codesign.profile.tvm_backend import host_llvm_target
+    from codesign.search.accuracy_data import make_evaluator
+    from codesign.search.accuracy_predictor import AccuracyPredictor
+    from codesign.search.encoding import SearchEncoding
+    from codesign.search.pipeline import default_predictor_path
+    from codesign.search.problem import Budget, SearchProblem
+    from codesign.search.report import evaluate_finalists, front_points, pick_finalists, recommend
+    from codesign.search.runner import run_search
+    from codesign.search.strategies import create_strategy
+    from codesign.space import Genome
+    from codesign.supernet import load_supernet
+
+    profile_path = args.profile or find_shipped_profile(host_llvm_target(), allow_mismatch=True)
+    profile = load_profile(profile_path, allow_mismatch=True).profile
+    model = LatencyModel.from_profile(profile)
+    space = model.space
+    predictor = AccuracyPredictor.load(default_predictor_path(None))
+    supernet = load_supernet(None).supernet
+    splits = load_splits("fashion-mnist", channels=space.in_channels)
+    val = make_evaluator(supernet, splits, threads=args.threads)
+    test = make_evaluator(supernet, splits, threads=args.threads, split="test")
+    joint_encoding = SearchEncoding(space, model)
+    arch_encoding = SearchEncoding(space, model, search_schedules=False, search_pruning=False)
+    # the field's best case for step 1: a latency table where every kernel already has its fastest schedule
+    tuned_model = copy.copy(model)
+    tuned_model.table = model.table.copy()
+    tuned_model.table[:, 0] = model.table.min(axis=1)
+    tuned_model.candidate_counts = np.ones_like(model.candidate_counts)
+    tuned_arch_encoding = SearchEncoding(space, tuned_model, search_schedules=False, search_pruning=False)
+    rng = np.random.default_rng(args.seed)
+    tuned_random = model.predict_vectors(_fastest(model, joint_encoding.sample(rng, 5000)))
+    budgets = [float(np.quantile(tuned_random, float(q))) for q in args.quantiles.split(",")]
+
+    def search(encoding: SearchEncoding, budget: float) -> object:
+        problem = SearchProblem(encoding, encoding.latency_model, predictor, Budget(latency_ms=budget))
+        out = run_search(
+            problem,
+            create_strategy("evolution", population_size=args.population),
+            generations=args.generations,
+            seed=args.seed,
+        )
+        if not len(out.archive.vectors):
+            return None
+        points = front_points(problem, out.archive)
+        points = evaluate_finalists(points, pick_finalists(points, 8), val)
+        return points[recommend(points)]
+
+    def describe(genome: Genome, *, measure: bool = True) -> dict[str, float]:
+        latency = float(model.predict([genome])[0])
+        accuracy = float(test.evaluate_many([genome])[0])
+        measured = float("nan")
+        if measure and not args.no_measure:
+            from codesign.compiler.tvm_compile import compile_subnet, time_executable
+
+            ex = compile_subnet(
+                space, genome, profile.target, profile.tuning_records["families"], positions=model.positions
+            )
+            measured = time_executable(ex, space, genome.resolution).median_ms
+        return {"test_acc": accuracy, "predicted_ms": latency, "measured_ms": measured}
+
+    gains, ratios, same_budget, vs_tuned = [], [], [], []
+    print(f"profile: {profile_path} ({profile.device.name}); budgets (ms): {', '.join(f'{b:.3f}' for b in budgets)}")
+    for budget in budgets:
+        # --- sequential: arch search with default schedules, uniform pruning, then tuning
+        arch = search(arch_encoding, budget)
+        # nothing meets the budget under default schedules: start pruning from the smallest architecture
+        arch_genome = arch.genome if arch is not None else replace(Genome.smallest(space), schedules=())
+        pruned = arch_genome
+        for ratio_index in range(len(space.stages[0].block_prune_ratios)):
+            candidate = _uniform_prune(space, arch_genome, ratio_index)
+            pruned = candidate
+            if model.predict([replace(candidate, schedules=())])[0] <= budget:
+                break
+        sequential = model.fastest_schedules(replace(pruned, schedules=()))
+        seq = describe(sequential)
+        # --- joint at the same budget, and at the sequential result's own latency
+        joint_b = search(joint_encoding, budget)
+        joint_eq = search(joint_encoding, seq["predicted_ms"])
+        jb = describe(joint_b.genome)
+        # nothing found at the sequential result's latency: it sits at the space's fastest corner,
+        # which the joint space contains too, so equal latency means equal subnet (gain 0)
+        je = describe(joint_eq.genome) if joint_eq is not None else dict(seq)
+        gains.append((je["test_acc"] - seq["test_acc"]) * 100)
+        same_budget.append((jb["test_acc"] - seq["test_acc"]) * 100)
+        # --- the same recipe with schedule-aware tables (each kernel at its fastest schedule) for step 1
+        tuned_arch = search(tuned_arch_encoding, budget)
+        tuned_seq = describe(model.fastest_schedules(replace(tuned_arch.genome, schedules=()))) if tuned_arch else None
+        if tuned_seq is not None:
+            vs_tuned.append((jb["test_acc"] - tuned_seq["test_acc"]) * 100)
+        # --- equal accuracy: fastest joint subnet at least as accurate (test) as the sequential one
+        ratio = 1.0 if joint_eq is None else float("nan")  # None: the sequential point is the fastest corner
+        for factor in (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3):
+            pick = joint_eq if factor == 1.0 else search(joint_encoding, seq["predicted_ms"] * factor)
+            if pick is None:
+                break
+            d = je if factor == 1.0 else describe(pick.genome, measure=False)
+            if d["test_acc"] >= seq["test_acc"]:
+                ratio = seq["predicted_ms"] / d["predicted_ms"]
+            else:
+                break
+        ratios.append(ratio)
+        print(f"\nbudget {budget:.3f} ms")
+        print(f"  sequential       : {_fmt(seq)}  {sequential.short(space)}")
+        print(f"  joint @ budget   : {_fmt(jb)}  {joint_b.genome.short(space)}")
+        print(f"  joint @ seq. lat.: {_fmt(je)}  gain {gains[-1]:+.2f} pts at equal latency")
+        if tuned_seq is not None:
+            print(f"  seq., tuned LUT  : {_fmt(tuned_seq)}  {tuned_arch.genome.short(space)}")
+        print(f"  equal accuracy   : sequential/joint latency = {ratio:.2f}x")
+    gain = float(np.nanmean(gains))
+    ratio = float(np.nanmean(ratios)) if not all(np.isnan(ratios)) else float("nan")
+    print(f"\nmean over budgets: {gain:+.2f} accuracy points at equal latency, {ratio:.2f}x faster at equal accuracy")
+    print(
+        f"at the same budget (the sequential result uses less of it): joint {np.mean(same_budget):+.2f} points vs the "
+        f"sequential recipe, {np.mean(vs_tuned) if vs_tuned else float('nan'):+.2f} vs the recipe on tuned tables"
+    )
+    print(f"RESULT codesign acc_gain_pts={gain:.2f} latency_ratio={ratio:.3f}")
+    return 0
+
+
+def _fmt(d: dict[str, float]) -> str:
+    return f"test {d['test_acc'] * 100:6.2f}%  predicted {d['predicted_ms']:.3f} ms  measured {d['measured_ms']:.3f} ms"
+
+
+def _fastest(model: object, vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` with every kernel at its fastest schedule."""
+    m = model  # LatencyModel
+    ids = m.positions.workload_ids(vectors)  # type: ignore[attr-defined]
+    best = np.argmin(m.table, axis=1)  # type: ignore[attr-defined]
+    out = vectors.copy()
+    out[:, m.arch_length :] = best[ids]  # type: ignore[attr-defined]
+    return out
+
+
+def _uniform_prune(space: object, genome: object, ratio_index: int) -> object:
+    from codesign.space import Genome
+
+    s = space  # SearchSpace
+    g: Genome = genome  # type: ignore[assignment]
+    return replace(
+        g,
+        block_prune=tuple(s.stages[si].block_prune_ratios[ratio_index] for si, _ in s.block_slots()),  # type: ignore[attr-defined]
+        width_prune=tuple(st.width_prune_ratios[ratio_index] for st in s.stages),  # type: ignore[attr-defined]
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
