@@ -15,12 +15,15 @@ class ExportCommand(Command):
         "BatchNorm statistics on training images, export it as static-shape ONNX, check it with\n"
         "onnx.checker and against onnxruntime on real test images (max |diff| <= --tolerance), and write\n"
         "OUT/model.onnx, OUT/subnet.safetensors, OUT/subnet_config.json and OUT/manifest.json.\n"
-        "Nothing is written unless every check passes."
+        "With --format tvm the ONNX model is also compiled by TVM for the profile's target under the\n"
+        "genome's schedule genes (OUT/model_tvm.so, checked against onnxruntime) and timed on this\n"
+        "machine next to the latency model's prediction. Nothing is written unless every check passes."
     )
     examples = (
         "codesign export --genome largest -o out/largest",
         "codesign export --genome random:7 --supernet runs/fmnist -o out/r7",
         'codesign export --genome search_result.json -o out/best      # a genome JSON, or {"genome": {...}}',
+        "codesign export --genome out/search/recommended.json --format tvm -o out/best_tvm",
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -37,7 +40,17 @@ class ExportCommand(Command):
             metavar="PATH",
             help="supernet .safetensors or run directory (default: the shipped one)",
         )
-        parser.add_argument("--format", choices=("onnx",), default="onnx", help="artifact format (default: onnx)")
+        parser.add_argument(
+            "--format",
+            choices=("onnx", "tvm"),
+            default="onnx",
+            help="onnx, or tvm: also compile it with TVM under the genome's schedules (default: onnx)",
+        )
+        parser.add_argument(
+            "--target", default="llvm", help="with --format tvm: 'llvm' (this CPU) or a TVM target JSON"
+        )
+        parser.add_argument("--profile", default=None, metavar="FILE.json", help="default: the shipped profile")
+        parser.add_argument("--allow-mismatch", action="store_true", help="use a profile measured elsewhere")
         parser.add_argument(
             "--tolerance", type=float, default=1e-4, help="max |torch - onnxruntime| allowed (default 1e-4)"
         )
@@ -62,6 +75,22 @@ class ExportCommand(Command):
             seed=args.data_seed,
             channels=loaded.supernet.space.in_channels,
         )
+        profile = None
+        if args.format == "tvm":
+            from pathlib import Path
+
+            from codesign.cli.search import resolve_target
+            from codesign.profile.profile_file import load_profile
+            from codesign.profile.shipped import find_shipped_profile
+
+            target = resolve_target(args.target)
+            path = (
+                Path(args.profile) if args.profile else find_shipped_profile(target, allow_mismatch=args.allow_mismatch)
+            )
+            loaded_profile = load_profile(path, target=target, allow_mismatch=args.allow_mismatch)
+            for warning in loaded_profile.warnings:
+                print(f"warning: profile {path.name}: {warning}")
+            profile = loaded_profile.profile
         result = export_subnet(
             loaded=loaded,
             genome=genome,
@@ -70,6 +99,7 @@ class ExportCommand(Command):
             tolerance=args.tolerance,
             evaluate_test=not args.skip_test_accuracy,
             overwrite=args.overwrite,
+            profile=profile,
         )
         print(f"exported to {result.out_dir}: {describe(result.manifest)}")
         return 0

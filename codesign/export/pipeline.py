@@ -39,6 +39,48 @@ class ExportResult:
     manifest: dict[str, Any]
 
 
+def _tvm_artifact(
+    staging: Path,
+    onnx_path: Path,
+    space: Any,
+    genome: Genome,
+    profile: Any,
+    images: np.ndarray,
+    tolerance: float,
+    measure_latency: bool,
+) -> dict[str, Any]:
+    from codesign.compiler.tvm_compile import time_executable
+    from codesign.export.tvm_artifact import LIBRARY_NAME, check_tvm_parity, compile_onnx
+    from codesign.latency.model import LatencyModel
+    from codesign.profile.profile_file import target_mismatch
+    from codesign.profile.tvm_backend import host_llvm_target
+
+    families = profile.tuning_records.get("families", {})
+    model = LatencyModel.from_profile(profile)
+    executable = compile_onnx(onnx_path, space, genome, profile.target, families)
+    library = staging / LIBRARY_NAME
+    executable.export_library(str(library))
+    reference = onnxruntime_logits(onnx_path, images)
+    parity = check_tvm_parity(library, images, reference, tolerance)
+    predicted = float(model.predict([genome])[0])
+    section: dict[str, Any] = {
+        "library": LIBRARY_NAME,
+        "target": profile.target,
+        "device": profile.device.name,
+        "schedules": list(genome.schedules),
+        "tvm_vs_onnxruntime_max_abs": parity,
+        "parity_images": len(images),
+        "latency": {"predicted_ms": predicted, "measured": None},
+    }
+    here = profile.target.get("kind") == "llvm" and target_mismatch(profile.target, host_llvm_target()) is None
+    if measure_latency and here:
+        timing = time_executable(executable, space, genome.resolution, repeat=20)
+        section["latency"]["measured"] = {**timing.to_dict(), "where": "this machine, batch 1"}
+    elif measure_latency:
+        section["latency"]["not_measured"] = "the profile's device is not this machine"
+    return section
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -54,8 +96,16 @@ def export_subnet(
     evaluate_test: bool = True,
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
+    profile: Any = None,
+    measure_latency: bool = True,
 ) -> ExportResult:
-    """Extract ``genome``, recalibrate its BN on training images, export ONNX, check it, write a manifest."""
+    """Extract ``genome``, recalibrate its BN on training images, export ONNX, check it, write a manifest.
+
+    With a hardware ``profile`` the ONNX model is also compiled by TVM for the profile's target
+    under the genome's schedule genes (``model_tvm.so``), checked against onnxruntime on the same
+    images, and, when the profile describes this machine and ``measure_latency``, timed next to
+    the latency model's prediction.
+    """
     space = loaded.supernet.space
     genome = genome.validate(space)
     out = Path(out_dir)
@@ -80,6 +130,11 @@ def export_subnet(
             ort_logits = torch.from_numpy(onnxruntime_logits(onnx_path, test_x.numpy()))
             metrics["test_accuracy_onnxruntime"] = accuracy_of(ort_logits, test_y)
             metrics["test_images"] = len(test_y)
+        tvm_section = None
+        if profile is not None:
+            tvm_section = _tvm_artifact(
+                staging, onnx_path, space, genome, profile, images.numpy(), tolerance, measure_latency
+            )
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in subnet.state_dict().items()}, str(staging / "subnet.safetensors"))
@@ -106,6 +161,7 @@ def export_subnet(
             "onnx": {"opset": opset, "checker": "passed"},
             "parameters": int(sum(p.numel() for p in subnet.parameters())),
             "metrics": metrics,
+            **({"tvm": tvm_section} if tvm_section is not None else {}),
             "software": {"torch": torch.__version__, "numpy": np.__version__, **_onnx_versions()},
             "files": files,
             "export_seconds": round(time.perf_counter() - started, 2),
@@ -138,5 +194,18 @@ def describe(manifest: dict[str, Any]) -> str:
     if "test_accuracy_onnxruntime" in m:
         parts.append(
             f"test accuracy {m['test_accuracy_onnxruntime'] * 100:.2f}% (onnxruntime, {m['test_images']} images)"
+        )
+    tvm = manifest.get("tvm")
+    if tvm:
+        latency = tvm["latency"]
+        measured = latency.get("measured")
+        parts.append(
+            f"TVM vs onnxruntime max |diff| {tvm['tvm_vs_onnxruntime_max_abs']:.2e}; latency predicted "
+            f"{latency['predicted_ms']:.3f} ms"
+            + (
+                f", measured {measured['median_ms']:.3f} ms (+-{measured['std_ms']:.3f}, {measured['repeats']} repeats)"
+                if measured
+                else f", not measured ({latency.get('not_measured', 'skipped')})"
+            )
         )
     return "; ".join(parts) + "\n" + json.dumps(manifest["files"], indent=None)

@@ -1,0 +1,62 @@
+"""The TVM-compiled artifact of an exported subnet: the checked ONNX model compiled under the chosen schedules.
+
+The ONNX file (real weights, embedded as constants) is imported into Relax and compiled for the
+profile's target with exactly the schedules the genome's genes choose from the profile (a
+MetaSchedule database with one record per kernel; kernels left at candidate 0 get TVM's default
+lowering), then written with ``export_library`` as one shared library. Its output is compared
+with onnxruntime on real images before the export counts as done, and its latency is measured
+here (batch 1) next to the latency model's prediction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from codesign.errors import ExportError
+from codesign.space import Genome, SearchSpace
+
+LIBRARY_NAME = "model_tvm.so"
+
+
+def compile_onnx(
+    onnx_path: str | Path,
+    space: SearchSpace,
+    genome: Genome,
+    target: dict[str, Any],
+    families: dict[str, list[dict[str, Any]]],
+) -> Any:
+    """Compile the ONNX model of ``genome`` for ``target`` under its schedule genes; returns the executable."""
+    from codesign.compiler.tvm_compile import chosen_traces, schedule_database
+    from codesign.profile.tvm_backend import require_tvm
+
+    tvm = require_tvm()
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+    from tvm.s_tir import meta_schedule as ms
+
+    raw = from_onnx(onnx.load(str(onnx_path)), keep_params_in_input=False)
+    database = schedule_database(chosen_traces(space, genome, families), target)
+    return ms.relax_integration.compile_relax(database, raw, tvm.target.Target(target), params=None)
+
+
+def run_library(path: str | Path, images: np.ndarray) -> np.ndarray:
+    """Logits of a compiled library for ``images`` (N, C, H, W), one image per call (batch-1 artifact)."""
+    from codesign.runtime import load_artifact_library
+
+    run = load_artifact_library(path)
+    return np.concatenate([run(images[i : i + 1]) for i in range(len(images))])
+
+
+def check_tvm_parity(library: str | Path, images: np.ndarray, reference: np.ndarray, tolerance: float) -> float:
+    """Largest |TVM - onnxruntime| over ``images``; raises :class:`ExportError` above ``tolerance``."""
+    got = run_library(library, images)
+    err = float(np.max(np.abs(got - reference))) if got.size else 0.0
+    if not err <= tolerance:
+        raise ExportError(
+            f"TVM artifact disagrees with onnxruntime: max |difference| {err:.3g} > {tolerance:g} over "
+            f"{len(images)} images"
+        )
+    return err

@@ -1,0 +1,85 @@
+"""TVM artifacts: compiled under the shipped profile's schedules, checked against onnxruntime, runnable."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from codesign.export.pipeline import export_subnet
+from codesign.latency.model import LatencyModel
+from codesign.profile.profile_file import load_profile
+from codesign.profile.shipped import shipped_profiles
+from codesign.space import Genome
+from codesign.supernet import load_supernet
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    (path,) = [p for p in shipped_profiles() if "llvm" in p.name]
+    profile = load_profile(path).profile
+    return profile, LatencyModel.from_profile(profile)
+
+
+def genomes(space, model):
+    rng = np.random.default_rng(11)
+    picks = [Genome.largest(space), Genome.smallest(space)] + [Genome.random(space, rng) for _ in range(10)]
+    return [model.fastest_schedules(g.canonical(space)) for g in picks]
+
+
+def test_tvm_artifacts_match_onnxruntime(shipped, fmnist_splits, tmp_path):
+    profile, model = shipped
+    loaded = load_supernet()
+    space = loaded.supernet.space
+    for i, genome in enumerate(genomes(space, model)):
+        result = export_subnet(
+            loaded=loaded,
+            genome=genome,
+            splits=fmnist_splits,
+            out_dir=tmp_path / f"a{i}",
+            parity_images=32,
+            evaluate_test=False,
+            profile=profile,
+            measure_latency=i == 0,
+        )
+        tvm = result.manifest["tvm"]
+        assert tvm["tvm_vs_onnxruntime_max_abs"] <= 1e-4
+        assert tvm["schedules"] == list(genome.schedules) and any(s > 0 for s in genome.schedules)
+        assert (tmp_path / f"a{i}" / "model_tvm.so").is_file()
+        assert "model_tvm.so" in result.manifest["files"]
+        if i == 0:
+            latency = tvm["latency"]
+            assert latency["predicted_ms"] > 0
+            measured = latency["measured"] or {}
+            assert measured.get("median_ms", 1) > 0  # measured when this machine is the profiled one
+
+
+def test_run_command_uses_the_artifact(shipped, fmnist_splits, tmp_path):
+    profile, model = shipped
+    loaded = load_supernet()
+    genome = model.fastest_schedules(Genome.smallest(loaded.supernet.space))
+    export_subnet(
+        loaded=loaded,
+        genome=genome,
+        splits=fmnist_splits,
+        out_dir=tmp_path / "a",
+        evaluate_test=False,
+        profile=profile,
+        measure_latency=False,
+    )
+    test = fmnist_splits.test.head(64)
+    np.save(tmp_path / "x.npy", np.asarray(test.images)[..., 0])  # raw uint8 (N, H, W)
+    result = subprocess.run(
+        [sys.executable, "-m", "codesign", "run", str(tmp_path / "a"), "--input", str(tmp_path / "x.npy")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 64
+    classes = json.loads((tmp_path / "a" / "manifest.json").read_text())["output"]["classes"]
+    predicted = [classes.index(line.split("\t")[1]) for line in lines]
+    assert np.mean(np.asarray(predicted) == np.asarray(test.labels)) > 0.7
