@@ -77,19 +77,12 @@ class ExportCommand(Command):
         )
         profile = None
         if args.format == "tvm":
-            from pathlib import Path
-
             from codesign.cli.search import resolve_target
-            from codesign.profile.profile_file import load_profile
-            from codesign.profile.shipped import find_shipped_profile
+            from codesign.profile.shipped import resolve_profile
 
-            target = resolve_target(args.target)
-            path = (
-                Path(args.profile) if args.profile else find_shipped_profile(target, allow_mismatch=args.allow_mismatch)
+            loaded_profile = resolve_profile(
+                resolve_target(args.target), args.profile, allow_mismatch=args.allow_mismatch
             )
-            loaded_profile = load_profile(path, target=target, allow_mismatch=args.allow_mismatch)
-            for warning in loaded_profile.warnings:
-                print(f"warning: profile {path.name}: {warning}")
             profile = loaded_profile.profile
         result = export_subnet(
             loaded=loaded,

@@ -91,8 +91,7 @@ class SearchCommand(Command):
 
         from codesign.errors import CodesignError
         from codesign.latency.model import LatencyModel
-        from codesign.profile.profile_file import load_profile
-        from codesign.profile.shipped import find_shipped_profile
+        from codesign.profile.shipped import resolve_profile
         from codesign.search.accuracy_data import file_sha256
         from codesign.search.accuracy_predictor import AccuracyPredictor
         from codesign.search.encoding import SearchEncoding
@@ -111,12 +110,8 @@ class SearchCommand(Command):
         from codesign.supernet.weights import resolve_supernet_path
 
         target = resolve_target(args.target)
-        profile_path = (
-            Path(args.profile) if args.profile else find_shipped_profile(target, allow_mismatch=args.allow_mismatch)
-        )
-        loaded_profile = load_profile(profile_path, target=target, allow_mismatch=args.allow_mismatch)
-        for warning in loaded_profile.warnings:
-            print(f"warning: profile {profile_path.name}: {warning}")
+        loaded_profile = resolve_profile(target, args.profile, allow_mismatch=args.allow_mismatch)
+        profile_path = loaded_profile.path
         latency_model = LatencyModel.from_profile(loaded_profile.profile)
         supernet_file = resolve_supernet_path(args.supernet)
         predictor_path = Path(args.predictor) if args.predictor else default_predictor_path(args.supernet)

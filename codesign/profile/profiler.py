@@ -439,13 +439,9 @@ class Profiler:
 
     def measurement_rows(self) -> list[tuple[Workload, int, float]]:
         """Every successful kernel measurement as ``(workload, candidate, median_ms)``."""
-        rows = []
-        for record in self._done("measured").values():
-            w = Workload.from_dict(record["workload"])
-            for r in record["results"]:
-                if r["status"] == "ok":
-                    rows.append((w, int(r["candidate"]), float(r["timing"]["median_ms"])))
-        return rows
+        from codesign.profile.fitting import measurement_rows
+
+        return measurement_rows(list(self._done("measured").values()))
 
     def _family_errors(self) -> dict[str, float]:
         from codesign.latency.predictor import grouped_cross_validation

@@ -52,3 +52,18 @@ def find_shipped_profile(target: dict[str, Any], *, allow_mismatch: bool = False
         f"measure this device with `codesign profile --target {target.get('kind')} -o my_device.json` and pass "
         "--profile my_device.json (or --allow-mismatch to use the nearest shipped one)"
     )
+
+
+def resolve_profile(target: dict[str, Any], path: str | Path | None, *, allow_mismatch: bool = False) -> Any:
+    """The profile at ``path`` (default: the shipped one for ``target``), validated for ``target``.
+
+    Mismatches let through by ``allow_mismatch`` are printed as warnings. Returns a
+    :class:`~codesign.profile.profile_file.LoadedProfile`.
+    """
+    from codesign.profile.profile_file import load_profile
+
+    chosen = Path(path) if path else find_shipped_profile(target, allow_mismatch=allow_mismatch)
+    loaded = load_profile(chosen, target=target, allow_mismatch=allow_mismatch)
+    for warning in loaded.warnings:
+        print(f"warning: profile {chosen.name}: {warning}")
+    return loaded
