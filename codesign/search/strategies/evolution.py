@@ -16,9 +16,13 @@ class AgingEvolution(SearchStrategy):
     """Real et al.'s regularized evolution with ``offspring`` children per generation.
 
     Parents are tournament winners (``tournament_size`` sampled members, best constrained fitness:
-    accuracy when within budget, the smallest budget violation otherwise). A child is a mutated
-    parent, or with ``crossover_probability`` a mutated uniform crossover of two parents. Children
-    join the population and the same number of oldest members leave it.
+    accuracy when within budget, the smallest budget violation otherwise). With
+    ``spread_budgets`` (the default) each tournament judges against its own latency budget, drawn
+    uniformly between the fastest population member and the real budget, so the population keeps
+    good subnets across the whole latency range (the front) instead of only next to the budget;
+    candidates over the real budget never win against ones under it. A child is a mutated parent,
+    or with ``crossover_probability`` a mutated uniform crossover of two parents. Children join
+    the population and the same number of oldest members leave it.
     """
 
     name = "evolution"
@@ -31,22 +35,33 @@ class AgingEvolution(SearchStrategy):
         tournament_size: int = 10,
         offspring: int | None = None,
         crossover_probability: float = 0.3,
+        spread_budgets: bool = True,
     ) -> None:
         super().__init__(population_size=population_size, mutation_probability=mutation_probability)
+        self.spread_budgets = spread_budgets
         self.tournament_size = min(tournament_size, population_size)
         self.offspring = offspring or max(1, population_size // 2)
         self.crossover_probability = crossover_probability
 
-    def _parents(self, fitness: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
-        entrants = rng.integers(0, len(fitness), size=(n, self.tournament_size))
-        return entrants[np.arange(n), np.argmax(fitness[entrants], axis=1)]
+    def _parents(self, scores: Scores, budget_ms: float, rng: np.random.Generator, n: int) -> np.ndarray:
+        entrants = rng.integers(0, len(scores.accuracy), size=(n, self.tournament_size))
+        fitness = constrained_fitness(scores)[entrants]
+        if self.spread_budgets:
+            latency = scores.latency_ms[entrants]
+            finite = scores.latency_ms[np.isfinite(scores.latency_ms)]
+            low = min(float(finite.min()), budget_ms) if finite.size else budget_ms
+            tournament_budget = rng.uniform(low, budget_ms, size=(n, 1))
+            # over its own budget an entrant ranks below every entrant within it, by how far over it is
+            over = latency > tournament_budget
+            fitness = np.where(over & (fitness >= 0), -1.0 + 1e-3 * (tournament_budget / latency), fitness)
+        return entrants[np.arange(n), np.argmax(fitness, axis=1)]
 
     def step(self, problem: SearchProblem, population: Population, rng: np.random.Generator) -> Population:
         """``offspring`` children replace the oldest members."""
-        fitness = constrained_fitness(population.scores)
         n = self.offspring
-        first = population.vectors[self._parents(fitness, rng, n)]
-        second = population.vectors[self._parents(fitness, rng, n)]
+        budget = problem.budget.latency_ms
+        first = population.vectors[self._parents(population.scores, budget, rng, n)]
+        second = population.vectors[self._parents(population.scores, budget, rng, n)]
         crossed = problem.encoding.crossover(first, second, rng)
         use_cross = rng.random(n) < self.crossover_probability
         children = problem.encoding.mutate(np.where(use_cross[:, None], crossed, first), rng, self.mutation_probability)
@@ -63,4 +78,5 @@ class AgingEvolution(SearchStrategy):
             "tournament_size": self.tournament_size,
             "offspring": self.offspring,
             "crossover_probability": self.crossover_probability,
+            "spread_budgets": self.spread_budgets,
         }
