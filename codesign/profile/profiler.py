@@ -78,6 +78,17 @@ def rank_workloads(space: SearchSpace, samples: int, seed: int) -> list[tuple[Wo
     return [(w, weight.get(w, 0) / total) for w in ranked]
 
 
+def describe_record(verb: str, record: dict[str, Any]) -> str:
+    """One progress line for a kernel record: each candidate's median, or whether it replays."""
+    parts = []
+    for r in record["results"]:
+        if r["timing"]:
+            parts.append(f"{r['candidate']}={r['timing']['median_ms'] * 1e3:.1f}us")
+        else:
+            parts.append(f"{r['candidate']}={'replays' if r['status'] == 'unmeasured' else 'failed'}")
+    return f"{verb} {record['key']}: " + ", ".join(parts)
+
+
 def families_from_records(tuned: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Schedule candidates per kernel family from tuning records: 0 = default lowering, then the traces."""
     out: dict[str, list[dict[str, Any]]] = {}
@@ -353,15 +364,7 @@ class Profiler:
             since_fit += 1
             family = kernel_family(w)
             record = self._measure_one(w, share, candidates.get(family, [{"source": "default", "trace": None}]))
-            say(
-                f"measured {w.key()}: "
-                + ", ".join(
-                    f"{r['candidate']}={r['timing']['median_ms'] * 1e3:.1f}us"
-                    if r["timing"]
-                    else f"{r['candidate']}=failed"
-                    for r in record["results"]
-                )
-            )
+            say(describe_record("measured", record))
 
     def preferred_candidates(self, candidates: dict[str, list[dict[str, Any]]]) -> dict[str, list[int]]:
         """Per family, the tuned candidates most often within 10 % of the fastest on fully measured kernels."""
@@ -408,15 +411,7 @@ class Profiler:
                 repeat=cfg.coverage_repeat,
                 min_repeat_ms=cfg.coverage_min_repeat_ms,
             )
-            say(
-                f"covered {w.key()}: "
-                + ", ".join(
-                    f"{r['candidate']}={r['timing']['median_ms'] * 1e3:.1f}us"
-                    if r["timing"]
-                    else f"{r['candidate']}={'ok' if r['status'] == 'unmeasured' else 'failed'}"
-                    for r in record["results"]
-                )
-            )
+            say(describe_record("covered", record))
 
     def _check_replays(
         self,
