@@ -1,43 +1,229 @@
-"""Running an exported artifact: the TVM-compiled library with the TVM runtime, or the ONNX model.
+"""Running exported artifacts with the TVM *runtime* alone (no TVM compiler, no codesign stack).
 
-This module imports no part of codesign's training or search stack: an artifact directory
-(``manifest.json`` + ``model_tvm.so`` and/or ``model.onnx``) runs with ``load_artifact``.
+Deploying a ``model_tvm.so`` needs three things, about 7 MB in all, not the ~260 MB compiler:
+
+- the ``apache-tvm-ffi`` wheel (``pip install apache-tvm-ffi==0.1.14.post0``, 3 MB),
+- ``libtvm_runtime.so`` (and, for CUDA, ``libtvm_runtime_cuda.so``, which needs the driver's
+  ``libcuda.so.1`` and ``libcudart.so.13``) from the ``apache-tvm`` wheel's ``tvm/lib`` folder,
+- this file, which imports nothing of codesign, numpy aside: copy it next to the artifact.
+
+Point ``CODESIGN_TVM_LIBRARY_DIR`` (or ``library_dir=``) at the folder holding the runtime
+libraries; by default the installed ``tvm`` package's ``lib`` folder is used without importing
+``tvm``. CUDA artifacts exported by codesign hold compiled kernels (fatbin), so the deployment
+machine needs the NVIDIA driver, not nvcc or NVRTC.
+
+    from codesign.runtime import CompiledModel            # or: from runtime import CompiledModel
+    model = CompiledModel("model_tvm.so", device="cpu")   # or device="cuda"
+    logits = model(images)                                # (1, C, H, W) float32 -> (1, classes)
+    times_ms = model.time(images, repeat=20)              # median, spread: statistics.median(times_ms)
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import json
-from collections.abc import Callable
+import os
+import struct
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+RUNTIME_LIBRARIES = ("libtvm_runtime.so",)
+CUDA_RUNTIME_LIBRARIES = ("libtvm_runtime_cuda.so",)
+POOLED_ALLOCATOR = 2
+_DEVICE_TYPES = {"cpu": 1, "cuda": 2}
+_loaded: set[str] = set()
+
+
+class RuntimeUnavailable(RuntimeError):
+    """The TVM runtime libraries (or the GPU driver) needed to run an artifact are missing."""
+
+
+def runtime_library_dir(library_dir: str | Path | None = None) -> Path:
+    """Where ``libtvm_runtime.so`` lives: the argument, ``$CODESIGN_TVM_LIBRARY_DIR``, or the tvm wheel's."""
+    candidates: list[Path] = []
+    if library_dir is not None:
+        candidates.append(Path(library_dir))
+    if os.environ.get("CODESIGN_TVM_LIBRARY_DIR"):
+        candidates.append(Path(os.environ["CODESIGN_TVM_LIBRARY_DIR"]))
+    spec = importlib.util.find_spec("tvm")
+    if spec is not None and spec.submodule_search_locations:
+        candidates.extend(Path(p) / "lib" for p in spec.submodule_search_locations)
+    for folder in candidates:
+        if (folder / RUNTIME_LIBRARIES[0]).is_file():
+            return folder
+    raise RuntimeUnavailable(
+        f"{RUNTIME_LIBRARIES[0]} not found (looked in {', '.join(map(str, candidates)) or 'nothing'}); "
+        "set CODESIGN_TVM_LIBRARY_DIR to the folder holding the TVM runtime libraries"
+    )
+
+
+def load_runtime(*, cuda: bool = False, library_dir: str | Path | None = None) -> Any:
+    """Load tvm_ffi and the TVM runtime libraries into this process; returns the ``tvm_ffi`` module."""
+    try:
+        import tvm_ffi
+    except ImportError as exc:
+        raise RuntimeUnavailable(f"the TVM FFI is missing ({exc}): pip install apache-tvm-ffi==0.1.14.post0") from None
+    folder = runtime_library_dir(library_dir)
+    names = RUNTIME_LIBRARIES + (CUDA_RUNTIME_LIBRARIES if cuda else ())
+    for name in names:
+        path = str(folder / name)
+        if path in _loaded:
+            continue
+        if cuda and name in CUDA_RUNTIME_LIBRARIES:
+            _preload_cudart(folder)
+        try:
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        except OSError as exc:
+            raise RuntimeUnavailable(f"cannot load {path}: {exc}") from None
+        _loaded.add(path)
+    return tvm_ffi
+
+
+def _preload_cudart(folder: Path) -> None:
+    """libtvm_runtime_cuda.so needs libcudart.so.13: take one shipped beside it or from the nvidia wheels."""
+    search = [folder]
+    for spec_name in ("nvidia", "nvidia.cu13", "nvidia.cuda_runtime"):
+        try:
+            spec = importlib.util.find_spec(spec_name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.submodule_search_locations:
+            search.extend(Path(p) for p in spec.submodule_search_locations)
+    for root in search:
+        for candidate in [root / "libcudart.so.13", *root.glob("**/libcudart.so.13")]:
+            if candidate.is_file():
+                try:
+                    ctypes.CDLL(str(candidate), mode=ctypes.RTLD_GLOBAL)
+                    return
+                except OSError:
+                    continue
+
+
+def tensor_to_numpy(value: Any) -> np.ndarray:
+    """A host copy of a TVM tensor on any device (through the runtime's own copy, synchronized)."""
+    import tvm_ffi
+
+    shape = tuple(int(d) for d in value.shape)
+    out = np.empty(shape, dtype=str(value.dtype))
+    tvm_ffi.get_global_func("runtime.TVMTensorCopyToBytes")(value, out.ctypes.data_as(ctypes.c_void_p), out.nbytes)
+    return out
+
+
+class DeviceTensors:
+    """Moves numpy arrays onto a device as TVM tensors allocated by the TVM runtime.
+
+    The runtime's allocator gives the alignment compiled kernels assume (64 bytes on CPUs);
+    wrapping a numpy buffer with DLPack does not, and misaligned vector loads crash.
+    """
+
+    def __init__(self, tvm_ffi: Any, device: str) -> None:
+        self.tvm_ffi = tvm_ffi
+        self.device = device
+        self._device = tvm_ffi.device(device, 0)
+        self._alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
+        self._copy_in = tvm_ffi.get_global_func("runtime.TVMTensorCopyFromBytes")
+
+    def empty(self, shape: Sequence[int], dtype: str) -> Any:
+        """An uninitialized tensor on this device."""
+        return self._alloc(self.tvm_ffi.Shape([int(d) for d in shape]), self.tvm_ffi.dtype(dtype), self._device, None)
+
+    def __call__(self, array: np.ndarray) -> Any:
+        """A copy of ``array`` on this device."""
+        array = np.asarray(array)
+        if not array.flags.c_contiguous:  # (np.ascontiguousarray would turn 0-d scalars into 1-d)
+            array = array.copy(order="C")
+        tensor = self.empty(array.shape, str(array.dtype))
+        self._copy_in(tensor, array.ctypes.data_as(ctypes.c_void_p), array.nbytes)
+        return tensor
+
+    def synchronize(self) -> None:
+        """Wait until everything queued on this device's default stream has finished."""
+        self.tvm_ffi.get_global_func("runtime.Device_StreamSync")(self._device, 0)
+
+    def poisoned(self, shape: Sequence[int], dtype: str) -> Any:
+        """A tensor filled with NaN (floats) or a marker value, so outputs a kernel never wrote show."""
+        marker = np.nan if "float" in dtype else -7
+        return self(np.full(tuple(shape), marker, dtype=dtype))
+
+
+def time_function(
+    tvm_ffi: Any,
+    module: Any,
+    name: str,
+    device: str,
+    args: Sequence[Any],
+    *,
+    number: int = 0,
+    repeat: int = 20,
+    min_repeat_ms: float = 20.0,
+) -> list[float]:
+    """Milliseconds per call of ``module[name](*args)``: ``repeat`` samples, each the mean over a batch.
+
+    Uses TVM's own timer (device-synchronized, warm-up run first); ``number=0`` sizes each batch so it
+    lasts ``min_repeat_ms``.
+    """
+    evaluator = tvm_ffi.get_global_func("runtime.RPCTimeEvaluator")
+    feval = evaluator(
+        module, name, _DEVICE_TYPES[device], 0, max(number, 1), repeat, int(min_repeat_ms), 100, 0, 1, 0, ""
+    )
+    blob = feval(*args)
+    return [1e3 * t for t in struct.unpack("@" + "d" * repeat, bytes(blob))]
+
+
+class CompiledModel:
+    """A Relax VM over an exported library: call it with a (1, C, H, W) float32 array, get logits."""
+
+    def __init__(self, library: str | Path, *, device: str = "cpu", library_dir: str | Path | None = None) -> None:
+        if device not in _DEVICE_TYPES:
+            raise ValueError(f"device must be one of {sorted(_DEVICE_TYPES)}, got {device!r}")
+        self.device = device
+        self.tvm_ffi = load_runtime(cuda=device == "cuda", library_dir=library_dir)
+        path = Path(library)
+        if not path.is_file():
+            raise FileNotFoundError(f"no compiled library at {path}")
+        self.library = self.tvm_ffi.load_module(str(path.resolve()))
+        self.vm = self.library["vm_load_executable"]()
+        init = [_DEVICE_TYPES[device], 0, POOLED_ALLOCATOR]
+        if device != "cpu":
+            init += [_DEVICE_TYPES["cpu"], 0, POOLED_ALLOCATOR]
+        self.vm["vm_initialization"](*init)
+        self.to_device = DeviceTensors(self.tvm_ffi, device)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Logits for ``images`` (the batch size the library was compiled for)."""
+        out = self.vm["main"](self.to_device(np.asarray(images, dtype=np.float32)))
+        if not hasattr(out, "shape") and len(out) > 0:
+            out = out[0]
+        return tensor_to_numpy(out)
+
+    def time(self, images: np.ndarray, *, repeat: int = 20, min_repeat_ms: float = 20.0) -> list[float]:
+        """Milliseconds per inference, ``repeat`` samples (input already on the device, as deployed)."""
+        self.vm["save_function"]("main", "main_timed", 1, self.to_device(np.asarray(images, dtype=np.float32)))
+        return time_function(
+            self.tvm_ffi, self.vm, "main_timed", self.device, [], repeat=repeat, min_repeat_ms=min_repeat_ms
+        )
+
 
 def load_artifact_library(path: str | Path, *, device: str = "cpu") -> Callable[[np.ndarray], np.ndarray]:
     """A function mapping a (1, C, H, W) float32 array to logits, backed by a compiled TVM library."""
-    import tvm
-    from tvm import relax
-
-    dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), dev)
-
-    def run(images: np.ndarray) -> np.ndarray:
-        out = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(images, dtype=np.float32), dev))
-        if isinstance(out, (list, tuple)) or type(out).__name__ == "Array":
-            out = out[0]
-        return out.numpy()
-
-    return run
+    return CompiledModel(path, device=device)
 
 
-def load_artifact(directory: str | Path) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
+def load_artifact(
+    directory: str | Path, *, device: str | None = None
+) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
     """The artifact's predict function (TVM library if present, else onnxruntime) and its manifest."""
     root = Path(directory)
     manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
-    library = root / manifest.get("tvm", {}).get("library", "model_tvm.so")
+    tvm_section = manifest.get("tvm", {})
+    library = root / tvm_section.get("library", "model_tvm.so")
     if library.is_file():
-        return load_artifact_library(library), manifest
+        kind = device or ("cuda" if tvm_section.get("target", {}).get("kind") == "cuda" else "cpu")
+        return load_artifact_library(library, device=kind), manifest
     from codesign.export.onnx_export import onnxruntime_logits
 
     def run(images: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """TVM artifacts: compiled under the shipped profile's schedules, checked against onnxruntime, runnable."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -88,3 +89,44 @@ def test_run_command_uses_the_artifact(shipped, fmnist_splits, tmp_path):
     classes = json.loads((tmp_path / "a" / "manifest.json").read_text())["output"]["classes"]
     predicted = [classes.index(line.split("\t")[1]) for line in lines]
     assert np.mean(np.asarray(predicted) == np.asarray(test.labels)) > 0.7
+    timed = subprocess.run(
+        [sys.executable, "-m", "codesign", "run", str(tmp_path / "a"), "--time"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert timed.returncode == 0 and "latency: median" in timed.stdout and "predicted" in timed.stdout, timed.stderr
+    check = subprocess.run(
+        [sys.executable, "-m", "codesign", "run", str(tmp_path / "a"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert check.returncode != 0 and "only cuda exports" in check.stderr
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs the CUDA toolkit's nvcc (no GPU needed)")
+def test_cuda_export_builds_here_with_compiled_kernels(fmnist_splits, tmp_path):
+    from codesign.compiler.cuda_binary import CudaPayload, complete_cuda_target, library_import_tree
+
+    loaded = load_supernet()
+    result = export_subnet(
+        loaded=loaded,
+        genome=Genome.smallest(loaded.supernet.space),
+        splits=fmnist_splits,
+        out_dir=tmp_path / "gpu",
+        parity_images=16,
+        evaluate_test=False,
+        target=complete_cuda_target(),
+    )
+    tvm = result.manifest["tvm"]
+    assert tvm["kernels"] == {"format": "fatbin", "arch": "sm_90", "cuda_modules": 1}
+    assert tvm["tvm_vs_onnxruntime_max_abs"] is None and tvm["latency"]["predicted_ms"] is None
+    modules = library_import_tree(tmp_path / "gpu" / "model_tvm.so").modules
+    assert [CudaPayload.parse(m.payload).fmt for m in modules if m.kind == "cuda"] == ["fatbin"]
+    x = np.load(tmp_path / "gpu" / tvm["device_check"]["inputs"], allow_pickle=False)
+    logits = np.load(tmp_path / "gpu" / tvm["device_check"]["onnxruntime_logits"], allow_pickle=False)
+    assert x.shape == (16, 1, 20, 20) and logits.shape == (16, 10)
+    assert set(result.manifest["files"]) >= {"model_tvm.so", "reference_inputs.npy", "reference_logits.npy"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from codesign.cli.base import Command, add_data_arguments, add_threads_argument, apply_threads
 
@@ -17,13 +18,17 @@ class ExportCommand(Command):
         "OUT/model.onnx, OUT/subnet.safetensors, OUT/subnet_config.json and OUT/manifest.json.\n"
         "With --format tvm the ONNX model is also compiled by TVM for the profile's target under the\n"
         "genome's schedule genes (OUT/model_tvm.so, checked against onnxruntime) and timed on this\n"
-        "machine next to the latency model's prediction. Nothing is written unless every check passes."
+        "machine next to the latency model's prediction. --target cuda builds the library here with\n"
+        "nvcc-compiled kernels (no GPU needed; without a cuda profile TVM's default GPU schedules are\n"
+        "used) plus reference inputs/logits: `codesign run OUT --check --time` on the GPU machine checks\n"
+        "parity (<= 1e-3) and times it. Nothing is written unless every check passes."
     )
     examples = (
         "codesign export --genome largest -o out/largest",
         "codesign export --genome random:7 --supernet runs/fmnist -o out/r7",
         'codesign export --genome search_result.json -o out/best      # a genome JSON, or {"genome": {...}}',
         "codesign export --genome out/search/recommended.json --format tvm -o out/best_tvm",
+        "codesign export --genome out/search/recommended.json --format tvm --target cuda -o out/best_h100",
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -47,7 +52,10 @@ class ExportCommand(Command):
             help="onnx, or tvm: also compile it with TVM under the genome's schedules (default: onnx)",
         )
         parser.add_argument(
-            "--target", default="llvm", help="with --format tvm: 'llvm' (this CPU) or a TVM target JSON"
+            "--target",
+            default="llvm",
+            help="with --format tvm: 'llvm' (this CPU), 'cuda' (sm_90: H100/H200; built here with nvcc, "
+            'no GPU needed) or a TVM target JSON such as \'{"kind": "cuda", "arch": "sm_89"}\'',
         )
         parser.add_argument("--profile", default=None, metavar="FILE.json", help="default: the shipped profile")
         parser.add_argument("--allow-mismatch", action="store_true", help="use a profile measured elsewhere")
@@ -76,14 +84,9 @@ class ExportCommand(Command):
             channels=loaded.supernet.space.in_channels,
         )
         profile = None
+        target = None
         if args.format == "tvm":
-            from codesign.cli.search import resolve_target
-            from codesign.profile.shipped import resolve_profile
-
-            loaded_profile = resolve_profile(
-                resolve_target(args.target), args.profile, allow_mismatch=args.allow_mismatch
-            )
-            profile = loaded_profile.profile
+            profile, target = _profile_and_target(args)
         result = export_subnet(
             loaded=loaded,
             genome=genome,
@@ -93,6 +96,35 @@ class ExportCommand(Command):
             evaluate_test=not args.skip_test_accuracy,
             overwrite=args.overwrite,
             profile=profile,
+            target=target,
         )
         print(f"exported to {result.out_dir}: {describe(result.manifest)}")
         return 0
+
+
+def _profile_and_target(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The hardware profile and full TVM target an export compiles for.
+
+    A cuda export needs no profile: without one it uses TVM's default GPU schedules and says so.
+    """
+    from codesign.cli.search import resolve_target
+    from codesign.profile.profile_file import ProfileError
+    from codesign.profile.shipped import resolve_profile
+
+    requested = resolve_target(args.target)
+    if requested.get("kind") != "cuda":
+        loaded = resolve_profile(requested, args.profile, allow_mismatch=args.allow_mismatch)
+        return loaded.profile, loaded.profile.target
+    from codesign.compiler.cuda_binary import complete_cuda_target, nvcc_path
+
+    nvcc_path()
+    try:
+        profile = resolve_profile(requested, args.profile, allow_mismatch=args.allow_mismatch).profile
+    except ProfileError:
+        if args.profile:
+            raise
+        print(
+            "note: no cuda profile shipped or given: compiling with TVM's default GPU schedules, no latency prediction"
+        )
+        return None, complete_cuda_target(requested)
+    return profile, complete_cuda_target({**profile.target, **requested})

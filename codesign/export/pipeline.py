@@ -39,11 +39,17 @@ class ExportResult:
     manifest: dict[str, Any]
 
 
+REFERENCE_INPUTS = "reference_inputs.npy"
+REFERENCE_LOGITS = "reference_logits.npy"
+DEVICE_PARITY_TOLERANCE = 1e-3
+
+
 def _tvm_artifact(
     staging: Path,
     onnx_path: Path,
     space: Any,
     genome: Genome,
+    target: dict[str, Any],
     profile: Any,
     images: np.ndarray,
     tolerance: float,
@@ -55,24 +61,40 @@ def _tvm_artifact(
     from codesign.profile.profile_file import target_mismatch
     from codesign.profile.tvm_backend import host_llvm_target
 
-    families = profile.tuning_records.get("families", {})
-    model = LatencyModel.from_profile(profile)
-    executable = compile_onnx(onnx_path, space, genome, profile.target, families)
+    families = profile.tuning_records.get("families", {}) if profile is not None else {}
+    executable = compile_onnx(onnx_path, space, genome, target, families)
     library = staging / LIBRARY_NAME
-    executable.export_library(str(library))
     reference = onnxruntime_logits(onnx_path, images)
-    parity = check_tvm_parity(library, images, reference, tolerance)
-    predicted = float(model.predict([genome])[0])
+    predicted = float(LatencyModel.from_profile(profile).predict([genome])[0]) if profile is not None else None
     section: dict[str, Any] = {
         "library": LIBRARY_NAME,
-        "target": profile.target,
-        "device": profile.device.name,
-        "schedules": list(genome.schedules),
-        "tvm_vs_onnxruntime_max_abs": parity,
+        "target": target,
+        "device": profile.device.name if profile is not None else None,
+        "schedules": list(genome.schedules) if profile is not None else "TVM default (no profile for this target)",
         "parity_images": len(images),
         "latency": {"predicted_ms": predicted, "measured": None},
     }
-    here = profile.target.get("kind") == "llvm" and target_mismatch(profile.target, host_llvm_target()) is None
+    if target.get("kind") == "cuda":
+        from codesign.compiler.cuda_binary import COMPILED_FORMAT, cuda_arch, export_library_with_compiled_cuda
+
+        arch = cuda_arch(target)
+        compiled = export_library_with_compiled_cuda(executable, library, arch)
+        np.save(staging / REFERENCE_INPUTS, np.ascontiguousarray(images, dtype=np.float32), allow_pickle=False)
+        np.save(staging / REFERENCE_LOGITS, reference.astype(np.float32), allow_pickle=False)
+        section["kernels"] = {"format": COMPILED_FORMAT, "arch": arch, "cuda_modules": compiled}
+        section["tvm_vs_onnxruntime_max_abs"] = None
+        section["device_check"] = {
+            "inputs": REFERENCE_INPUTS,
+            "onnxruntime_logits": REFERENCE_LOGITS,
+            "tolerance": DEVICE_PARITY_TOLERANCE,
+            "command": "codesign run ARTIFACT --check --time   # on the GPU machine",
+        }
+        if measure_latency:
+            section["latency"]["not_measured"] = "no CUDA device on the exporting machine; run the device check"
+        return section
+    executable.export_library(str(library))
+    section["tvm_vs_onnxruntime_max_abs"] = check_tvm_parity(library, images, reference, tolerance)
+    here = profile is not None and target_mismatch(target, host_llvm_target()) is None
     if measure_latency and here:
         timing = time_executable(executable, space, genome.resolution, repeat=20)
         section["latency"]["measured"] = {**timing.to_dict(), "where": "this machine, batch 1"}
@@ -97,14 +119,17 @@ def export_subnet(
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
     profile: Any = None,
+    target: dict[str, Any] | None = None,
     measure_latency: bool = True,
 ) -> ExportResult:
     """Extract ``genome``, recalibrate its BN on training images, export ONNX, check it, write a manifest.
 
-    With a hardware ``profile`` the ONNX model is also compiled by TVM for the profile's target
-    under the genome's schedule genes (``model_tvm.so``), checked against onnxruntime on the same
-    images, and, when the profile describes this machine and ``measure_latency``, timed next to
-    the latency model's prediction.
+    With a hardware ``profile`` (or a TVM ``target`` without one: TVM's default schedules) the ONNX
+    model is also compiled by TVM for that target under the genome's schedule genes
+    (``model_tvm.so``). An llvm library is checked against onnxruntime on the same images and, when
+    the profile describes this machine and ``measure_latency``, timed next to the latency model's
+    prediction. A cuda library holds nvcc-compiled kernels; with no GPU here it ships the
+    reference images and onnxruntime logits that ``codesign run --check`` compares on the device.
     """
     space = loaded.supernet.space
     genome = genome.validate(space)
@@ -131,9 +156,17 @@ def export_subnet(
             metrics["test_accuracy_onnxruntime"] = accuracy_of(ort_logits, test_y)
             metrics["test_images"] = len(test_y)
         tvm_section = None
-        if profile is not None:
+        if profile is not None or target is not None:
             tvm_section = _tvm_artifact(
-                staging, onnx_path, space, genome, profile, images.numpy(), tolerance, measure_latency
+                staging,
+                onnx_path,
+                space,
+                genome,
+                target if target is not None else profile.target,
+                profile,
+                images.numpy(),
+                tolerance,
+                measure_latency,
             )
         from safetensors.torch import save_file
 
@@ -199,9 +232,16 @@ def describe(manifest: dict[str, Any]) -> str:
     if tvm:
         latency = tvm["latency"]
         measured = latency.get("measured")
+        parity = tvm["tvm_vs_onnxruntime_max_abs"]
+        predicted = latency["predicted_ms"]
         parts.append(
-            f"TVM vs onnxruntime max |diff| {tvm['tvm_vs_onnxruntime_max_abs']:.2e}; latency predicted "
-            f"{latency['predicted_ms']:.3f} ms"
+            (
+                f"TVM vs onnxruntime max |diff| {parity:.2e}"
+                if parity is not None
+                else f"TVM {tvm['target']['kind']} library built ({tvm['kernels']['format']} kernels, parity is "
+                "checked on the device)"
+            )
+            + (f"; latency predicted {predicted:.3f} ms" if predicted is not None else "; no latency prediction")
             + (
                 f", measured {measured['median_ms']:.3f} ms (+-{measured['std_ms']:.3f}, {measured['repeats']} repeats)"
                 if measured
