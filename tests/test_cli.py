@@ -108,3 +108,11 @@ def test_space_command_samples_valid_genomes():
     space = get_space()
     genomes = [Genome.from_json(line).validate(space) for line in result.stdout.splitlines()]
     assert len(genomes) == 3 and len(set(genomes)) == 3
+
+
+def test_profiling_cuda_here_points_to_the_bundle_workflow(tmp_path):
+    line = _one_line_error(run_cli("profile", "--target", "cuda", "-o", str(tmp_path / "gpu.json")))
+    assert "--build-only" in line and "--rpc-tracker" in line
+    assert not (tmp_path / "gpu.json").exists()
+    line = _one_line_error(run_cli("profile", "--merge", str(tmp_path), "-o", str(tmp_path / "p.json")))
+    assert "not a measurement bundle" in line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from codesign.cli.base import Command
 
@@ -22,11 +23,20 @@ class ProfileCommand(Command):
         "kernels the budget left unmeasured, and a calibration learns what the per-kernel sum misses.\n"
         "With --rpc-tracker/--rpc-key everything is compiled here and timed on the remote device (a\n"
         "board or server running `python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY`).\n"
-        "Not yet: --target cuda."
+        "\n"
+        "Devices reached only briefly or only by copying files (a GPU server without TVM) are measured\n"
+        "in three steps: --build-only compiles every kernel under every schedule candidate and\n"
+        "--bundle-models whole subnets into a self-contained bundle (CUDA kernels as nvcc-compiled\n"
+        "fatbin, the TVM runtime libraries, reference outputs, measure.py); on the device\n"
+        "`python3 BUNDLE/measure.py` (or --measure BUNDLE) checks and times it all, resumably; --merge\n"
+        "folds its results into a profile with the device's provenance."
     )
     examples = (
         "codesign profile --target llvm --budget-minutes 30 -o hw_profiles/my_cpu.json",
         "codesign profile --space tiny --budget-minutes 2 --tune-trials 8 -o /tmp/tiny.json",
+        "codesign profile --target cuda --build-only -o h100_bundle          # here, no GPU needed",
+        "python3 h100_bundle/measure.py                                     # on the GPU machine",
+        "codesign profile --merge h100_bundle --results h100_bundle/results.json -o hw_profiles/h100.json",
         'codesign profile --target \'{"kind": "llvm", "mcpu": "cortex-a72", "mtriple": "aarch64-linux-gnu", '
         '"num-cores": 4}\' --rpc-tracker 10.0.0.5:9190 --rpc-key rpi4 -o hw_profiles/rpi4.json',
     )
@@ -34,7 +44,9 @@ class ProfileCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         from codesign.space import DEFAULT_SPACE
 
-        parser.add_argument("-o", "--out", required=True, metavar="FILE.json", help="profile file to write")
+        parser.add_argument(
+            "-o", "--out", metavar="FILE.json|DIR", help="profile file to write (with --build-only: the bundle folder)"
+        )
         parser.add_argument(
             "--target", default="llvm", help="'llvm' (this CPU, mcpu detected) or a TVM target as JSON (default: llvm)"
         )
@@ -83,6 +95,26 @@ class ProfileCommand(Command):
             help="measure on the device registered at this TVM RPC tracker (build here, run there)",
         )
         parser.add_argument("--rpc-key", default=None, metavar="KEY", help="the device's key at the tracker")
+        bundle = parser.add_argument_group("measurement bundles (build here, measure on a device without TVM)")
+        bundle.add_argument("--build-only", action="store_true", help="compile a measurement bundle into -o DIR")
+        bundle.add_argument("--measure", metavar="BUNDLE", help="measure BUNDLE on this machine (runs its measure.py)")
+        bundle.add_argument("--merge", metavar="BUNDLE", help="fold --results of BUNDLE into the profile -o")
+        bundle.add_argument("--results", metavar="FILE.json", help="with --merge: default BUNDLE/results.json")
+        bundle.add_argument(
+            "--bundle-models", type=int, default=30, metavar="N", help="whole random subnets in the bundle"
+        )
+        bundle.add_argument(
+            "--sampled-candidates",
+            type=int,
+            default=3,
+            metavar="K",
+            help="schedules per kernel family sampled from MetaSchedule's design space, besides the default",
+        )
+        bundle.add_argument(
+            "--runtime-wheels",
+            metavar="DIR",
+            help="apache_tvm_ffi wheels to ship for the device's Python (tools/fetch_runtime_wheels.sh)",
+        )
         parser.add_argument("--cores", type=int, default=None, help="cores to use (default: all)")
         parser.add_argument("--seed", type=int, default=0)
 
@@ -96,9 +128,14 @@ class ProfileCommand(Command):
             os.environ["TVM_NUM_THREADS"] = str(args.cores)
         from codesign.profile.profile_file import save_profile
         from codesign.profile.profiler import ProfileConfig, Profiler, profile_from_journal
-        from codesign.profile.tvm_backend import host_llvm_target
         from codesign.space import get_space
 
+        if args.measure:
+            return _measure_bundle(args.measure, args.out)
+        if not args.out:
+            raise CodesignError("give -o FILE.json (or -o DIR with --build-only)")
+        if args.merge:
+            return _merge_bundle(args.merge, args.results, args.out, args.seed)
         if args.rpc_tracker and not args.rpc_key:
             raise CodesignError("--rpc-tracker needs --rpc-key (the key the device's RPC server registered with)")
         if args.target == "llvm" and args.rpc_tracker:
@@ -106,16 +143,15 @@ class ProfileCommand(Command):
                 "with --rpc-tracker give the remote device's target as JSON, e.g. "
                 '\'{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "num-cores": 4}\''
             )
-        if args.target == "llvm":
-            target = host_llvm_target(args.cores)
-        else:
-            try:
-                target = json.loads(args.target)
-            except json.JSONDecodeError:
-                raise CodesignError(f"unknown target {args.target!r}: use 'llvm' or a TVM target JSON object") from None
-            if not isinstance(target, dict) or target.get("kind") != "llvm":
-                raise CodesignError("only llvm targets can be profiled so far (cuda and RPC are not implemented yet)")
+        target = _profile_target(args.target, args.cores)
         space = get_space(args.space)
+        if args.build_only:
+            return _build_bundle(space, target, args)
+        if target.get("kind") == "cuda" and not args.rpc_tracker:
+            raise CodesignError(
+                "there is no GPU here to time cuda kernels on: use --build-only -o BUNDLE (then measure.py on the "
+                "GPU machine and --merge), or --rpc-tracker/--rpc-key to reach a GPU running a TVM RPC server"
+            )
         out = Path(args.out)
         work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".work")
         config = ProfileConfig(
@@ -147,3 +183,76 @@ class ProfileCommand(Command):
             m = fitted["model_validation"]["calibrated"]
             print(f"whole models (leave-one-out): {m['within10']:.1%} within +-10%, RMSPE {m['rmspe']:.3f}")
         return 0
+
+
+def _profile_target(spec: str, cores: int | None) -> dict[str, Any]:
+    """The full TVM target to profile: this CPU, a CUDA GPU (sm_90 unless given), or a target JSON."""
+    from codesign.compiler.cuda_binary import complete_cuda_target
+    from codesign.errors import CodesignError
+    from codesign.profile.tvm_backend import host_llvm_target
+
+    if spec == "llvm":
+        return host_llvm_target(cores)
+    if spec == "cuda":
+        return complete_cuda_target()
+    try:
+        target = json.loads(spec)
+    except json.JSONDecodeError:
+        raise CodesignError(f"unknown target {spec!r}: use 'llvm', 'cuda' or a TVM target JSON object") from None
+    if not isinstance(target, dict) or target.get("kind") not in ("llvm", "cuda"):
+        raise CodesignError(f'unknown target {spec!r}: the target JSON needs "kind": "llvm" or "cuda"')
+    return complete_cuda_target(target) if target["kind"] == "cuda" else target
+
+
+def _build_bundle(space: Any, target: dict[str, Any], args: argparse.Namespace) -> int:
+    from codesign.profile.bundle import BundleConfig, build_bundle
+
+    config = BundleConfig(
+        target=target,
+        sampled_candidates=args.sampled_candidates,
+        models=args.bundle_models,
+        seed=args.seed,
+        max_workloads=args.max_workloads,
+        runtime_wheels=args.runtime_wheels,
+    )
+    summary = build_bundle(space, config, args.out, progress=print)
+    print(
+        f"bundle written to {summary['bundle']}: {summary['kernels']} compiled kernels of {summary['workloads']} "
+        f"workloads ({summary['replay_failures']} schedules do not replay, {summary['build_failures']} do not "
+        f"build), {summary['models']} whole models, {summary['bytes'] / 2**20:.1f} MiB, {summary['seconds']:.0f} s.\n"
+        f"next, on the device: python3 {summary['bundle']}/measure.py"
+    )
+    return 0
+
+
+def _measure_bundle(bundle: str, out: str | None) -> int:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from codesign.profile.bundle import load_bundle_index
+
+    load_bundle_index(bundle)
+    command = [sys.executable, str(Path(bundle) / "measure.py")] + (["--out", out] if out else [])
+    return subprocess.run(command, check=False).returncode
+
+
+def _merge_bundle(bundle: str, results: str | None, out: str, seed: int) -> int:
+    from pathlib import Path
+
+    from codesign.profile.bundle import merge_results
+    from codesign.profile.profile_file import save_profile
+
+    profile = merge_results(bundle, results or str(Path(bundle) / "results.json"), seed=seed)
+    save_profile(out, profile)
+    ok = sum(1 for m in profile.measurements for r in m["results"] if r["status"] == "ok")
+    models = sum(1 for m in profile.models if m["status"] == "ok")
+    print(
+        f"profile written to {out}: {profile.device.name}, {ok} kernel timings of {len(profile.measurements)} "
+        f"kernels, {models} whole models"
+    )
+    fitted = profile.predictor or {}
+    if "model_validation" in fitted:
+        m = fitted["model_validation"]["calibrated"]
+        print(f"whole models (leave-one-out): {m['within10']:.1%} within +-10%, RMSPE {m['rmspe']:.3f}")
+    return 0

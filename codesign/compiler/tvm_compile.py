@@ -86,17 +86,22 @@ def schedule_database(chosen: dict[Workload, Any], target: dict[str, Any]) -> An
     return database
 
 
+def subnet_reference_module(space: SearchSpace, genome: Genome) -> torch.nn.Module:
+    """The torch subnet of ``genome`` with the seeded random weights :func:`subnet_relax_module` compiles."""
+    from codesign.supernet.static import StaticSubnet
+    from codesign.supernet.supernet import ElasticSupernet
+
+    torch.manual_seed(0)
+    return StaticSubnet(ElasticSupernet(space).subnet_config(genome)).eval()
+
+
 def subnet_relax_module(space: SearchSpace, genome: Genome, *, opset: int = 17) -> Any:
     """The subnet of ``genome`` (random weights: latency does not depend on values) as raw Relax from ONNX."""
     tb.require_tvm()
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
-    from codesign.supernet.static import StaticSubnet
-    from codesign.supernet.supernet import ElasticSupernet
-
-    torch.manual_seed(0)
-    module = StaticSubnet(ElasticSupernet(space).subnet_config(genome)).eval()
+    module = subnet_reference_module(space, genome)
     example = torch.zeros(1, space.in_channels, genome.resolution, genome.resolution)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "subnet.onnx"

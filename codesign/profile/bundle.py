@@ -1,0 +1,584 @@
+"""Measurement bundles: compile everything here, measure it on a device reached briefly, merge the results.
+
+For devices without TVM (a GPU server reachable for a few minutes, a board reachable only by
+copying files) the profiling run is split in three:
+
+1. :func:`build_bundle` (``codesign profile --build-only -o BUNDLE``), on the build machine:
+   every kernel of the space under every schedule candidate of its family (candidate 0: TVM's
+   default lowering, dlight rules on GPUs; then schedules sampled from MetaSchedule's design
+   space on the family's representative and replayed on each kernel), batched into libraries
+   (CUDA kernels compiled to fatbin with nvcc), ``models`` random whole subnets compiled under
+   random valid schedule genes, reference outputs for all of them computed here, the TVM
+   runtime libraries, ``tvm_ffi`` for this Python (plus any wheels given) and ``measure.py``.
+2. ``python3 BUNDLE/measure.py`` (or ``codesign profile --measure BUNDLE``) on the device:
+   checks and times everything (see :mod:`codesign.profile.bundle_measure`).
+3. :func:`merge_results` (``codesign profile --merge BUNDLE --results R -o FILE.json``): the
+   results become a hardware profile like one measured directly (kernel table, whole models,
+   fitted kernel predictor and calibration), with the device's provenance as the device read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from codesign.errors import CodesignError
+from codesign.fileio import write_json_atomic
+from codesign.latency.workloads import Workload, enumerate_workloads, kernel_family
+from codesign.profile.bundle_measure import RESULTS_FORMAT, output_summary, probe_array
+from codesign.space import Genome, SearchSpace
+
+BUNDLE_FORMAT = "codesign-measurement-bundle"
+BUNDLE_SCHEMA_VERSION = 1
+BUNDLE_SIZE_LIMIT = 64 * 2**20
+GPU_DEFAULT_RULES = ("Matmul", "GEMV", "Reduction", "GeneralReduction", "Fallback")
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    """Knobs of a bundle build (recorded in the bundle and in the merged profile)."""
+
+    target: dict[str, Any]
+    sampled_candidates: int = 3
+    models: int = 30
+    batch_kernels: int = 96
+    seed: int = 0
+    max_workloads: int | None = None
+    runtime_wheels: str | None = None
+
+
+def _gpu(target: dict[str, Any]) -> bool:
+    return target.get("kind") == "cuda"
+
+
+def default_schedule(mod: Any, target: dict[str, Any]) -> Any:
+    """TVM's default lowering of a kernel module: as is on CPUs, dlight's GPU rules on GPUs (as compile_relax)."""
+    if not _gpu(target):
+        return mod
+    import tvm
+    from tvm.s_tir import dlight as dl
+
+    rules = [getattr(dl.gpu, name)() for name in GPU_DEFAULT_RULES]
+    private = tvm.ir.load_json(tvm.ir.save_json(mod))  # dlight rewrites functions in place
+    with tvm.target.Target(target):
+        return dl.ApplyDefaultSchedule(*rules)(private)
+
+
+def sample_family_candidates(
+    task: Any, target: dict[str, Any], count: int, seed: int, source: str
+) -> list[dict[str, Any]]:
+    """``count`` distinct schedules drawn from MetaSchedule's design space of ``task`` (untuned, as JSON traces)."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from codesign.profile.tvm_backend import trace_to_json
+
+    if count <= 0:
+        return []
+    context = ms.TuneContext(
+        mod=task.mod,
+        target=tvm.target.Target(target),
+        space_generator="post-order-apply",
+        search_strategy=ms.search_strategy.ReplayTrace(),
+        task_name=task.name,
+        rand_state=seed,
+        num_threads=1,
+    )
+    spaces = context.generate_design_space()
+    context.pre_tuning(max_trials=4 * count, num_trials_per_iter=4 * count, design_spaces=spaces)
+    picked: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for candidate in context.generate_measure_candidates() or []:
+        trace = trace_to_json(candidate.sch.trace)
+        key = json.dumps(trace)
+        if key not in seen:
+            seen.add(key)
+            picked.append({"source": f"{source}#sample{len(picked)}", "trace": trace})
+        if len(picked) == count:
+            break
+    return picked
+
+
+class _KernelBatcher:
+    """Collects scheduled kernel functions and writes them as libraries of ``batch`` functions each."""
+
+    def __init__(self, out_dir: Path, target: dict[str, Any], batch: int) -> None:
+        self.out_dir = out_dir
+        self.target = target
+        self.batch = batch
+        self.pending: list[tuple[str, Any, dict[str, Any]]] = []
+        self.libraries: list[dict[str, Any]] = []
+        self.failed: list[dict[str, Any]] = []
+
+    def add(self, symbol: str, func: Any, entry: dict[str, Any]) -> None:
+        self.pending.append((symbol, func.with_attr("global_symbol", symbol), entry))
+        if len(self.pending) >= self.batch:
+            self.flush()
+
+    def _build(self, items: list[tuple[str, Any, dict[str, Any]]]) -> Any:
+        import tvm
+
+        return tvm.tirx.build(tvm.IRModule({s: f for s, f, _ in items}), target=tvm.target.Target(self.target))
+
+    def flush(self) -> None:
+        """Build and write the pending functions (one that fails to build is isolated and recorded)."""
+        items, self.pending = self.pending, []
+        if not items:
+            return
+        try:
+            built = self._build(items)
+        except Exception:
+            kept = []
+            for item in items:
+                try:
+                    self._build([item])
+                    kept.append(item)
+                except Exception as exc:
+                    self.failed.append({**item[2], "error": str(exc).strip().splitlines()[-1][:300]})
+            items = kept
+            built = self._build(items) if items else None
+        if built is None:
+            return
+        path = self.out_dir / f"kernels_{len(self.libraries):03d}.so"
+        _export(built, path, self.target)
+        self.libraries.append(
+            {"path": f"kernels/{path.name}", "kernels": [{"symbol": s, **entry} for s, _, entry in items]}
+        )
+
+
+def _export(module: Any, path: Path, target: dict[str, Any]) -> None:
+    if _gpu(target):
+        from codesign.compiler.cuda_binary import cuda_arch, export_library_with_compiled_cuda
+
+        export_library_with_compiled_cuda(module, path, cuda_arch(target))
+    else:
+        module.export_library(str(path))
+
+
+def _arg_specs(mod: Any) -> list[tuple[list[int], str]]:
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    return [([int(d) for d in info.shape], str(info.dtype)) for info in ArgInfo.from_prim_func(mod["main"])]
+
+
+def _cpu_references(tasks: list[tuple[str, Any]], out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Output summaries of each task's default lowering, built for and run on this CPU."""
+    import tvm
+
+    if not tasks:
+        return {}
+    module = tvm.tirx.build(
+        tvm.IRModule({name: mod["main"].with_attr("global_symbol", name) for name, mod in tasks}),
+        target=tvm.target.Target({"kind": "llvm"}),
+    )
+    references = {}
+    for name, mod in tasks:
+        specs = _arg_specs(mod)
+        args = [tvm.runtime.tensor(probe_array(shape, dtype, salt=i)) for i, (shape, dtype) in enumerate(specs[:-1])]
+        out = tvm.runtime.tensor(np.full(specs[-1][0], np.nan, dtype=specs[-1][1]))
+        module[name](*args, out)
+        references[name] = output_summary(out.numpy())
+    return references
+
+
+def _random_model_genomes(
+    space: SearchSpace, families: dict[str, list[dict[str, Any]]], usable: dict[str, set[int]], count: int, seed: int
+) -> list[Genome]:
+    """Random subnets whose schedule genes pick, per kernel, a candidate that compiled for that kernel."""
+    from codesign.latency.positions import PositionTable
+
+    positions = PositionTable(space)
+    rng = np.random.default_rng(seed + 1)
+    genomes = []
+    for _ in range(count):
+        genome = Genome.random(space, rng).canonical(space)
+        ids = positions.workload_ids(genome.to_vector(space)[None, :])[0]
+        genes = []
+        for p, position in enumerate(positions.positions):
+            valid = sorted(usable.get(positions.workloads[ids[p]].key(), {0}))
+            genes.append(int(valid[int(rng.integers(len(valid)))]) if families.get(position.family) else 0)
+        genomes.append(Genome(**{**genome.__dict__, "schedules": tuple(genes)}))
+    return genomes
+
+
+def _copy_runtime(bundle: Path, target: dict[str, Any], wheels: str | None) -> dict[str, Any]:
+    """The TVM runtime libraries, tvm_ffi for this Python and any given wheels; what was copied."""
+    import tvm_ffi
+
+    from codesign import runtime
+
+    runtime_dir = bundle / "runtime"
+    runtime_dir.mkdir()
+    source = runtime.runtime_library_dir()
+    names = list(runtime.RUNTIME_LIBRARIES) + (list(runtime.CUDA_RUNTIME_LIBRARIES) if _gpu(target) else [])
+    for name in names:
+        shutil.copy2(source / name, runtime_dir / name)
+    if _gpu(target):
+        cudart = _find_cudart()
+        if cudart is not None:
+            shutil.copy2(cudart, runtime_dir / "libcudart.so.13")
+    ffi_root = Path(tvm_ffi.__file__).resolve().parent
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    shutil.copytree(
+        ffi_root,
+        bundle / "python" / tag / "tvm_ffi",
+        ignore=shutil.ignore_patterns("include", "src", "cython", "share", "cmake", "3rdparty", "stub", "__pycache__"),
+    )
+    copied_wheels = []
+    if wheels:
+        (bundle / "wheels").mkdir()
+        for wheel in sorted(Path(wheels).glob("apache_tvm_ffi-*.whl")):
+            shutil.copy2(wheel, bundle / "wheels" / wheel.name)
+            copied_wheels.append(wheel.name)
+    package = Path(__file__).resolve().parents[1]
+    shutil.copy2(package / "runtime.py", bundle / "codesign_runtime.py")
+    shutil.copy2(Path(__file__).with_name("bundle_measure.py"), bundle / "measure.py")
+    return {"libraries": names, "python": [tag], "wheels": copied_wheels}
+
+
+def _find_cudart() -> Path | None:
+    import os
+
+    roots = [Path(os.environ["CUDA_HOME"])] if os.environ.get("CUDA_HOME") else []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        roots.append(Path(nvcc).resolve().parents[1])
+    roots += [Path("/usr/local/cuda"), *sorted(Path("/usr/local").glob("cuda-13*"))]
+    for root in roots:
+        for sub in ("lib", "lib64", "targets/x86_64-linux/lib"):
+            candidate = root / sub / "libcudart.so.13"
+            if candidate.is_file():
+                return candidate.resolve()
+    return None
+
+
+def _directory_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def build_bundle(
+    space: SearchSpace,
+    config: BundleConfig,
+    out_dir: str | Path,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Compile the bundle into ``out_dir`` (built in a temporary folder, moved in place at the end)."""
+    import os
+    import tempfile
+
+    from codesign.compiler.tvm_compile import compile_subnet, subnet_reference_module
+    from codesign.profile.profile_file import current_command
+    from codesign.profile.profiler import rank_workloads
+    from codesign.profile.tvm_backend import replay_json, require_tvm, software_versions, workload_tasks
+
+    say = progress or (lambda _msg: None)
+    require_tvm()
+    if _gpu(config.target):
+        from codesign.compiler.cuda_binary import cuda_arch, nvcc_path
+
+        cuda_arch(config.target)
+        nvcc_path()
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise CodesignError(f"bundle directory {out} exists and is not empty")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise CodesignError(f"cannot write to {out.parent}: {exc.strerror}") from None
+    started = time.monotonic()
+    try:
+        (staging / "kernels").mkdir()
+        (staging / "models").mkdir()
+        ranked = [w for w, _ in rank_workloads(space, 500, config.seed)]
+        workloads = ranked[: config.max_workloads] if config.max_workloads else enumerate_workloads(space)
+        by_family: dict[str, list[Workload]] = {}
+        for w in workloads:
+            by_family.setdefault(kernel_family(w), []).append(w)
+        families: dict[str, list[dict[str, Any]]] = {}
+        for f, (family, members) in enumerate(sorted(by_family.items())):
+            representative = max(members, key=lambda w: (w.macs, w.key()))
+            task = workload_tasks(representative, config.target)[0]
+            families[family] = [{"source": "default", "trace": None}] + sample_family_candidates(
+                task, config.target, config.sampled_candidates, config.seed + f, representative.key()
+            )
+            say(f"family {family}: {len(families[family]) - 1} sampled schedules from {representative.key()}")
+        batcher = _KernelBatcher(staging / "kernels", config.target, config.batch_kernels)
+        reference_tasks: list[tuple[str, Any]] = []
+        replay_failures: list[dict[str, Any]] = []
+        for i, workload in enumerate(workloads):
+            family = kernel_family(workload)
+            for t, task in enumerate(workload_tasks(workload, config.target)):
+                reference = f"w{i:04d}t{t}"
+                reference_tasks.append((reference, task.mod))
+                specs = _arg_specs(task.mod)
+                for c, candidate in enumerate(families[family]):
+                    entry = {
+                        "key": workload.key(),
+                        "candidate": c,
+                        "task": t,
+                        "weight": task.weight,
+                        "reference": reference,
+                        "args": specs,
+                    }
+                    try:
+                        if candidate["trace"] is None:
+                            mod = default_schedule(task.mod, config.target)
+                        else:
+                            mod = replay_json(task, candidate["trace"]).mod
+                    except Exception as exc:
+                        replay_failures.append({**entry, "error": str(exc).strip().splitlines()[-1][:300]})
+                        continue
+                    batcher.add(f"k{i:04d}_t{t}_c{c}", mod["main"], entry)
+            if (i + 1) % 50 == 0 or i + 1 == len(workloads):
+                say(f"kernels: {i + 1}/{len(workloads)} workloads scheduled, {len(batcher.libraries)} libraries")
+        batcher.flush()
+        references = _cpu_references(reference_tasks, staging)
+        usable: dict[str, set[int]] = {}
+        for library in batcher.libraries:
+            for kernel in library["kernels"]:
+                usable.setdefault(kernel["key"], set()).add(kernel["candidate"])
+        models = []
+        for m, genome in enumerate(_random_model_genomes(space, families, usable, config.models, config.seed)):
+            executable = compile_subnet(space, genome, config.target, families)
+            path = staging / "models" / f"model_{m:03d}.so"
+            _export(executable, path, config.target)
+            shape = [1, space.in_channels, genome.resolution, genome.resolution]
+            import torch
+
+            with torch.inference_mode():
+                logits = subnet_reference_module(space, genome)(torch.from_numpy(probe_array(shape, "float32", 0)))
+            models.append(
+                {
+                    "key": f"model{m:03d}",
+                    "path": f"models/{path.name}",
+                    "genome": genome.to_dict(),
+                    "input_shape": shape,
+                    "reference_logits": logits.double().numpy().tolist(),
+                }
+            )
+            say(f"whole models: {m + 1}/{config.models} compiled")
+        copied = _copy_runtime(staging, config.target, config.runtime_wheels)
+        digest = hashlib.sha256(
+            json.dumps([config.target, space.to_dict(), time.time_ns()], sort_keys=True).encode()
+        ).hexdigest()[:16]
+        index = {
+            "format": BUNDLE_FORMAT,
+            "schema_version": BUNDLE_SCHEMA_VERSION,
+            "bundle_id": digest,
+            "target": config.target,
+            "space": space.to_dict(),
+            "config": asdict(config),
+            "families": families,
+            "kernel_libraries": batcher.libraries,
+            "build_failures": batcher.failed,
+            "replay_failures": replay_failures,
+            "references": references,
+            "models": models,
+            "runtime": copied,
+            "software": software_versions(),
+            "command": current_command(),
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build_seconds": round(time.monotonic() - started, 1),
+        }
+        write_json_atomic(staging / "bundle.json", index, compact=True)
+        size = _directory_bytes(staging)
+        if size > BUNDLE_SIZE_LIMIT:
+            raise CodesignError(
+                f"the bundle is {size / 2**20:.1f} MiB, over the {BUNDLE_SIZE_LIMIT / 2**20:.0f} MiB limit: "
+                "use fewer --bundle-models or --sampled-candidates"
+            )
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    kernels = sum(len(lib["kernels"]) for lib in index["kernel_libraries"])
+    return {
+        "bundle": str(out),
+        "bytes": size,
+        "kernels": kernels,
+        "workloads": len(workloads),
+        "replay_failures": len(replay_failures),
+        "build_failures": len(batcher.failed),
+        "models": len(models),
+        "seconds": index["build_seconds"],
+    }
+
+
+def load_bundle_index(bundle: str | Path) -> dict[str, Any]:
+    """A bundle's ``bundle.json``, validated; a clear error for anything else."""
+    path = Path(bundle) / "bundle.json"
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CodesignError(f"{bundle} is not a measurement bundle (no bundle.json)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CodesignError(f"{path} is unreadable: {exc}") from None
+    if not isinstance(index, dict) or index.get("format") != BUNDLE_FORMAT:
+        raise CodesignError(f"{path} is not a codesign measurement bundle index")
+    if index.get("schema_version", 0) > BUNDLE_SCHEMA_VERSION:
+        raise CodesignError(f"{path} comes from a newer codesign (schema {index.get('schema_version')})")
+    return index
+
+
+def _timing(record: dict[str, Any]) -> dict[str, Any] | None:
+    return record.get("timing") if record.get("status") == "ok" else None
+
+
+def merge_results(bundle: str | Path, results_path: str | Path, *, seed: int = 0) -> Any:
+    """The hardware profile of a measured bundle (see the module docstring)."""
+    from codesign.profile.fitting import fit_predictor
+    from codesign.profile.profile_file import DeviceInfo, HardwareProfile, SoftwareInfo, current_command, now_utc
+
+    index = load_bundle_index(bundle)
+    try:
+        results = json.loads(Path(results_path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CodesignError(f"cannot read results {results_path}: {exc}") from None
+    if results.get("format") != RESULTS_FORMAT:
+        raise CodesignError(f"{results_path} is not a bundle results file")
+    if results.get("bundle_id") != index["bundle_id"]:
+        raise CodesignError(
+            f"{results_path} measured bundle {results.get('bundle_id')}, not {index['bundle_id']} ({bundle})"
+        )
+    space = SearchSpace.from_dict(index["space"])
+    families = index["families"]
+    kernel_results = results.get("kernels", {})
+    per_workload: dict[str, dict[int, dict[int, tuple[int, dict[str, Any]]]]] = {}
+    workloads: dict[str, Workload] = {w.key(): w for w in enumerate_workloads(space)}
+    for library in index["kernel_libraries"]:
+        for kernel in library["kernels"]:
+            record = kernel_results.get(kernel["symbol"])
+            if record is not None:
+                per_workload.setdefault(kernel["key"], {}).setdefault(kernel["candidate"], {})[kernel["task"]] = (
+                    kernel["weight"],
+                    record,
+                )
+    for failure in index.get("replay_failures", []) + index.get("build_failures", []):
+        per_workload.setdefault(failure["key"], {}).setdefault(failure["candidate"], {})[failure["task"]] = (
+            failure["weight"],
+            {"status": "failed", "error": failure["error"]},
+        )
+    measurements = []
+    for key, candidates in sorted(per_workload.items()):
+        workload = workloads[key]
+        rows = []
+        for c, tasks in sorted(candidates.items()):
+            timings = [_timing(r) for _, r in tasks.values()]
+            errors = [r.get("error") for _, r in tasks.values() if r.get("status") != "ok"]
+            if all(t is not None for t in timings):
+                weights = [w for w, _ in tasks.values()]
+                timing = {
+                    stat: sum(w * t[stat] for w, t in zip(weights, timings, strict=True))
+                    for stat in ("mean_ms", "median_ms", "std_ms")
+                }
+                timing.update(repeats=min(t["repeats"] for t in timings), kernels=timings)
+                rows.append(
+                    {
+                        "candidate": c,
+                        "status": "ok",
+                        "source": families[kernel_family(workload)][c]["source"],
+                        "timing": timing,
+                        "error": None,
+                    }
+                )
+            elif any(r.get("status") == "wrong" for _, r in tasks.values()):
+                rows.append(
+                    {
+                        "candidate": c,
+                        "status": "failed",
+                        "source": "",
+                        "timing": None,
+                        "error": "wrong output: " + "; ".join(filter(None, errors)),
+                    }
+                )
+            elif errors:
+                rows.append(
+                    {
+                        "candidate": c,
+                        "status": "failed",
+                        "source": "",
+                        "timing": None,
+                        "error": "; ".join(filter(None, errors)),
+                    }
+                )
+        measurements.append(
+            {"family": kernel_family(workload), "key": key, "workload": workload.to_dict(), "results": rows}
+        )
+    models = []
+    for model in index["models"]:
+        record = results.get("models", {}).get(model["key"])
+        if record is None:
+            continue
+        timing = _timing(record)
+        models.append(
+            {
+                "key": model["key"],
+                "genome": model["genome"],
+                "status": "ok" if timing else "failed",
+                "timing": timing,
+                "host_loop_rotated": record.get("host_loop_rotated"),
+                "torch_eager": record.get("torch_eager"),
+                "error": record.get("error"),
+            }
+        )
+    info = results.get("device_info", {})
+    gpu = results.get("device") == "cuda"
+    device = DeviceInfo(
+        kind="gpu" if gpu else "cpu",
+        name=str(info.get("name", "unknown")),
+        cores=int(info.get("multiprocessors", 0) if gpu else info.get("cores", 0) or 0),
+        arch=str(index["target"].get("arch") or index["target"].get("mcpu") or ""),
+        max_clock_mhz=_float(info.get("clocks.max.sm")),
+        host=str(info.get("host", "")),
+    )
+    software = dict(index["software"])
+    if gpu:
+        software["cuda"] = f"{info.get('cuda', '')} (driver {info.get('driver_version', '?')})"
+    failed = sum(1 for m in measurements for r in m["results"] if r["status"] == "failed")
+    return HardwareProfile(
+        target=dict(index["target"]),
+        device=device,
+        software=SoftwareInfo(**software),
+        space=space.to_dict(),
+        command=current_command(),
+        created=now_utc(),
+        measurements=measurements,
+        models=models,
+        predictor=fit_predictor(space, families, measurements, models, seed=seed),
+        tuning_records={"families": families, "tuning_runs": []},
+        validation={
+            "workloads_total": len(workloads),
+            "workloads_measured": len(measurements),
+            "failed_measurements": failed,
+            "measurement_minutes": round(float(results.get("seconds", 0.0)) / 60.0, 2),
+            "bundle": {
+                "bundle_id": index["bundle_id"],
+                "build_command": index["command"],
+                "build_seconds": index["build_seconds"],
+                "config": index["config"],
+                "device_as_read": info,
+                "measure_settings": results.get("settings"),
+                "measured": [results.get("started"), results.get("finished")],
+            },
+        },
+    )
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0

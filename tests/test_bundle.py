@@ -1,0 +1,142 @@
+"""Measurement bundles: built here, measured by their own measure.py (no TVM compiler), merged into a profile."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from codesign.errors import CodesignError
+from codesign.profile.bundle import BundleConfig, build_bundle, load_bundle_index, merge_results
+from codesign.profile.bundle_measure import output_summary, probe_array, summary_error
+
+
+def test_probe_inputs_are_deterministic_and_summaries_catch_differences():
+    a = probe_array([2, 3, 4], "float32", salt=5)
+    assert a.shape == (2, 3, 4) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, probe_array([2, 3, 4], "float32", salt=5))
+    assert np.abs(a).max() <= 1.0 and not np.array_equal(a, probe_array([2, 3, 4], "float32", salt=6))
+    assert probe_array([], "float32", 0).shape == ()
+    want = output_summary(a)
+    assert summary_error(output_summary(a + 1e-6), want) < 1e-3
+    assert summary_error(output_summary(a * 1.01), want) > 1e-3
+    poisoned = a.copy()
+    poisoned[0, 0, 0] = np.nan
+    assert summary_error(output_summary(poisoned), want) == float("inf")
+
+
+@pytest.fixture(scope="module")
+def measured_llvm_bundle(tmp_path_factory, tiny_space):
+    from codesign.profile.tvm_backend import host_llvm_target
+
+    root = tmp_path_factory.mktemp("bundle")
+    config = BundleConfig(target=host_llvm_target(), sampled_candidates=1, models=3, max_workloads=5, batch_kernels=4)
+    summary = build_bundle(tiny_space, config, root / "b")
+    bundle = root / "b"
+    measure = subprocess.run(
+        [sys.executable, str(bundle / "measure.py"), "--repeat", "3", "--min-repeat-ms", "1", "--no-torch"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PATH": "/usr/bin:/bin", "TVM_NUM_THREADS": "1"},  # no PYTHONPATH: codesign is not importable there
+    )
+    assert measure.returncode == 0, measure.stdout + measure.stderr
+    return summary, bundle
+
+
+def test_bundle_is_self_contained_and_measured(measured_llvm_bundle):
+    summary, bundle = measured_llvm_bundle
+    index = load_bundle_index(bundle)
+    assert summary["kernels"] == sum(len(lib["kernels"]) for lib in index["kernel_libraries"]) > 0
+    assert len(index["kernel_libraries"]) >= 2  # batches of 4 functions
+    assert all(len(c) == 2 for c in index["families"].values())  # default + one sampled schedule
+    for name in ("measure.py", "codesign_runtime.py", "runtime/libtvm_runtime.so"):
+        assert (bundle / name).is_file()
+    assert any((bundle / "python").glob("cp*/tvm_ffi/__init__.py"))
+    assert summary["bytes"] < 64 * 2**20
+    results = json.loads((bundle / "results.json").read_text())
+    statuses = [r["status"] for r in results["kernels"].values()]
+    assert len(statuses) == summary["kernels"] and statuses.count("ok") == len(statuses)
+    assert all(r["status"] == "ok" and r["timing"]["median_ms"] > 0 for r in results["models"].values())
+    assert len(results["models"]) == 3
+
+
+def test_merged_profile_predicts_and_validates(measured_llvm_bundle, tiny_space, tmp_path):
+    from codesign.latency.model import LatencyModel
+    from codesign.profile.profile_file import load_profile, save_profile
+
+    _, bundle = measured_llvm_bundle
+    profile = merge_results(bundle, bundle / "results.json")
+    path = save_profile(tmp_path / "p.json", profile)
+    loaded = load_profile(path, target=profile.target).profile
+    assert loaded.validation["bundle"]["bundle_id"] == load_bundle_index(bundle)["bundle_id"]
+    assert len(loaded.models) == 3 and all(m["status"] == "ok" for m in loaded.models)
+    model = LatencyModel.from_profile(loaded)
+    genome = loaded.models[0]["genome"]
+    from codesign.space import Genome
+
+    predicted = model.predict([Genome.from_dict(genome)])[0]
+    assert np.isfinite(predicted) and predicted > 0
+
+
+def test_wrong_outputs_are_not_timed_and_results_must_match_the_bundle(measured_llvm_bundle, tmp_path):
+    _, source = measured_llvm_bundle
+    bundle = tmp_path / "b"
+    shutil.copytree(source, bundle)
+    (bundle / "results.json").unlink()
+    index = json.loads((bundle / "bundle.json").read_text())
+    first = index["kernel_libraries"][0]["kernels"][0]
+    index["references"][first["reference"]]["values"][0] += 10.0
+    index["bundle_id"] = "edited"
+    (bundle / "bundle.json").write_text(json.dumps(index))
+    run = subprocess.run(
+        [sys.executable, str(bundle / "measure.py"), "--repeat", "2", "--min-repeat-ms", "1", "--no-torch"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PATH": "/usr/bin:/bin", "TVM_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr
+    results = json.loads((bundle / "results.json").read_text())
+    assert results["kernels"][first["symbol"]]["status"] == "wrong"
+    profile = merge_results(bundle, bundle / "results.json")
+    record = next(m for m in profile.measurements if m["key"] == first["key"])
+    row = next(r for r in record["results"] if r["candidate"] == first["candidate"])
+    assert row["status"] == "failed" and "wrong output" in row["error"]
+    with pytest.raises(CodesignError, match="measured bundle"):
+        merge_results(bundle, source / "results.json")
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs the CUDA toolkit's nvcc (no GPU needed)")
+def test_cuda_bundle_builds_here_with_compiled_kernels(tmp_path, tiny_space):
+    from codesign.compiler.cuda_binary import CudaPayload, complete_cuda_target, library_import_tree
+
+    summary = build_bundle(
+        tiny_space,
+        BundleConfig(target=complete_cuda_target(), sampled_candidates=1, models=1, max_workloads=3),
+        tmp_path / "gpu",
+    )
+    bundle = tmp_path / "gpu"
+    index = load_bundle_index(bundle)
+    assert summary["kernels"] > 0 and summary["models"] == 1
+    assert (bundle / "runtime" / "libtvm_runtime_cuda.so").is_file()
+    for path in [lib["path"] for lib in index["kernel_libraries"]] + [m["path"] for m in index["models"]]:
+        formats = [
+            CudaPayload.parse(m.payload).fmt for m in library_import_tree(bundle / path).modules if m.kind == "cuda"
+        ]
+        assert formats == ["fatbin"], (path, formats)
+    dry = subprocess.run(
+        [sys.executable, str(bundle / "measure.py"), "--dry-run"], capture_output=True, text=True, timeout=300
+    )
+    if dry.returncode != 0:  # no GPU driver here: one clear line, not a traceback
+        assert dry.stderr.startswith("error: cannot load the TVM runtime for cuda") and dry.stderr.count("\n") == 1
+
+
+def test_bad_bundles_are_refused(tmp_path):
+    with pytest.raises(CodesignError, match="not a measurement bundle"):
+        load_bundle_index(tmp_path)
+    (tmp_path / "bundle.json").write_text("{")
+    with pytest.raises(CodesignError, match="unreadable"):
+        load_bundle_index(tmp_path)
