@@ -140,3 +140,34 @@ def test_bad_bundles_are_refused(tmp_path):
     (tmp_path / "bundle.json").write_text("{")
     with pytest.raises(CodesignError, match="unreadable"):
         load_bundle_index(tmp_path)
+
+
+class _FakeFunc:
+    def with_attr(self, key, value):
+        return self
+
+
+def test_kernel_batches_isolate_kernels_the_compiler_rejects(tmp_path, monkeypatch):
+    from codesign.profile import bundle as bundle_module
+
+    exported = []
+
+    def fake_export(items, path, target):
+        symbols = [s for s, _, _ in items]
+        if "k2" in symbols:  # ptxas names the entry function it rejects
+            raise RuntimeError("ptxas error   : Entry function 'k2_kernel' uses too much shared data")
+        if "k5" in symbols:  # an error that names nothing: found by bisection
+            raise RuntimeError("nvcc crashed")
+        exported.append((path.name, symbols))
+
+    batcher = bundle_module._KernelBatcher(tmp_path, {"kind": "cuda"}, batch=8)
+    monkeypatch.setattr(batcher, "_build", lambda items: items)
+    monkeypatch.setattr(bundle_module, "_export", fake_export)
+    for i in range(8):
+        batcher.add(f"k{i}", _FakeFunc(), {"key": f"w{i}", "candidate": 0, "task": 0, "weight": 1})
+    batcher.flush()
+    kept = [s for lib in batcher.libraries for s in (k["symbol"] for k in lib["kernels"])]
+    assert sorted(kept) == ["k0", "k1", "k3", "k4", "k6", "k7"]
+    assert sorted(f["key"] for f in batcher.failed) == ["w2", "w5"]
+    assert "too much shared data" in next(f["error"] for f in batcher.failed if f["key"] == "w2")
+    assert len({name for name, _ in exported}) == len(exported)  # every library has its own file

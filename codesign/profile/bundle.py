@@ -108,6 +108,26 @@ def sample_family_candidates(
     return picked
 
 
+class _GpuCodeCheck:
+    """MetaSchedule's VerifyGPUCode: threads per block, shared memory and registers within the target's limits.
+
+    A schedule sampled on one shape and replayed on a larger one can exceed them; nvcc would then
+    reject the whole batch it sits in.
+    """
+
+    def __init__(self, target: dict[str, Any]) -> None:
+        import tvm
+        from tvm.s_tir import meta_schedule as ms
+
+        self.postproc = ms.postproc.VerifyGPUCode()
+        self.postproc._initialize_with_tune_context(ms.TuneContext(target=tvm.target.Target(target)))
+
+    def __call__(self, mod: Any) -> bool:
+        import tvm
+
+        return bool(self.postproc.apply(tvm.s_tir.Schedule(mod)))
+
+
 class _KernelBatcher:
     """Collects scheduled kernel functions and writes them as libraries of ``batch`` functions each."""
 
@@ -129,30 +149,44 @@ class _KernelBatcher:
 
         return tvm.tirx.build(tvm.IRModule({s: f for s, f, _ in items}), target=tvm.target.Target(self.target))
 
+    def _reject(self, item: tuple[str, Any, dict[str, Any]], error: str) -> None:
+        self.failed.append({**item[2], "error": error[:300]})
+
     def flush(self) -> None:
-        """Build and write the pending functions (one that fails to build is isolated and recorded)."""
+        """Build and write the pending functions; one that fails to build or compile is isolated and recorded."""
         items, self.pending = self.pending, []
-        if not items:
-            return
-        try:
-            built = self._build(items)
-        except Exception:
-            kept = []
-            for item in items:
-                try:
-                    self._build([item])
-                    kept.append(item)
-                except Exception as exc:
-                    self.failed.append({**item[2], "error": str(exc).strip().splitlines()[-1][:300]})
-            items = kept
-            built = self._build(items) if items else None
-        if built is None:
-            return
         path = self.out_dir / f"kernels_{len(self.libraries):03d}.so"
-        _export(built, path, self.target)
-        self.libraries.append(
-            {"path": f"kernels/{path.name}", "kernels": [{"symbol": s, **entry} for s, _, entry in items]}
-        )
+        while items:
+            try:
+                _export(self._build(items), path, self.target)
+                break
+            except Exception as exc:
+                message = str(exc)
+                named = {s for s, _, _ in items if f"'{s}_kernel'" in message or f"'{s}'" in message}
+                if named and "rror" in message:
+                    for item in items:
+                        if item[0] in named:
+                            self._reject(item, _last_error_line(message, item[0]))
+                    items = [item for item in items if item[0] not in named]
+                    continue
+                if len(items) == 1:
+                    self._reject(items[0], _last_error_line(message, items[0][0]))
+                    items = []
+                    break
+                half = len(items) // 2
+                self.pending = items[half:] + self.pending
+                items = items[:half]
+        if items:
+            self.libraries.append(
+                {"path": f"kernels/{path.name}", "kernels": [{"symbol": s, **entry} for s, _, entry in items]}
+            )
+        if self.pending:
+            self.flush()
+
+
+def _last_error_line(message: str, symbol: str) -> str:
+    lines = [line for line in message.splitlines() if symbol in line and "rror" in line]
+    return (lines or [line for line in message.strip().splitlines() if line.strip()][-1:] or ["failed"])[0]
 
 
 def _export(module: Any, path: Path, target: dict[str, Any]) -> None:
@@ -314,6 +348,7 @@ def build_bundle(
             )
             say(f"family {family}: {len(families[family]) - 1} sampled schedules from {representative.key()}")
         batcher = _KernelBatcher(staging / "kernels", config.target, config.batch_kernels)
+        fits_gpu = _GpuCodeCheck(config.target) if _gpu(config.target) else None
         reference_tasks: list[tuple[str, Any]] = []
         replay_failures: list[dict[str, Any]] = []
         for i, workload in enumerate(workloads):
@@ -338,6 +373,9 @@ def build_bundle(
                             mod = replay_json(task, candidate["trace"]).mod
                     except Exception as exc:
                         replay_failures.append({**entry, "error": str(exc).strip().splitlines()[-1][:300]})
+                        continue
+                    if fits_gpu is not None and c > 0 and not fits_gpu(mod):
+                        replay_failures.append({**entry, "error": "exceeds the GPU's limits (VerifyGPUCode)"})
                         continue
                     batcher.add(f"k{i:04d}_t{t}_c{c}", mod["main"], entry)
             if (i + 1) % 50 == 0 or i + 1 == len(workloads):
