@@ -130,3 +130,35 @@ def test_cuda_export_builds_here_with_compiled_kernels(fmnist_splits, tmp_path):
     logits = np.load(tmp_path / "gpu" / tvm["device_check"]["onnxruntime_logits"], allow_pickle=False)
     assert x.shape == (16, 1, 20, 20) and logits.shape == (16, 10)
     assert set(result.manifest["files"]) >= {"model_tvm.so", "reference_inputs.npy", "reference_logits.npy"}
+
+
+def test_kernels_without_profiled_schedules_are_tuned_when_asked(shipped, fmnist_splits, tmp_path):
+    from dataclasses import replace
+
+    from codesign.latency.workloads import kernel_family, subnet_workloads
+    from codesign.profile.profile_file import target_mismatch
+    from codesign.profile.tvm_backend import host_llvm_target
+
+    profile, _ = shipped
+    if target_mismatch(profile.target, host_llvm_target()) is not None:
+        pytest.skip("tuning needs the profiled CPU")
+    loaded = load_supernet()
+    space = loaded.supernet.space
+    genome = Genome.smallest(space)
+    family = kernel_family(subnet_workloads(space, genome)[-1])  # the classifier's family
+    families = {k: v for k, v in profile.tuning_records["families"].items() if k != family}
+    stripped = replace(profile, tuning_records={**profile.tuning_records, "families": families})
+    result = export_subnet(
+        loaded=loaded,
+        genome=genome,
+        splits=fmnist_splits,
+        out_dir=tmp_path / "t",
+        parity_images=16,
+        evaluate_test=False,
+        profile=stripped,
+        measure_latency=False,
+        tune_trials=4,
+    )
+    tvm = result.manifest["tvm"]
+    assert tvm["tuned_here"] and all(key.startswith(family.split("/")[0]) for key in tvm["tuned_here"])
+    assert tvm["tvm_vs_onnxruntime_max_abs"] <= 1e-4

@@ -128,3 +128,27 @@ def test_profile_over_rpc_loopback(rpc_device, tmp_path):
     unreachable = subprocess.run(dead, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert unreachable.returncode == 1 and "cannot reach a device" in unreachable.stderr
     assert len(unreachable.stderr.strip().splitlines()) == 1
+
+
+def test_export_times_the_artifact_over_rpc(rpc_device, fmnist_splits, tmp_path):
+    from codesign.export.pipeline import export_subnet
+    from codesign.profile.session import RPCConfig
+    from codesign.profile.shipped import resolve_profile
+    from codesign.space import Genome
+    from codesign.supernet import load_supernet
+
+    loaded = load_supernet()
+    profile = resolve_profile(host_llvm_target(), None, allow_mismatch=True).profile
+    result = export_subnet(
+        loaded=loaded,
+        genome=Genome.smallest(loaded.supernet.space),
+        splits=fmnist_splits,
+        out_dir=tmp_path / "a",
+        parity_images=8,
+        evaluate_test=False,
+        profile=profile,
+        rpc=RPCConfig(rpc_device, "loopback"),
+    )
+    measured = result.manifest["tvm"]["latency"]["measured"]
+    assert measured["where"] == f"rpc:loopback@{rpc_device}, batch 1"
+    assert measured["median_ms"] > 0 and measured["repeats"] == 20

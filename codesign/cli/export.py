@@ -60,6 +60,18 @@ class ExportCommand(Command):
         parser.add_argument("--profile", default=None, metavar="FILE.json", help="default: the shipped profile")
         parser.add_argument("--allow-mismatch", action="store_true", help="use a profile measured elsewhere")
         parser.add_argument(
+            "--tune-trials",
+            type=int,
+            default=0,
+            metavar="N",
+            help="tune kernels whose family the profile has no schedules for, N MetaSchedule trials each "
+            "(default 0: TVM's default lowering for them)",
+        )
+        parser.add_argument(
+            "--rpc-tracker", default=None, metavar="HOST:PORT", help="time the library on the device behind it"
+        )
+        parser.add_argument("--rpc-key", default=None, metavar="KEY", help="the device's key at the tracker")
+        parser.add_argument(
             "--tolerance", type=float, default=1e-4, help="max |torch - onnxruntime| allowed (default 1e-4)"
         )
         parser.add_argument("--skip-test-accuracy", action="store_true", help="do not score the test split")
@@ -97,6 +109,8 @@ class ExportCommand(Command):
             overwrite=args.overwrite,
             profile=profile,
             target=target,
+            rpc=_rpc_config(args),
+            tune_trials=args.tune_trials,
         )
         print(f"exported to {result.out_dir}: {describe(result.manifest)}")
         return 0
@@ -128,3 +142,13 @@ def _profile_and_target(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         )
         return None, complete_cuda_target(requested)
     return profile, complete_cuda_target({**profile.target, **requested})
+
+
+def _rpc_config(args: argparse.Namespace) -> Any:
+    """The RPC device to time the artifact on, if any (both --rpc-tracker and --rpc-key, or neither)."""
+    from codesign.errors import CodesignError
+    from codesign.profile.session import RPCConfig
+
+    if bool(args.rpc_tracker) != bool(args.rpc_key):
+        raise CodesignError("--rpc-tracker and --rpc-key go together")
+    return RPCConfig(args.rpc_tracker, args.rpc_key) if args.rpc_tracker else None

@@ -54,6 +54,8 @@ def _tvm_artifact(
     images: np.ndarray,
     tolerance: float,
     measure_latency: bool,
+    rpc: Any,
+    tune_trials: int,
 ) -> dict[str, Any]:
     from codesign.compiler.tvm_compile import time_executable
     from codesign.export.tvm_artifact import LIBRARY_NAME, check_tvm_parity, compile_onnx
@@ -62,7 +64,7 @@ def _tvm_artifact(
     from codesign.profile.tvm_backend import host_llvm_target
 
     families = profile.tuning_records.get("families", {}) if profile is not None else {}
-    executable = compile_onnx(onnx_path, space, genome, target, families)
+    executable, tuned = compile_onnx(onnx_path, space, genome, target, families, tune_trials=tune_trials)
     library = staging / LIBRARY_NAME
     reference = onnxruntime_logits(onnx_path, images)
     predicted = float(LatencyModel.from_profile(profile).predict([genome])[0]) if profile is not None else None
@@ -72,8 +74,20 @@ def _tvm_artifact(
         "device": profile.device.name if profile is not None else None,
         "schedules": list(genome.schedules) if profile is not None else "TVM default (no profile for this target)",
         "parity_images": len(images),
+        "tuned_here": tuned,
         "latency": {"predicted_ms": predicted, "measured": None},
     }
+    if rpc is not None and measure_latency:
+        from codesign.profile.session import RPCSession
+
+        session = RPCSession(rpc, target)
+        try:
+            timing = time_executable(executable, space, genome.resolution, repeat=20, session=session)
+        finally:
+            session.close()
+        section["latency"]["measured"] = {**timing.to_dict(), "where": f"{session.description}, batch 1"}
+        _warn_on_spread(timing)
+        measure_latency = False
     if target.get("kind") == "cuda":
         from codesign.compiler.cuda_binary import COMPILED_FORMAT, cuda_arch, export_library_with_compiled_cuda
 
@@ -98,9 +112,19 @@ def _tvm_artifact(
     if measure_latency and here:
         timing = time_executable(executable, space, genome.resolution, repeat=20)
         section["latency"]["measured"] = {**timing.to_dict(), "where": "this machine, batch 1"}
+        _warn_on_spread(timing)
     elif measure_latency:
         section["latency"]["not_measured"] = "the profile's device is not this machine"
     return section
+
+
+def _warn_on_spread(timing: Any) -> None:
+    """Say so when the measurement's spread is large enough to doubt the median (a busy machine)."""
+    if timing.std_ms > 0.1 * timing.median_ms:
+        print(
+            f"warning: latency spread +-{timing.std_ms:.4f} ms is over 10% of the median {timing.median_ms:.4f} ms: "
+            "the device was probably busy; measure again on an idle device (codesign run DIR --time)"
+        )
 
 
 def _sha256(path: Path) -> str:
@@ -121,6 +145,8 @@ def export_subnet(
     profile: Any = None,
     target: dict[str, Any] | None = None,
     measure_latency: bool = True,
+    rpc: Any = None,
+    tune_trials: int = 0,
 ) -> ExportResult:
     """Extract ``genome``, recalibrate its BN on training images, export ONNX, check it, write a manifest.
 
@@ -130,6 +156,9 @@ def export_subnet(
     the profile describes this machine and ``measure_latency``, timed next to the latency model's
     prediction. A cuda library holds nvcc-compiled kernels; with no GPU here it ships the
     reference images and onnxruntime logits that ``codesign run --check`` compares on the device.
+    With ``rpc`` (a :class:`~codesign.profile.session.RPCConfig`) the library is timed on the
+    device behind that tracker instead. Kernels whose family the profile holds no schedules for
+    are tuned here with ``tune_trials`` MetaSchedule trials each (0: TVM's default lowering).
     """
     space = loaded.supernet.space
     genome = genome.validate(space)
@@ -167,6 +196,8 @@ def export_subnet(
                 images.numpy(),
                 tolerance,
                 measure_latency,
+                rpc,
+                tune_trials,
             )
         from safetensors.torch import save_file
 

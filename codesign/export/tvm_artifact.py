@@ -27,8 +27,15 @@ def compile_onnx(
     genome: Genome,
     target: dict[str, Any],
     families: dict[str, list[dict[str, Any]]],
-) -> Any:
-    """Compile the ONNX model of ``genome`` for ``target`` under its schedule genes; returns the executable."""
+    *,
+    tune_trials: int = 0,
+) -> tuple[Any, list[str]]:
+    """Compile the ONNX model of ``genome`` for ``target`` under its schedule genes.
+
+    Kernels of families the profile holds no schedules for are tuned here with ``tune_trials``
+    MetaSchedule trials (0: they get TVM's default lowering). Returns the executable and the
+    keys of the kernels tuned here.
+    """
     from codesign.compiler.tvm_compile import chosen_traces, schedule_database
     from codesign.profile.tvm_backend import require_tvm
 
@@ -39,7 +46,59 @@ def compile_onnx(
 
     raw = from_onnx(onnx.load(str(onnx_path)), keep_params_in_input=False)
     database = schedule_database(chosen_traces(space, genome, families), target)
-    return ms.relax_integration.compile_relax(database, raw, tvm.target.Target(target), params=None)
+    tuned = _tune_missing(database, space, genome, target, families, tune_trials) if tune_trials > 0 else []
+    return ms.relax_integration.compile_relax(database, raw, tvm.target.Target(target), params=None), tuned
+
+
+def _tune_missing(
+    database: Any,
+    space: SearchSpace,
+    genome: Genome,
+    target: dict[str, Any],
+    families: dict[str, list[dict[str, Any]]],
+    trials: int,
+) -> list[str]:
+    """Tune the kernels whose family has no profiled schedules; their best record joins ``database``."""
+    import tempfile
+
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    from codesign.latency.workloads import kernel_family, subnet_workloads
+    from codesign.profile.profile_file import target_mismatch
+    from codesign.profile.tvm_backend import distinct_top_records, host_llvm_target, tune_task, workload_tasks
+
+    missing = sorted(
+        {w for w in subnet_workloads(space, genome) if len(families.get(kernel_family(w), [])) <= 1},
+        key=lambda w: w.key(),
+    )
+    if not missing:
+        return []
+    if target.get("kind") != "llvm" or target_mismatch(target, host_llvm_target()) is not None:
+        raise ExportError(
+            "--tune-trials tunes on this machine: it needs an llvm target describing this CPU "
+            f"({len(missing)} kernels lack profiled schedules; profile the device instead)"
+        )
+    tuned = []
+    for workload in missing:
+        for task in workload_tasks(workload, target):
+            with tempfile.TemporaryDirectory(prefix="codesign-tune-") as work:
+                records = distinct_top_records(tune_task(task, target, work, trials=trials), task, 1)
+            if not records:
+                continue
+            entry = database.commit_workload(task.mod)
+            database.commit_tuning_record(
+                ms.database.TuningRecord(
+                    records[0].trace,
+                    entry,
+                    run_secs=records[0].run_secs,
+                    target=tvm.target.Target(target),
+                    args_info=ArgInfo.from_prim_func(task.mod["main"]),
+                )
+            )
+            tuned.append(workload.key())
+    return tuned
 
 
 def run_library(path: str | Path, images: np.ndarray) -> np.ndarray:

@@ -76,14 +76,23 @@ class RPCSession:
                 f"cannot reach a device with key {config.key!r} through the RPC tracker {config.tracker}: {exc}"
             ) from None
         self.device = self.remote.cuda(0) if target.get("kind") == "cuda" else self.remote.cpu(0)
+        self.target = target
         self.description = f"rpc:{config.key}@{config.tracker}"
         self._dir = tempfile.TemporaryDirectory(prefix="codesign-rpc-")
 
     def load(self, built: Any) -> Any:
-        """Export ``built`` as a shared library, upload it and load it on the remote device."""
+        """Export ``built`` as a shared library, upload it and load it on the remote device.
+
+        CUDA kernels are compiled here (fatbin), so the device needs no NVRTC or nvcc.
+        """
         name = f"m{uuid.uuid4().hex[:12]}.so"
         path = Path(self._dir.name) / name
-        built.export_library(str(path))
+        if self.target.get("kind") == "cuda":
+            from codesign.compiler.cuda_binary import cuda_arch, export_library_with_compiled_cuda
+
+            export_library_with_compiled_cuda(built, path, cuda_arch(self.target))
+        else:
+            built.export_library(str(path))
         self.remote.upload(str(path))
         path.unlink()
         return self.remote.load_module(name)
