@@ -171,3 +171,61 @@ def test_kernel_batches_isolate_kernels_the_compiler_rejects(tmp_path, monkeypat
     assert sorted(f["key"] for f in batcher.failed) == ["w2", "w5"]
     assert "too much shared data" in next(f["error"] for f in batcher.failed if f["key"] == "w2")
     assert len({name for name, _ in exported}) == len(exported)  # every library has its own file
+
+
+def test_measure_checks_exported_artifacts_on_the_device(measured_llvm_bundle, fmnist_splits, tmp_path):
+    from codesign.export.pipeline import export_subnet
+    from codesign.profile.shipped import resolve_profile
+    from codesign.profile.tvm_backend import host_llvm_target
+    from codesign.space import Genome
+    from codesign.supernet import load_supernet
+
+    _, bundle = measured_llvm_bundle
+    loaded = load_supernet()
+    profile = resolve_profile(host_llvm_target(), None, allow_mismatch=True).profile
+    export_subnet(
+        loaded=loaded,
+        genome=Genome.smallest(loaded.supernet.space),
+        splits=fmnist_splits,
+        out_dir=tmp_path / "art",
+        parity_images=8,
+        evaluate_test=False,
+        profile=profile,
+        measure_latency=False,
+    )
+    out = tmp_path / "r.json"
+    run = subprocess.run(
+        [sys.executable, str(bundle / "measure.py"), "--out", str(out), "--repeat", "2", "--min-repeat-ms", "1"]
+        + ["--no-torch", "--artifact", str(tmp_path / "art")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PATH": "/usr/bin:/bin", "TVM_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr
+    record = json.loads(out.read_text())["artifacts"]["art"]
+    assert record["status"] == "ok" and record["max_abs_vs_onnxruntime"] <= 1e-3 and record["images"] == 8
+    assert record["timing"]["median_ms"] > 0 and record["predicted_ms"] > 0
+
+
+def test_merge_records_the_gpu_as_measure_py_read_it(measured_llvm_bundle, tmp_path):
+    """The provenance path of a GPU run, on the llvm results relabeled as measure.py writes them on a GPU."""
+    _, bundle = measured_llvm_bundle
+    results = json.loads((bundle / "results.json").read_text())
+    results["device"] = "cuda"
+    results["device_info"] = {
+        "device": "cuda",
+        "name": "NVIDIA H100 80GB HBM3",
+        "driver_version": "580.159.04",
+        "clocks.max.sm": "1980",
+        "cuda": "13.0",
+        "multiprocessors": 132,
+        "host": "gpu-box",
+    }
+    path = tmp_path / "gpu_results.json"
+    path.write_text(json.dumps(results))
+    profile = merge_results(bundle, path)
+    assert profile.device.kind == "gpu" and profile.device.name == "NVIDIA H100 80GB HBM3"
+    assert profile.device.cores == 132 and profile.device.max_clock_mhz == 1980.0
+    assert profile.software.cuda == "13.0 (driver 580.159.04)"
+    assert profile.validation["bundle"]["device_as_read"]["driver_version"] == "580.159.04"

@@ -76,7 +76,7 @@ def _check(root: Any, manifest: dict[str, Any], predict: Any) -> int:
 
     spec = manifest.get("tvm", {}).get("device_check")
     if spec is None:
-        raise CodesignError(f"{root} carries no reference outputs (only cuda exports need an on-device check)")
+        raise CodesignError(f"{root} carries no reference outputs (export it again with --format tvm)")
     x = np.load(root / spec["inputs"], allow_pickle=False)
     want = np.load(root / spec["onnxruntime_logits"], allow_pickle=False)
     got = np.concatenate([predict(x[i : i + 1]) for i in range(len(x))])

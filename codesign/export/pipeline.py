@@ -42,6 +42,7 @@ class ExportResult:
 REFERENCE_INPUTS = "reference_inputs.npy"
 REFERENCE_LOGITS = "reference_logits.npy"
 DEVICE_PARITY_TOLERANCE = 1e-3
+DEVICE_CHECK_IMAGES = 32
 
 
 def _tvm_artifact(
@@ -93,21 +94,15 @@ def _tvm_artifact(
 
         arch = cuda_arch(target)
         compiled = export_library_with_compiled_cuda(executable, library, arch)
-        np.save(staging / REFERENCE_INPUTS, np.ascontiguousarray(images, dtype=np.float32), allow_pickle=False)
-        np.save(staging / REFERENCE_LOGITS, reference.astype(np.float32), allow_pickle=False)
         section["kernels"] = {"format": COMPILED_FORMAT, "arch": arch, "cuda_modules": compiled}
         section["tvm_vs_onnxruntime_max_abs"] = None
-        section["device_check"] = {
-            "inputs": REFERENCE_INPUTS,
-            "onnxruntime_logits": REFERENCE_LOGITS,
-            "tolerance": DEVICE_PARITY_TOLERANCE,
-            "command": "codesign run ARTIFACT --check --time   # on the GPU machine",
-        }
+        section["device_check"] = _save_reference(staging, images, reference)
         if measure_latency:
             section["latency"]["not_measured"] = "no CUDA device on the exporting machine; run the device check"
         return section
     executable.export_library(str(library))
     section["tvm_vs_onnxruntime_max_abs"] = check_tvm_parity(library, images, reference, tolerance)
+    section["device_check"] = _save_reference(staging, images, reference)
     here = profile is not None and target_mismatch(target, host_llvm_target()) is None
     if measure_latency and here:
         timing = time_executable(executable, space, genome.resolution, repeat=20)
@@ -116,6 +111,20 @@ def _tvm_artifact(
     elif measure_latency:
         section["latency"]["not_measured"] = "the profile's device is not this machine"
     return section
+
+
+def _save_reference(staging: Path, images: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """Ship reference images and their onnxruntime logits, so the target device can check the library."""
+    count = min(len(images), DEVICE_CHECK_IMAGES)
+    np.save(staging / REFERENCE_INPUTS, np.ascontiguousarray(images[:count], dtype=np.float32), allow_pickle=False)
+    np.save(staging / REFERENCE_LOGITS, np.ascontiguousarray(reference[:count], dtype=np.float32), allow_pickle=False)
+    return {
+        "inputs": REFERENCE_INPUTS,
+        "onnxruntime_logits": REFERENCE_LOGITS,
+        "images": count,
+        "tolerance": DEVICE_PARITY_TOLERANCE,
+        "command": "codesign run ARTIFACT --check --time   # on the target device",
+    }
 
 
 def _warn_on_spread(timing: Any) -> None:

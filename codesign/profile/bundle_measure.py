@@ -298,6 +298,38 @@ class Measurer:
         except Exception as exc:
             return {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
 
+    def check_artifact(self, directory: Path) -> dict[str, Any]:
+        """Run an exported artifact's reference inputs, compare with its onnxruntime logits, time it."""
+        manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+        tvm = manifest.get("tvm", {})
+        spec = tvm.get("device_check")
+        if spec is None:
+            return {"status": "failed", "error": "the artifact ships no reference outputs (not a cuda export?)"}
+        try:
+            compiled = self.rt.CompiledModel(
+                directory / tvm.get("library", "model_tvm.so"), device=self.device, library_dir=self.bundle / "runtime"
+            )
+            x = np.load(directory / spec["inputs"], allow_pickle=False)
+            want = np.load(directory / spec["onnxruntime_logits"], allow_pickle=False)
+            got = np.concatenate([compiled(x[i : i + 1]) for i in range(len(x))])
+            error = float(np.max(np.abs(got - want)))
+            ok = bool(np.isfinite(got).all()) and error <= spec["tolerance"]
+
+            def run(rotation: int, repeat: int) -> list[float]:
+                return compiled.time(x[rotation : rotation + 1], repeat=repeat, min_repeat_ms=self.min_repeat_ms)
+
+            return {
+                "status": "ok" if ok else "wrong",
+                "max_abs_vs_onnxruntime": error,
+                "images": len(x),
+                "tolerance": spec["tolerance"],
+                "timing": self._timed(run),
+                "predicted_ms": tvm.get("latency", {}).get("predicted_ms"),
+                "genome": manifest.get("genome"),
+            }
+        except Exception as exc:
+            return {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+
     def _torch_eager(self, model: dict[str, Any]) -> dict[str, Any]:
         try:
             import torch
@@ -346,6 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-minutes", type=float, default=8.0, help="stop (resumably) after this long")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch eager comparison")
     parser.add_argument("--dry-run", action="store_true", help="load the runtime and the index, measure nothing")
+    parser.add_argument(
+        "--artifact",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also check and time an artifact of `codesign export --target ...` (repeatable)",
+    )
     args = parser.parse_args(argv)
     bundle = Path(args.bundle)
     if not (bundle / "bundle.json").is_file():
@@ -371,6 +410,15 @@ def main(argv: list[str] | None = None) -> int:
     deadline = started + 60.0 * args.max_minutes
     measurer.measure_kernels(deadline, print)
     measurer.measure_models(deadline, print, with_torch=not args.no_torch)
+    for directory in args.artifact:
+        record = measurer.check_artifact(Path(directory))
+        measurer.results.setdefault("artifacts", {})[Path(directory).name] = record
+        measurer.save()
+        detail = record.get("error") or (
+            f"max |diff| {record['max_abs_vs_onnxruntime']:.2e} over {record['images']} images, "
+            f"{record['timing']['median_ms']:.4f} ms (predicted {record['predicted_ms']})"
+        )
+        print(f"artifact {directory}: {record['status']}: {detail}")
     measurer.results["seconds"] = round(measurer.results.get("seconds", 0.0) + time.monotonic() - started, 2)
     measurer.results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     measurer.save()
