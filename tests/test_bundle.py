@@ -1,9 +1,11 @@
 """Measurement bundles: built here, measured by their own measure.py (no TVM compiler), merged into a profile."""
 
 import json
+import lzma
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,9 +125,10 @@ def test_cuda_bundle_builds_here_with_compiled_kernels(tmp_path, tiny_space):
     assert summary["kernels"] > 0 and summary["models"] == 1
     assert (bundle / "runtime" / "libtvm_runtime_cuda.so").is_file()
     for path in [lib["path"] for lib in index["kernel_libraries"]] + [m["path"] for m in index["models"]]:
-        formats = [
-            CudaPayload.parse(m.payload).fmt for m in library_import_tree(bundle / path).modules if m.kind == "cuda"
-        ]
+        assert path.endswith(".so.xz")
+        unpacked = tmp_path / Path(path).name[: -len(".xz")]
+        unpacked.write_bytes(lzma.decompress((bundle / path).read_bytes()))
+        formats = [CudaPayload.parse(m.payload).fmt for m in library_import_tree(unpacked).modules if m.kind == "cuda"]
         assert formats == ["fatbin"], (path, formats)
     dry = subprocess.run(
         [sys.executable, str(bundle / "measure.py"), "--dry-run"], capture_output=True, text=True, timeout=300
@@ -158,6 +161,7 @@ def test_kernel_batches_isolate_kernels_the_compiler_rejects(tmp_path, monkeypat
             raise RuntimeError("ptxas error   : Entry function 'k2_kernel' uses too much shared data")
         if "k5" in symbols:  # an error that names nothing: found by bisection
             raise RuntimeError("nvcc crashed")
+        path.write_bytes(b"library")
         exported.append((path.name, symbols))
 
     batcher = bundle_module._KernelBatcher(tmp_path, {"kind": "cuda"}, batch=8)

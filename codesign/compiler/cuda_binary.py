@@ -251,6 +251,9 @@ def library_import_tree(path: str | Path) -> PackedImports:
     """The packed import tree inside an exported library (read from the file, nothing loaded)."""
     import ctypes
 
+    from codesign.runtime import load_runtime
+
+    load_runtime()  # the library's undefined symbols resolve against the TVM runtime
     handle = ctypes.CDLL(str(Path(path).resolve()), mode=os.RTLD_LOCAL)
     base = ctypes.cast(getattr(handle, LIBRARY_SYMBOL), ctypes.c_void_p).value
     (nbytes,) = struct.unpack("<Q", ctypes.string_at(base, 8))

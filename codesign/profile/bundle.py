@@ -159,6 +159,7 @@ class _KernelBatcher:
         while items:
             try:
                 _export(self._build(items), path, self.target)
+                path = _compress(path)
                 break
             except Exception as exc:
                 message = str(exc)
@@ -196,6 +197,16 @@ def _export(module: Any, path: Path, target: dict[str, Any]) -> None:
         export_library_with_compiled_cuda(module, path, cuda_arch(target))
     else:
         module.export_library(str(path))
+
+
+def _compress(path: Path) -> Path:
+    """Replace a library by its xz-compressed copy (host stubs and fatbins shrink about 5x); measure.py unpacks it."""
+    import lzma
+
+    packed = path.with_name(path.name + ".xz")
+    packed.write_bytes(lzma.compress(path.read_bytes(), preset=6))
+    path.unlink()
+    return packed
 
 
 def _arg_specs(mod: Any) -> list[tuple[list[int], str]]:
@@ -391,6 +402,7 @@ def build_bundle(
             executable = compile_subnet(space, genome, config.target, families)
             path = staging / "models" / f"model_{m:03d}.so"
             _export(executable, path, config.target)
+            path = _compress(path)
             shape = [1, space.in_channels, genome.resolution, genome.resolution]
             import torch
 

@@ -155,6 +155,19 @@ class Measurer:
         self.tvm_ffi = rt.load_runtime(cuda=device == "cuda", library_dir=bundle / "runtime")
         self.to_device = rt.DeviceTensors(self.tvm_ffi, device)
         self.results = self._load_previous()
+        self._scratch = Path(tempfile.mkdtemp(prefix="codesign_bundle_"))
+
+    def library(self, relative: str) -> Path:
+        """A library of the bundle as a loadable file (xz-compressed ones are unpacked to a scratch folder)."""
+        path = self.bundle / relative
+        if path.suffix != ".xz":
+            return path.resolve()
+        unpacked = self._scratch / path.name[: -len(".xz")]
+        if not unpacked.is_file():
+            import lzma
+
+            unpacked.write_bytes(lzma.decompress(path.read_bytes()))
+        return unpacked
 
     def _load_previous(self) -> dict[str, Any]:
         if self.out.is_file():
@@ -204,7 +217,7 @@ class Measurer:
             if time.monotonic() > deadline:
                 say("time is up: stopping before every kernel was measured (rerun to resume)")
                 return
-            module = self.tvm_ffi.load_module(str((self.bundle / library["path"]).resolve()))
+            module = self.tvm_ffi.load_module(str(self.library(library["path"])))
             for kernel in pending:
                 self.results["kernels"][kernel["symbol"]] = self._measure_kernel(module, kernel, references)
             self.save()
@@ -264,7 +277,7 @@ class Measurer:
     def _measure_model(self, model: dict[str, Any]) -> dict[str, Any]:
         try:
             compiled = self.rt.CompiledModel(
-                self.bundle / model["path"], device=self.device, library_dir=self.bundle / "runtime"
+                self.library(model["path"]), device=self.device, library_dir=self.bundle / "runtime"
             )
             inputs = [probe_array(model["input_shape"], "float32", salt=r) for r in range(self.rotations)]
             logits = compiled(inputs[0])
