@@ -42,3 +42,21 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, compact: bool =
     """Write ``obj`` as JSON to ``path`` atomically: indented, or ``compact`` (one line, for large data files)."""
     text = json.dumps(obj, separators=(",", ":")) if compact else json.dumps(obj, indent=2, sort_keys=False)
     write_text_atomic(path, text + "\n")
+
+
+def staging_directory(
+    destination: str | os.PathLike[str], *, overwrite: bool = False, error: type[Exception] = OSError
+) -> Path:
+    """A fresh temporary folder next to ``destination``, to build a whole output in before moving it in place.
+
+    Raises ``error`` (with a one-line reason) when ``destination`` holds files and ``overwrite`` is
+    off, or when its parent cannot be written.
+    """
+    out = Path(destination)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise error(f"output directory {out} exists and is not empty (pass --overwrite to replace it)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise error(f"cannot write to {out.parent}: {exc.strerror}") from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from codesign.cli.base import Command
@@ -175,32 +174,19 @@ class ProfileCommand(Command):
             f"profile written to {out}: {summary['measured']} of {summary['workloads']} kernels measured, "
             f"{summary['tuned']} tuned, {summary['models']} whole models (journal in {work_dir})"
         )
-        fitted = profile.predictor or {}
-        if "kernel_validation" in fitted:
-            k = fitted["kernel_validation"]["all"]
-            print(f"kernel predictor (cross-validated): {k['within10']:.1%} within +-10%, RMSPE {k['rmspe']:.3f}")
-        if "model_validation" in fitted:
-            m = fitted["model_validation"]["calibrated"]
-            print(f"whole models (leave-one-out): {m['within10']:.1%} within +-10%, RMSPE {m['rmspe']:.3f}")
+        _print_validation(profile)
         return 0
 
 
 def _profile_target(spec: str, cores: int | None) -> dict[str, Any]:
     """The full TVM target to profile: this CPU, a CUDA GPU (sm_90 unless given), or a target JSON."""
+    from codesign.cli.search import resolve_target
     from codesign.compiler.cuda_binary import complete_cuda_target
-    from codesign.errors import CodesignError
     from codesign.profile.tvm_backend import host_llvm_target
 
     if spec == "llvm":
         return host_llvm_target(cores)
-    if spec == "cuda":
-        return complete_cuda_target()
-    try:
-        target = json.loads(spec)
-    except json.JSONDecodeError:
-        raise CodesignError(f"unknown target {spec!r}: use 'llvm', 'cuda' or a TVM target JSON object") from None
-    if not isinstance(target, dict) or target.get("kind") not in ("llvm", "cuda"):
-        raise CodesignError(f'unknown target {spec!r}: the target JSON needs "kind": "llvm" or "cuda"')
+    target = resolve_target(spec)
     return complete_cuda_target(target) if target["kind"] == "cuda" else target
 
 
@@ -251,8 +237,16 @@ def _merge_bundle(bundle: str, results: str | None, out: str, seed: int) -> int:
         f"profile written to {out}: {profile.device.name}, {ok} kernel timings of {len(profile.measurements)} "
         f"kernels, {models} whole models"
     )
+    _print_validation(profile)
+    return 0
+
+
+def _print_validation(profile: Any) -> None:
+    """The fitted latency model's own validation, as stored in the profile."""
     fitted = profile.predictor or {}
+    if "kernel_validation" in fitted:
+        k = fitted["kernel_validation"]["all"]
+        print(f"kernel predictor (cross-validated): {k['within10']:.1%} within +-10%, RMSPE {k['rmspe']:.3f}")
     if "model_validation" in fitted:
         m = fitted["model_validation"]["calibrated"]
         print(f"whole models (leave-one-out): {m['within10']:.1%} within +-10%, RMSPE {m['rmspe']:.3f}")
-    return 0

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from codesign.data import DataSplits
 from codesign.errors import ExportError
 from codesign.evaluation import TorchSubnetEvaluator, accuracy_of, predict_logits, prepare_images
 from codesign.export.onnx_export import DEFAULT_OPSET, check_onnx_parity, export_onnx, onnxruntime_logits
-from codesign.fileio import write_json_atomic
+from codesign.fileio import staging_directory, write_json_atomic
 from codesign.space import Genome
 from codesign.supernet import LoadedSupernet
 
@@ -172,13 +171,7 @@ def export_subnet(
     space = loaded.supernet.space
     genome = genome.validate(space)
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"output directory {out} exists and is not empty (pass --overwrite to replace it)")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as exc:
-        raise ExportError(f"cannot write to {out.parent}: {exc.strerror}") from None
+    staging = staging_directory(out, overwrite=overwrite, error=ExportError)
     try:
         started = time.perf_counter()
         evaluator = TorchSubnetEvaluator(loaded.supernet, splits, split="test")

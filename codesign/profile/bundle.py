@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from codesign.errors import CodesignError
-from codesign.fileio import write_json_atomic
+from codesign.fileio import staging_directory, write_json_atomic
 from codesign.latency.workloads import Workload, enumerate_workloads, kernel_family
 from codesign.profile.bundle_measure import RESULTS_FORMAT, output_summary, probe_array
 from codesign.space import Genome, SearchSpace
@@ -319,7 +319,6 @@ def build_bundle(
 ) -> dict[str, Any]:
     """Compile the bundle into ``out_dir`` (built in a temporary folder, moved in place at the end)."""
     import os
-    import tempfile
 
     from codesign.compiler.tvm_compile import compile_subnet, subnet_reference_module
     from codesign.profile.profile_file import current_command
@@ -334,13 +333,7 @@ def build_bundle(
         cuda_arch(config.target)
         nvcc_path()
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise CodesignError(f"bundle directory {out} exists and is not empty")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as exc:
-        raise CodesignError(f"cannot write to {out.parent}: {exc.strerror}") from None
+    staging = staging_directory(out, error=CodesignError)
     started = time.monotonic()
     try:
         (staging / "kernels").mkdir()
