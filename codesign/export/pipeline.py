@@ -64,6 +64,8 @@ def _tvm_artifact(
     from codesign.profile.tvm_backend import host_llvm_target
 
     families = profile.tuning_records.get("families", {}) if profile is not None else {}
+    if profile is None:  # schedule genes index a profile's candidates: without one, TVM's defaults
+        genome = Genome(**{**genome.__dict__, "schedules": tuple(0 for _ in genome.schedules)})
     executable, tuned = compile_onnx(onnx_path, space, genome, target, families, tune_trials=tune_trials)
     library = staging / LIBRARY_NAME
     reference = onnxruntime_logits(onnx_path, images)

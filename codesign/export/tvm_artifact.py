@@ -45,7 +45,10 @@ def compile_onnx(
     from tvm.s_tir import meta_schedule as ms
 
     raw = from_onnx(onnx.load(str(onnx_path)), keep_params_in_input=False)
-    database = schedule_database(chosen_traces(space, genome, families), target)
+    try:
+        database = schedule_database(chosen_traces(space, genome, families), target)
+    except ValueError as exc:
+        raise ExportError(f"the genome's schedule genes do not fit the profile: {exc}") from None
     tuned = _tune_missing(database, space, genome, target, families, tune_trials) if tune_trials > 0 else []
     return ms.relax_integration.compile_relax(database, raw, tvm.target.Target(target), params=None), tuned
 
