@@ -47,6 +47,12 @@ def find_shipped_profile(target: dict[str, Any], *, allow_mismatch: bool = False
     if allow_mismatch and same_kind:
         return same_kind[0]
     shipped = ", ".join(p.name for p in shipped_profiles()) or "none"
+    if target.get("kind") == "cuda":
+        raise ProfileError(
+            f"no shipped profile was measured for a cuda GPU yet (shipped: {shipped}); measure yours: "
+            "`codesign profile --target cuda --build-only -o gpu_bundle` here, `python3 gpu_bundle/measure.py` on the "
+            "GPU machine, `codesign profile --merge gpu_bundle -o my_gpu.json`, then pass --profile my_gpu.json"
+        )
     raise ProfileError(
         f"no shipped profile was measured for target {json.dumps(target, sort_keys=True)} (shipped: {shipped}); "
         f"measure this device with `codesign profile --target {target.get('kind')} -o my_device.json` and pass "
