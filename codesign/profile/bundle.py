@@ -355,9 +355,12 @@ def build_bundle(
         fits_gpu = _GpuCodeCheck(config.target) if _gpu(config.target) else None
         reference_tasks: list[tuple[str, Any]] = []
         replay_failures: list[dict[str, Any]] = []
+        task_counts: dict[str, int] = {}
         for i, workload in enumerate(workloads):
             family = kernel_family(workload)
-            for t, task in enumerate(workload_tasks(workload, config.target)):
+            tasks = workload_tasks(workload, config.target)
+            task_counts[workload.key()] = len(tasks)
+            for t, task in enumerate(tasks):
                 reference = f"w{i:04d}t{t}"
                 reference_tasks.append((reference, task.mod))
                 specs = _arg_specs(task.mod)
@@ -386,15 +389,29 @@ def build_bundle(
                 say(f"kernels: {i + 1}/{len(workloads)} workloads scheduled, {len(batcher.libraries)} libraries")
         batcher.flush()
         references = _cpu_references(reference_tasks, staging)
-        usable: dict[str, set[int]] = {}
+        built: dict[tuple[str, int], set[int]] = {}
         for library in batcher.libraries:
             for kernel in library["kernels"]:
-                usable.setdefault(kernel["key"], set()).add(kernel["candidate"])
-        models = []
-        for m, genome in enumerate(_random_model_genomes(space, families, usable, config.models, config.seed)):
-            executable = compile_subnet(space, genome, config.target, families)
+                built.setdefault((kernel["key"], kernel["candidate"]), set()).add(kernel["task"])
+        # a candidate is usable for a kernel only when every fused task of that kernel compiled with it
+        usable: dict[str, set[int]] = {}
+        for (key, candidate), tasks in built.items():
+            if len(tasks) == task_counts[key]:
+                usable.setdefault(key, set()).add(candidate)
+        models: list[dict[str, Any]] = []
+        model_failures: list[dict[str, Any]] = []
+        drawn = _random_model_genomes(space, families, usable, 3 * config.models, config.seed)
+        for genome in drawn:
+            if len(models) == config.models:
+                break
+            m = len(models)
             path = staging / "models" / f"model_{m:03d}.so"
-            _export(executable, path, config.target)
+            try:
+                _export(compile_subnet(space, genome, config.target, families), path, config.target)
+            except Exception as exc:  # record it and draw the next subnet
+                model_failures.append({"genome": genome.to_dict(), "error": str(exc).strip().splitlines()[-1][:300]})
+                path.unlink(missing_ok=True)
+                continue
             path = _compress(path)
             shape = [1, space.in_channels, genome.resolution, genome.resolution]
             import torch
@@ -426,6 +443,7 @@ def build_bundle(
             "kernel_libraries": batcher.libraries,
             "build_failures": batcher.failed,
             "replay_failures": replay_failures,
+            "model_failures": model_failures,
             "references": references,
             "models": models,
             "runtime": copied,
