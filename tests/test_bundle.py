@@ -29,6 +29,18 @@ def test_probe_inputs_are_deterministic_and_summaries_catch_differences():
     assert summary_error(output_summary(poisoned), want) == float("inf")
 
 
+def run_measure(bundle: Path, *args: str) -> None:
+    """Run a bundle's own measure.py as on a device: no PYTHONPATH, so codesign is not importable there."""
+    run = subprocess.run(
+        [sys.executable, str(bundle / "measure.py"), "--min-repeat-ms", "1", "--no-torch", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PATH": "/usr/bin:/bin", "TVM_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
 @pytest.fixture(scope="module")
 def measured_llvm_bundle(tmp_path_factory, tiny_space):
     from codesign.profile.tvm_backend import host_llvm_target
@@ -37,14 +49,7 @@ def measured_llvm_bundle(tmp_path_factory, tiny_space):
     config = BundleConfig(target=host_llvm_target(), sampled_candidates=1, models=3, max_workloads=5, batch_kernels=4)
     summary = build_bundle(tiny_space, config, root / "b")
     bundle = root / "b"
-    measure = subprocess.run(
-        [sys.executable, str(bundle / "measure.py"), "--repeat", "3", "--min-repeat-ms", "1", "--no-torch"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={"PATH": "/usr/bin:/bin", "TVM_NUM_THREADS": "1"},  # no PYTHONPATH: codesign is not importable there
-    )
-    assert measure.returncode == 0, measure.stdout + measure.stderr
+    run_measure(bundle, "--repeat", "3")
     return summary, bundle
 
 
@@ -93,14 +98,7 @@ def test_wrong_outputs_are_not_timed_and_results_must_match_the_bundle(measured_
     index["references"][first["reference"]]["values"][0] += 10.0
     index["bundle_id"] = "edited"
     (bundle / "bundle.json").write_text(json.dumps(index))
-    run = subprocess.run(
-        [sys.executable, str(bundle / "measure.py"), "--repeat", "2", "--min-repeat-ms", "1", "--no-torch"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={"PATH": "/usr/bin:/bin", "TVM_NUM_THREADS": "1"},
-    )
-    assert run.returncode == 0, run.stderr
+    run_measure(bundle, "--repeat", "2")
     results = json.loads((bundle / "results.json").read_text())
     assert results["kernels"][first["symbol"]]["status"] == "wrong"
     profile = merge_results(bundle, bundle / "results.json")
@@ -198,15 +196,7 @@ def test_measure_checks_exported_artifacts_on_the_device(measured_llvm_bundle, f
         measure_latency=False,
     )
     out = tmp_path / "r.json"
-    run = subprocess.run(
-        [sys.executable, str(bundle / "measure.py"), "--out", str(out), "--repeat", "2", "--min-repeat-ms", "1"]
-        + ["--no-torch", "--artifact", str(tmp_path / "art")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={"PATH": "/usr/bin:/bin", "TVM_NUM_THREADS": "1"},
-    )
-    assert run.returncode == 0, run.stderr
+    run_measure(bundle, "--out", str(out), "--repeat", "2", "--artifact", str(tmp_path / "art"))
     record = json.loads(out.read_text())["artifacts"]["art"]
     assert record["status"] == "ok" and record["max_abs_vs_onnxruntime"] <= 1e-3 and record["images"] == 8
     assert record["timing"]["median_ms"] > 0 and record["predicted_ms"] > 0
@@ -233,3 +223,13 @@ def test_merge_records_the_gpu_as_measure_py_read_it(measured_llvm_bundle, tmp_p
     assert profile.device.cores == 132 and profile.device.max_clock_mhz == 1980.0
     assert profile.software.cuda == "13.0 (driver 580.159.04)"
     assert profile.validation["bundle"]["device_as_read"]["driver_version"] == "580.159.04"
+
+
+def test_measure_py_refuses_a_corrupt_index_in_one_line(tmp_path):
+    from codesign.profile import bundle_measure
+
+    (tmp_path / "bundle.json").write_text("{")
+    run = subprocess.run(
+        [sys.executable, bundle_measure.__file__, "--bundle", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 2 and run.stderr.startswith("error:") and run.stderr.count("\n") == 1

@@ -403,7 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (bundle / "bundle.json").is_file():
         print(f"error: {bundle} is not a measurement bundle (no bundle.json)", file=sys.stderr)
         return 2
-    index = json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))
+    try:
+        index = json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"error: {bundle / 'bundle.json'} is unreadable ({exc}); copy the bundle again", file=sys.stderr)
+        return 2
     device = args.device or ("cuda" if index["target"].get("kind") == "cuda" else "cpu")
     out = Path(args.out) if args.out else bundle / "results.json"
     _setup_imports(bundle)
