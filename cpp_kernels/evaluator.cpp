@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -27,7 +28,7 @@ typedef int32_t V8I __attribute__((vector_size(32)));
 // The kernels of one instruction set (see evaluator_kernels.inc).
 struct KernelTable {
   void (*pointwise)(const float*, int64_t, int64_t, int64_t, const float*, int64_t, const float*, Act, const float*,
-                    float*);
+                    float*, const float*, double*, double*);
   void (*depthwise)(const float*, int64_t, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, Act,
                     float*, int64_t, int64_t);
   void (*stem)(const float*, int64_t, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, const float*,
@@ -66,6 +67,7 @@ const KernelTable& kernels() {
   return isa_base::kTable;
 }
 
+constexpr int64_t kShareMemoryLimit = int64_t{1} << 30;  // bytes of shared prefix activations per run
 constexpr int64_t kEvalChunk = 8;  // images per inference step (keeps activations in L2)
 
 int64_t pad8(int64_t c) { return (c + 7) / 8 * 8; }
@@ -108,11 +110,9 @@ struct Layer {
   int64_t batches = 0;
 };
 
-// A subnet resolved against the supernet: its layers and buffer sizes.
+// A subnet resolved against the supernet: its layers.
 struct Program {
   std::vector<Layer> layers;  // stem, (expand, depthwise, project) per block, head
-  int64_t max_act = 0;        // floats per image of the largest activation
-  int64_t head_hw = 0;
 };
 
 Program build_program(const NetSpec& spec, const SubnetPlan& plan) {
@@ -135,7 +135,6 @@ Program build_program(const NetSpec& spec, const SubnetPlan& plan) {
     L.residual = residual;
     L.src = src;
     L.bn = bn;
-    prog.max_act = std::max(prog.max_act, L.out_h * L.out_w * L.cout_p);
     prog.layers.push_back(std::move(L));
   };
   add(Kind::kStem, spec.in_channels, spec.stem_out, spec.stem_kernel, spec.stem_stride, spec.stem_act, false,
@@ -149,7 +148,6 @@ Program build_program(const NetSpec& spec, const SubnetPlan& plan) {
     in = b.out;
   }
   add(Kind::kPointwise, in, spec.head_out, 1, 1, spec.head_act, false, &spec.head_w, &spec.head_bn);
-  prog.head_hw = h * h;
   return prog;
 }
 
@@ -291,7 +289,8 @@ void apply_pending(const KernelTable& K, const Pending& p, float* buf, int64_t i
 }
 
 // One train-mode layer over this member's n images: per chunk, apply the input's pending BN, run
-// the conv (raw output) and accumulate the output's channel statistics; then reduce the
+// the conv (raw output) and accumulate the output's channel statistics (the conv gathers them
+// itself when it returns true: conv(i0, cnt, shift, sum, sumsq)); then reduce the
 // statistics over the team into the layer's BN scale/shift and update its running statistics.
 template <class Conv>
 void train_layer(const KernelTable& K, Layer& L, int64_t n, float* in, const Pending& pin, float* out, Conv conv,
@@ -305,8 +304,8 @@ void train_layer(const KernelTable& K, Layer& L, int64_t n, float* in, const Pen
   for (int64_t i0 = 0; i0 < n; i0 += kEvalChunk) {
     const int64_t cnt = std::min(kEvalChunk, n - i0);
     if (in) apply_pending(K, pin, in, i0, cnt);
-    conv(i0, cnt);
-    K.channel_stats(out + i0 * hw * Cp, cnt * hw, Cp, m.meanf.data(), m.acc.data(), m.acc.data() + Cp);
+    if (!conv(i0, cnt, m.meanf.data(), m.acc.data(), m.acc.data() + Cp))
+      K.channel_stats(out + i0 * hw * Cp, cnt * hw, Cp, m.meanf.data(), m.acc.data(), m.acc.data() + Cp);
   }
   const int64_t total_n = m.reduce(2 * Cp, n * hw, m.acc.data());
   L.bn_scale.assign(Cp, 0.0f);
@@ -329,11 +328,53 @@ void train_layer(const KernelTable& K, Layer& L, int64_t n, float* in, const Pen
   }
 }
 
-// Train-mode pass of one calibration batch share (n NCHW images): updates every layer's running
-// statistics. Team members must call it together (the statistics are reduced over the team).
-void train_forward(const KernelTable& K, const NetSpec& spec, Program& prog, const float* images, int64_t n,
-                   Member& m) {
-  float* a = m.buf[0].data();
+// Where a pass over a subnet's layers starts and stops. A cut `j` >= 0 is the materialized
+// (post-BN) activation after the stem and the first j blocks, NHWC with padded channels.
+struct Span {
+  int64_t entry = -1;  // -1: from NCHW images through the stem; j: from the activation at cut j
+  int64_t exit = -1;   // -1: through the head (logits); j: stop at cut j and copy it out
+};
+
+int64_t num_blocks(const Program& prog) { return static_cast<int64_t>(prog.layers.size() - 2) / 3; }
+
+// Floats per image of the activation at cut j (the output of layer 3j: the stem, or block j-1's project).
+int64_t cut_floats(const Program& prog, int64_t j) {
+  const Layer& L = prog.layers[static_cast<size_t>(3 * j)];
+  return L.out_h * L.out_w * L.cout_p;
+}
+
+// Floats per image of a span's input.
+int64_t entry_floats(const NetSpec& spec, const Program& prog, int64_t entry) {
+  const Layer& stem = prog.layers[0];
+  return entry < 0 ? spec.in_channels * stem.in_h * stem.in_w : cut_floats(prog, entry);
+}
+
+// First layer a span runs: everything before it is the prefix another pass already computed.
+size_t first_layer(const Span& span) { return span.entry < 0 ? 0 : static_cast<size_t>(1 + 3 * span.entry); }
+
+// Last layer (exclusive) a span runs.
+size_t end_layer(const Program& prog, const Span& span) {
+  return span.exit < 0 ? prog.layers.size() : static_cast<size_t>(1 + 3 * span.exit);
+}
+
+// Floats per image of the largest activation the span's layers produce (buffer size).
+int64_t span_max_act(const Program& prog, const Span& span) {
+  int64_t most = 0;
+  for (size_t l = first_layer(span); l < end_layer(prog, span); ++l) {
+    const Layer& L = prog.layers[l];
+    most = std::max(most, L.out_h * L.out_w * L.cout_p);
+  }
+  return most;
+}
+
+// Train-mode pass of one calibration batch share (n inputs, see Span) over the span's layers:
+// updates their running statistics. With span.exit >= 0 the activation at that cut (post-BN) is
+// written to `cut_out`. Team members must call it together (statistics are reduced over the team).
+void train_forward(const KernelTable& K, const NetSpec& spec, Program& prog, const Span& span, const float* input,
+                   int64_t n, Member& m, float* cut_out) {
+  float* spare = m.buf[0].data();
+  const float* a = input;  // input of the next layer; external (read-only) until a layer writes
+  float* a_buf = nullptr;  // a, when it is one of this member's buffers
   float* b = m.buf[1].data();
   float* c = m.buf[2].data();
   float* d = m.buf[3].data();
@@ -341,76 +382,108 @@ void train_forward(const KernelTable& K, const NetSpec& spec, Program& prog, con
   const Act none = Act::kNone;
   auto& layers = prog.layers;
   Pending pa;
-  {
+  if (span.entry < 0) {
     Layer& L = layers[0];
     const int64_t in_img = L.cin * L.in_h * L.in_w, out_img = L.out_h * L.out_w * L.cout_p;
     train_layer(
-        K, L, n, nullptr, pa, a,
-        [&](int64_t i0, int64_t cnt) {
-          K.stem(images + i0 * in_img, cnt, L.cin, L.in_h, L.in_w, L.w.data(), L.cout_p, L.k, L.stride, nullptr, none,
-                 a + i0 * out_img, L.out_h, L.out_w);
+        K, L, n, nullptr, pa, spare,
+        [&](int64_t i0, int64_t cnt, const float*, double*, double*) {
+          K.stem(input + i0 * in_img, cnt, L.cin, L.in_h, L.in_w, L.w.data(), L.cout_p, L.k, L.stride, nullptr, none,
+                 spare + i0 * out_img, L.out_h, L.out_w);
+          return false;
         },
         m, eps);
     pa = {&L, nullptr};
+    a = a_buf = spare;
+    spare = nullptr;
   }
-  auto pointwise_layer = [&](Layer& L, float* in, const Pending& pin, float* out) {
+  auto pointwise_layer = [&](Layer& L, const float* in, const Pending& pin, float* out) {
     const int64_t hw = L.out_h * L.out_w;
+    // Only a buffer this member owns carries a pending BN (an external input is materialized).
+    float* in_mut = const_cast<float*>(in);
     train_layer(
-        K, L, n, in, pin, out,
-        [&](int64_t i0, int64_t cnt) {
+        K, L, n, pin.layer ? in_mut : nullptr, pin, out,
+        [&](int64_t i0, int64_t cnt, const float* shift, double* sum, double* sumsq) {
           K.pointwise(in + i0 * hw * L.cin_p, cnt * hw, L.cin, L.cin_p, L.w.data(), L.cout_p, nullptr, none, nullptr,
-                      out + i0 * hw * L.cout_p);
+                      out + i0 * hw * L.cout_p, shift, sum, sumsq);
+          return true;
         },
         m, eps);
   };
-  const size_t num_blocks = (layers.size() - 2) / 3;
-  for (size_t i = 0; i < num_blocks; ++i) {
-    Layer& E = layers[1 + 3 * i];
-    Layer& D = layers[2 + 3 * i];
-    Layer& Pj = layers[3 + 3 * i];
+  const int64_t first_block = std::max<int64_t>(span.entry, 0);
+  const int64_t last_block = span.exit < 0 ? num_blocks(prog) : span.exit;
+  for (int64_t i = first_block; i < last_block; ++i) {
+    Layer& E = layers[static_cast<size_t>(1 + 3 * i)];
+    Layer& D = layers[static_cast<size_t>(2 + 3 * i)];
+    Layer& Pj = layers[static_cast<size_t>(3 + 3 * i)];
     pointwise_layer(E, a, pa, b);
     const int64_t in_img = D.in_h * D.in_w * D.cout_p, out_img = D.out_h * D.out_w * D.cout_p;
     train_layer(
         K, D, n, b, Pending{&E, nullptr}, c,
-        [&](int64_t i0, int64_t cnt) {
+        [&](int64_t i0, int64_t cnt, const float*, double*, double*) {
           K.depthwise(b + i0 * in_img, cnt, D.in_h, D.in_w, D.cout_p, D.w.data(), D.k, D.stride, nullptr, none,
                       c + i0 * out_img, D.out_h, D.out_w);
+          return false;
         },
         m, eps);
     pointwise_layer(Pj, c, Pending{&D, nullptr}, d);
-    // d holds the raw block output; its BN adds the block input (a) as the residual.
+    // d holds the raw block output; its BN adds the block input (a) as the residual. The block
+    // input stays intact until the next block's expand layer has applied that BN, so it becomes
+    // the next block's project output buffer (an external input is never written: the spare is).
     pa = {&Pj, Pj.residual ? a : nullptr};
-    std::swap(a, d);
+    float* next_d = a_buf ? a_buf : spare;
+    a = a_buf = d;
+    d = next_d;
   }
-  pointwise_layer(layers.back(), a, pa, b);
+  if (span.exit < 0) {
+    pointwise_layer(layers.back(), a, pa, b);
+    return;
+  }
+  const int64_t floats = cut_floats(prog, span.exit);
+  apply_pending(K, pa, a_buf, 0, n);
+  std::memcpy(cut_out, a_buf, static_cast<size_t>(n * floats) * sizeof(float));
 }
 
-// Inference of n NCHW images with the packed, folded weights: logits into `logits` (n x classes).
-void forward(const KernelTable& K, const NetSpec& spec, Program& prog, const float* images, int64_t n, Member& m,
-             float* logits) {
-  float* a = m.buf[0].data();
+// Inference of n inputs (see Span) with the packed, folded weights: logits into `out`
+// (n x classes), or with span.exit >= 0 the activation at that cut.
+void forward(const KernelTable& K, const NetSpec& spec, Program& prog, const Span& span, const float* input, int64_t n,
+             Member& m, float* out) {
+  float* spare = m.buf[0].data();
+  const float* a = input;
+  float* a_buf = nullptr;
   float* b = m.buf[1].data();
   float* c = m.buf[2].data();
   auto& layers = prog.layers;
-  {
+  if (span.entry < 0) {
     Layer& L = layers[0];
-    K.stem(images, n, L.cin, L.in_h, L.in_w, L.w.data(), L.cout_p, L.k, L.stride, L.bias.data(), L.act, a, L.out_h,
-           L.out_w);
+    K.stem(input, n, L.cin, L.in_h, L.in_w, L.w.data(), L.cout_p, L.k, L.stride, L.bias.data(), L.act, spare,
+           L.out_h, L.out_w);
+    a = a_buf = spare;
+    spare = nullptr;
   }
-  const size_t num_blocks = (layers.size() - 2) / 3;
-  for (size_t i = 0; i < num_blocks; ++i) {
-    Layer& E = layers[1 + 3 * i];
-    Layer& D = layers[2 + 3 * i];
-    Layer& Pj = layers[3 + 3 * i];
-    K.pointwise(a, n * E.out_h * E.out_w, E.cin, E.cin_p, E.w.data(), E.cout_p, E.bias.data(), E.act, nullptr, b);
+  const int64_t first_block = std::max<int64_t>(span.entry, 0);
+  const int64_t last_block = span.exit < 0 ? num_blocks(prog) : span.exit;
+  for (int64_t i = first_block; i < last_block; ++i) {
+    Layer& E = layers[static_cast<size_t>(1 + 3 * i)];
+    Layer& D = layers[static_cast<size_t>(2 + 3 * i)];
+    Layer& Pj = layers[static_cast<size_t>(3 + 3 * i)];
+    K.pointwise(a, n * E.out_h * E.out_w, E.cin, E.cin_p, E.w.data(), E.cout_p, E.bias.data(), E.act, nullptr, b,
+                nullptr, nullptr, nullptr);
     K.depthwise(b, n, D.in_h, D.in_w, D.cout_p, D.w.data(), D.k, D.stride, D.bias.data(), D.act, c, D.out_h, D.out_w);
     K.pointwise(c, n * D.out_h * D.out_w, Pj.cin, Pj.cin_p, Pj.w.data(), Pj.cout_p, Pj.bias.data(), Act::kNone,
-                Pj.residual ? a : nullptr, b);
-    std::swap(a, b);
+                Pj.residual ? a : nullptr, b, nullptr, nullptr, nullptr);
+    float* next_b = a_buf ? a_buf : spare;
+    a = a_buf = b;
+    b = next_b;
+  }
+  if (span.exit >= 0) {
+    std::memcpy(out, a, static_cast<size_t>(n * cut_floats(prog, span.exit)) * sizeof(float));
+    return;
   }
   Layer& H = layers.back();
   const int64_t hw = H.out_h * H.out_w;
-  K.pointwise(a, n * hw, H.cin, H.cin_p, H.w.data(), H.cout_p, H.bias.data(), H.act, nullptr, b);
+  K.pointwise(a, n * hw, H.cin, H.cin_p, H.w.data(), H.cout_p, H.bias.data(), H.act, nullptr, b, nullptr, nullptr,
+              nullptr);
   const int64_t ch = spec.head_out, cp = H.cout_p, classes = spec.num_classes;
   const float* cw = spec.classifier_w.data.data();
   const float* cb = spec.classifier_b.data.data();
@@ -426,51 +499,58 @@ void forward(const KernelTable& K, const NetSpec& spec, Program& prog, const flo
       float acc = 0.0f;
       const float* wj = cw + j * ch;
       for (int64_t k = 0; k < ch; ++k) acc += m.pooled[k] * wj[k];
-      logits[i * classes + j] = acc + cb[j];
+      out[i * classes + j] = acc + cb[j];
     }
   }
 }
 
-// One request, by all members of a team together.
-// Builds a subnet's program, recalibrates its BN statistics when calibration images are given
-// (all team members together) and packs the folded weights for inference.
-Program prepare_program(const KernelTable& K, const NetSpec& spec, const SubnetPlan& plan, const float* calibration,
-                        int64_t num_calibration, int64_t calibration_batch, Member& m) {
+// Builds a subnet's program, recalibrates the BN statistics of the span's layers when calibration
+// inputs are given (all team members together, batch by batch) and packs their folded weights.
+// With span.exit >= 0 and `calibration_cut` non-null, the calibration activations at that cut are
+// stored there (num_calibration x cut floats, in input order).
+Program prepare_program(const KernelTable& K, const NetSpec& spec, const SubnetPlan& plan, const Span& span,
+                        const float* calibration, int64_t num_calibration, int64_t calibration_batch, Member& m,
+                        float* calibration_cut) {
   Program prog = build_program(spec, plan);
   const int size = m.team->size, rank = m.rank;
-  const int64_t res = plan.resolution, in_img = spec.in_channels * res * res;
+  const int64_t in_img = entry_floats(spec, prog, span.entry);
+  const int64_t cut_img = span.exit >= 0 ? cut_floats(prog, span.exit) : 0;
   const bool recal = calibration != nullptr && num_calibration > 0;
+  const size_t begin = first_layer(span), end = end_layer(prog, span);
   int64_t per_member = kEvalChunk;
   if (recal) per_member = std::max(per_member, (calibration_batch + size - 1) / size);
-  m.reserve(static_cast<size_t>(per_member * prog.max_act));
+  m.reserve(static_cast<size_t>(per_member * span_max_act(prog, span)));
   if (recal) {
-    for (Layer& L : prog.layers) pack(L, nullptr, nullptr);
+    for (size_t l = begin; l < end; ++l) pack(prog.layers[l], nullptr, nullptr);
     for (int64_t start = 0; start < num_calibration; start += calibration_batch) {
       const int64_t bsz = std::min(calibration_batch, num_calibration - start);
       const int64_t share = (bsz + size - 1) / size;
       const int64_t b0 = std::min(bsz, rank * share), b1 = std::min(bsz, b0 + share);
-      train_forward(K, spec, prog, calibration + (start + b0) * in_img, b1 - b0, m);
+      train_forward(K, spec, prog, span, calibration + (start + b0) * in_img, b1 - b0, m,
+                    calibration_cut ? calibration_cut + (start + b0) * cut_img : nullptr);
     }
   }
-  for (Layer& L : prog.layers) pack_folded(L, recal, spec.bn_eps);
+  for (size_t l = begin; l < end; ++l) pack_folded(prog.layers[l], recal, spec.bn_eps);
   return prog;
 }
 
-// Inference of the chunks rank, rank + stride, ... of n images; returns the top-1 hits.
-int64_t infer(const KernelTable& K, const NetSpec& spec, Program& prog, const float* images, int64_t n,
-              const int64_t* labels, float* logits, int rank, int stride, Member& m) {
-  const int64_t classes = spec.num_classes, in_img = spec.in_channels * prog.layers[0].in_h * prog.layers[0].in_w;
-  m.reserve(static_cast<size_t>(kEvalChunk * prog.max_act));
+// Inference of the chunks rank, rank + stride, ... of n inputs. Through the head: returns the
+// top-1 hits (logits into `out` when non-null); with span.exit >= 0: the cut activations into `out`.
+int64_t infer(const KernelTable& K, const NetSpec& spec, Program& prog, const Span& span, const float* inputs,
+              int64_t n, const int64_t* labels, float* out, int rank, int stride, Member& m) {
+  const int64_t classes = spec.num_classes, in_img = entry_floats(spec, prog, span.entry);
+  const int64_t out_img = span.exit >= 0 ? cut_floats(prog, span.exit) : classes;
+  m.reserve(static_cast<size_t>(kEvalChunk * span_max_act(prog, span)));
   std::vector<float> local(kEvalChunk * classes);
   int64_t hits = 0;
   const int64_t chunks = (n + kEvalChunk - 1) / kEvalChunk;
   for (int64_t ci = rank; ci < chunks; ci += stride) {
     const int64_t i0 = ci * kEvalChunk, cnt = std::min(kEvalChunk, n - i0);
-    float* out = logits ? logits + i0 * classes : local.data();
-    forward(K, spec, prog, images + i0 * in_img, cnt, m, out);
-    if (labels)
+    float* dst = out ? out + i0 * out_img : local.data();
+    forward(K, spec, prog, span, inputs + i0 * in_img, cnt, m, dst);
+    if (labels && span.exit < 0)
       for (int64_t i = 0; i < cnt; ++i) {
-        const float* row = out + i * classes;
+        const float* row = dst + i * classes;
         const int64_t best = std::max_element(row, row + classes) - row;
         hits += best == labels[i0 + i];
       }
@@ -478,11 +558,143 @@ int64_t infer(const KernelTable& K, const NetSpec& spec, Program& prog, const fl
   return hits;
 }
 
-// One request, by all members of a team together.
-void run_request(const KernelTable& K, const NetSpec& spec, EvalRequest& req, Member& m,
+// The activations a group of requests shares: the post-BN activation at cut `depth` of their common
+// prefix (stem + `depth` identical blocks, same resolution, same inputs), for the calibration
+// images (train-mode BN, batch by batch) and the scored images (folded BN).
+struct PrefixNode {
+  SubnetPlan plan;        // resolution and the shared blocks
+  int parent = -1;        // node at depth - 1, or -1: computed from the images
+  int64_t floats = 0;     // per image at the cut
+  int entries = 0;        // requests that start from this node
+  int children = 0;       // nodes computed from this one, still to do
+  const EvalRequest* source = nullptr;  // a request of the group (its inputs)
+  std::vector<float> calibration, scored;
+};
+
+// Multiply-accumulates per image of a program's layers from `begin` on (a scheduling estimate).
+double subnet_cost(const Program& prog, size_t begin) {
+  double macs = 0.0;
+  for (size_t l = begin; l < prog.layers.size(); ++l) {
+    const Layer& L = prog.layers[l];
+    const double per_pixel = L.kind == Kind::kDepthwise ? static_cast<double>(L.k * L.k * L.cout)
+                                                          : static_cast<double>(L.k * L.k * L.cin * L.cout);
+    macs += per_pixel * static_cast<double>(L.out_h * L.out_w);
+  }
+  return macs;
+}
+
+// Where each request starts: an index into the nodes, or -1 (from the images).
+struct SharingPlan {
+  std::vector<PrefixNode> nodes;  // parents before children
+  std::vector<int> entry;         // per request
+};
+
+bool same_block(const BlockChoice& x, const BlockChoice& y) {
+  return x.slot == y.slot && x.mid == y.mid && x.out == y.out && x.kernel == y.kernel;
+}
+
+// Requests with the same inputs and resolution whose leading blocks coincide share those blocks'
+// activations: every prefix used by at least two requests becomes a node, computed once. Nodes
+// are admitted shallowest first while their activations fit in `memory_limit` bytes.
+SharingPlan plan_sharing(const NetSpec& spec, const std::vector<EvalRequest>& requests, int64_t memory_limit) {
+  SharingPlan sp;
+  sp.entry.assign(requests.size(), -1);
+  const size_t n = requests.size();
+  std::vector<int> group(n, -1);
+  for (size_t i = 0; i < n; ++i) {
+    const EvalRequest& r = requests[i];
+    for (size_t j = 0; j < i && group[i] < 0; ++j) {
+      const EvalRequest& q = requests[j];
+      if (q.plan.resolution == r.plan.resolution && q.images == r.images && q.num_images == r.num_images &&
+          q.calibration == r.calibration && q.num_calibration == r.num_calibration &&
+          q.calibration_batch == r.calibration_batch)
+        group[i] = group[j];
+    }
+    if (group[i] < 0) group[i] = static_cast<int>(i);
+  }
+  // node index by (parent node, block) for depth >= 1; by group for depth 0
+  std::vector<int> current(n, -1);  // each request's deepest admitted node so far
+  int64_t used = 0;
+  bool any = true;
+  for (int64_t depth = 0; any; ++depth) {
+    any = false;
+    std::vector<std::vector<size_t>> members;  // requests per candidate node at this depth
+    std::vector<int> candidate(n, -1);
+    for (size_t i = 0; i < n; ++i) {
+      const EvalRequest& r = requests[i];
+      if (depth > static_cast<int64_t>(r.plan.blocks.size())) continue;
+      if (depth > 0 && current[i] < 0) continue;  // its shallower prefix is not shared
+      if (depth > 0 && sp.nodes[static_cast<size_t>(current[i])].plan.blocks.size() != static_cast<size_t>(depth - 1))
+        continue;
+      for (size_t c = 0; c < members.size(); ++c) {
+        const EvalRequest& q = requests[members[c][0]];
+        if (group[members[c][0]] != group[i] || current[members[c][0]] != current[i]) continue;
+        if (depth > 0 && !same_block(q.plan.blocks[depth - 1], r.plan.blocks[depth - 1])) continue;
+        candidate[i] = static_cast<int>(c);
+        break;
+      }
+      if (candidate[i] < 0) {
+        candidate[i] = static_cast<int>(members.size());
+        members.push_back({});
+      }
+      members[static_cast<size_t>(candidate[i])].push_back(i);
+    }
+    for (const auto& mem : members) {
+      if (mem.size() < 2) continue;
+      const EvalRequest& r = requests[mem[0]];
+      PrefixNode node;
+      node.plan.resolution = r.plan.resolution;
+      node.plan.blocks.assign(r.plan.blocks.begin(), r.plan.blocks.begin() + depth);
+      node.parent = depth > 0 ? current[mem[0]] : -1;
+      const Program prog = build_program(spec, node.plan);
+      node.floats = cut_floats(prog, depth);
+      const int64_t bytes = (r.num_images + r.num_calibration) * node.floats * static_cast<int64_t>(sizeof(float));
+      if (used + bytes > memory_limit) continue;
+      used += bytes;
+      node.source = &r;
+      if (node.parent >= 0) sp.nodes[static_cast<size_t>(node.parent)].children += 1;
+      const int index = static_cast<int>(sp.nodes.size());
+      sp.nodes.push_back(std::move(node));
+      for (size_t i : mem) current[i] = index;
+      any = true;
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    sp.entry[i] = current[i];
+    if (current[i] >= 0) sp.nodes[static_cast<size_t>(current[i])].entries += 1;
+  }
+  return sp;
+}
+
+// Computes a node from its parent (or the images), by all members of a team together.
+void compute_node(const KernelTable& K, const NetSpec& spec, PrefixNode& node, const PrefixNode* parent,
+                  Member& m) {
+  const EvalRequest& r = *node.source;
+  const int64_t depth = static_cast<int64_t>(node.plan.blocks.size());
+  const Span span{parent ? depth - 1 : -1, depth};
+  const bool recal = r.calibration != nullptr && r.num_calibration > 0;
+  if (m.rank == 0) {
+    node.calibration.resize(static_cast<size_t>(recal ? r.num_calibration * node.floats : 0));
+    node.scored.resize(static_cast<size_t>(r.num_images * node.floats));
+  }
+  m.team->barrier.wait();
+  const float* calibration = !recal ? nullptr : parent ? parent->calibration.data() : r.calibration;
+  Program prog = prepare_program(K, spec, node.plan, span, calibration, r.num_calibration, r.calibration_batch, m,
+                                 recal ? node.calibration.data() : nullptr);
+  infer(K, spec, prog, span, parent ? parent->scored.data() : r.images, r.num_images, nullptr, node.scored.data(),
+        m.rank, m.team->size, m);
+  m.team->barrier.wait();
+}
+
+// One request, by all members of a team together, from its entry node (or the images).
+void run_request(const KernelTable& K, const NetSpec& spec, EvalRequest& req, const PrefixNode* entry, Member& m,
                  std::atomic<int64_t>& correct) {
-  Program prog = prepare_program(K, spec, req.plan, req.calibration, req.num_calibration, req.calibration_batch, m);
-  correct.fetch_add(infer(K, spec, prog, req.images, req.num_images, req.labels, req.logits, m.rank, m.team->size, m));
+  const Span span{entry ? static_cast<int64_t>(entry->plan.blocks.size()) : -1, -1};
+  const float* calibration = !req.calibration ? nullptr : entry ? entry->calibration.data() : req.calibration;
+  Program prog = prepare_program(K, spec, req.plan, span, calibration, req.num_calibration, req.calibration_batch, m,
+                                 nullptr);
+  correct.fetch_add(infer(K, spec, prog, span, entry ? entry->scored.data() : req.images, req.num_images, req.labels,
+                          req.logits, m.rank, m.team->size, m));
 }
 
 // Throws std::invalid_argument when the calibration batches of `plan` would hold a single value
@@ -576,7 +788,7 @@ void SubnetEvaluator::validate(const SubnetPlan& plan) const {
                                 std::to_string(s.head_in));
 }
 
-void SubnetEvaluator::run(std::vector<EvalRequest>& requests, int num_threads) const {
+void SubnetEvaluator::run(std::vector<EvalRequest>& requests, int num_threads, bool share_prefixes) const {
   if (num_threads < 1) throw std::invalid_argument("num_threads must be >= 1");
   int64_t max_channels = 2 * pad8(std::max(spec_.stem_out, spec_.head_out));
   for (size_t i = 0; i < requests.size(); ++i) {
@@ -592,41 +804,87 @@ void SubnetEvaluator::run(std::vector<EvalRequest>& requests, int num_threads) c
   if (requests.empty()) return;
   const KernelTable& K = kernels();
   const int threads = static_cast<int>(std::min<int64_t>(num_threads, 256));
-  const bool solo = static_cast<int64_t>(requests.size()) >= threads;  // one request per thread
-  const int team_size = solo ? 1 : threads;
-  const int num_teams = threads / team_size;
+  SharingPlan sharing;
+  if (share_prefixes) sharing = plan_sharing(spec_, requests, kShareMemoryLimit);
+  else sharing.entry.assign(requests.size(), -1);
+  std::vector<PrefixNode>& nodes = sharing.nodes;
   std::atomic<bool> abort{false};
-  std::vector<std::unique_ptr<Team>> teams;
-  for (int t = 0; t < num_teams; ++t) teams.emplace_back(new Team(team_size, max_channels, &abort));
-  std::vector<std::atomic<int64_t>> correct(requests.size());
-  for (auto& c : correct) c.store(0);
-  std::atomic<size_t> next{0};
   std::exception_ptr error;
   std::mutex error_mutex;
-  auto worker = [&](int tid) {
-    Member m;
-    m.team = teams[tid / team_size].get();
-    m.rank = tid % team_size;
-    try {
-      if (solo) {
-        for (size_t i = next.fetch_add(1); i < requests.size() && !abort.load(); i = next.fetch_add(1))
-          run_request(K, spec_, requests[i], m, correct[i]);
-      } else {
-        for (size_t i = 0; i < requests.size() && !abort.load(); ++i) run_request(K, spec_, requests[i], m, correct[i]);
+  // Runs body(member) on `threads` threads split into teams of team_size; the first error wins.
+  auto parallel = [&](int team_size, const std::function<void(Member&)>& body) {
+    std::vector<std::unique_ptr<Team>> teams;
+    for (int t = 0; t < threads / team_size; ++t) teams.emplace_back(new Team(team_size, max_channels, &abort));
+    auto worker = [&](int tid) {
+      Member m;
+      m.team = teams[static_cast<size_t>(tid / team_size)].get();
+      m.rank = tid % team_size;
+      try {
+        body(m);
+      } catch (const Aborted&) {
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::current_exception();
+        abort.store(true);
       }
-    } catch (const Aborted&) {
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(error_mutex);
-      if (!error) error = std::current_exception();
-      abort.store(true);
-    }
+    };
+    std::vector<std::thread> pool;
+    for (int t = 1; t < threads; ++t) pool.emplace_back(worker, t);
+    worker(0);
+    for (auto& th : pool) th.join();
+    if (error) std::rethrow_exception(error);
   };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(worker, t);
-  worker(0);
-  for (auto& th : pool) th.join();
-  if (error) std::rethrow_exception(error);
-  for (size_t i = 0; i < requests.size(); ++i) requests[i].correct = correct[i].load();
+  auto release = [](PrefixNode& node) {
+    std::vector<float>().swap(node.calibration);
+    std::vector<float>().swap(node.scored);
+  };
+  // Shared prefixes first, parents before children, all threads on each node.
+  if (!nodes.empty())
+    parallel(threads, [&](Member& m) {
+      for (size_t i = 0; i < nodes.size() && !abort.load(); ++i) {
+        PrefixNode& node = nodes[i];
+        PrefixNode* parent = node.parent >= 0 ? &nodes[static_cast<size_t>(node.parent)] : nullptr;
+        compute_node(K, spec_, node, parent, m);
+        if (m.rank == 0 && parent && --parent->children == 0 && parent->entries == 0) release(*parent);
+      }
+    });
+  std::vector<std::atomic<int>> remaining(nodes.size());
+  for (size_t i = 0; i < nodes.size(); ++i) remaining[i].store(nodes[i].entries);
+  std::vector<std::atomic<int64_t>> correct(requests.size());
+  for (auto& c : correct) c.store(0);
+  auto entry_of = [&](size_t i) -> const PrefixNode* {
+    return sharing.entry[i] >= 0 ? &nodes[static_cast<size_t>(sharing.entry[i])] : nullptr;
+  };
+  const bool solo = static_cast<int64_t>(requests.size()) >= threads;  // one request per thread
+  // Costliest first, so that no thread is left with a large subnet at the end while others idle.
+  std::vector<size_t> order(requests.size());
+  std::vector<double> cost(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    order[i] = i;
+    const PrefixNode* entry = entry_of(i);
+    const Span span{entry ? static_cast<int64_t>(entry->plan.blocks.size()) : -1, -1};
+    cost[i] = subnet_cost(build_program(spec_, requests[i].plan), first_layer(span));
+  }
+  std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return cost[x] > cost[y]; });
+  std::atomic<size_t> next{0};
+  parallel(solo ? 1 : threads, [&](Member& m) {
+    if (solo) {
+      for (size_t k = next.fetch_add(1); k < requests.size() && !abort.load(); k = next.fetch_add(1)) {
+        const size_t i = order[k];
+        run_request(K, spec_, requests[i], entry_of(i), m, correct[i]);
+        const int e = sharing.entry[i];
+        if (e >= 0 && remaining[static_cast<size_t>(e)].fetch_sub(1) == 1) release(nodes[static_cast<size_t>(e)]);
+      }
+    } else {
+      for (size_t i = 0; i < requests.size() && !abort.load(); ++i)
+        run_request(K, spec_, requests[i], entry_of(i), m, correct[i]);
+    }
+  });
+  for (size_t i = 0; i < requests.size(); ++i) {
+    requests[i].correct = correct[i].load();
+    const PrefixNode* entry = entry_of(i);
+    requests[i].shared_depth = entry ? static_cast<int64_t>(entry->plan.blocks.size()) : -1;
+  }
 }
 
 struct PreparedSubnet::Impl {
@@ -655,7 +913,7 @@ void PreparedSubnet::logits(const float* images, int64_t n, float* out, int num_
   auto worker = [&](int rank) {
     try {
       Member m;
-      infer(K, *impl_->spec, prog, images, n, nullptr, out, rank, threads, m);
+      infer(K, *impl_->spec, prog, Span{}, images, n, nullptr, out, rank, threads, m);
     } catch (...) {
       std::lock_guard<std::mutex> lock(error_mutex);
       if (!error) error = std::current_exception();
@@ -681,7 +939,7 @@ PreparedSubnet SubnetEvaluator::prepare(const SubnetPlan& plan, const float* cal
   m.team = &team;
   PreparedSubnet prepared;
   prepared.impl_.reset(new PreparedSubnet::Impl{
-      &spec_, prepare_program(kernels(), spec_, plan, calibration, num_calibration, calibration_batch, m)});
+      &spec_, prepare_program(kernels(), spec_, plan, Span{}, calibration, num_calibration, calibration_batch, m, nullptr)});
   return prepared;
 }
 

@@ -87,6 +87,8 @@ struct EvalRequest {
   const int64_t* labels = nullptr;  // nullptr: no accuracy count
   float* logits = nullptr;          // nullptr: logits not returned; else (num_images, num_classes)
   int64_t correct = 0;              // output: top-1 hits (first maximum wins, as torch.argmax)
+  int64_t shared_depth = -1;        // output: leading blocks computed once for several requests (0: the
+                                    // stem only, -1: nothing shared)
 };
 
 // A subnet with BN recalibrated and folded, its weights packed: repeated inference without the
@@ -121,8 +123,11 @@ class SubnetEvaluator {
   void validate(const SubnetPlan& plan) const;
 
   // Runs every request with `num_threads` threads (requests in parallel when there are enough,
-  // otherwise all threads on one request at a time). Validates everything before starting.
-  void run(std::vector<EvalRequest>& requests, int num_threads) const;
+  // otherwise all threads on one request at a time). Validates everything before starting. With
+  // `share_prefixes`, requests with the same inputs and resolution compute the stem and their
+  // identical leading blocks once (BN recalibration included): those activations are kept for the
+  // run (up to 1 GiB) and each request continues from its deepest shared one.
+  void run(std::vector<EvalRequest>& requests, int num_threads, bool share_prefixes = true) const;
 
   // Slices `plan`, recalibrates BN on the calibration images when given (one thread), folds it.
   PreparedSubnet prepare(const SubnetPlan& plan, const float* calibration, int64_t num_calibration,

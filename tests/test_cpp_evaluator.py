@@ -113,6 +113,74 @@ def test_partial_last_calibration_batch_and_team_threads(default_space):
         assert _rel_err(torch.from_numpy(out[0]), want) < REL_TOL
 
 
+def _plan(net, genome):
+    cfg = net.subnet_config(genome)
+    return genome.resolution, [
+        (b["slot"], b["mid_channels"], b["out_channels"], b["kernel_size"]) for b in cfg["blocks"]
+    ]
+
+
+def _variant(plan, from_block):
+    """The same subnet with every block from `from_block` on given another kernel size."""
+    resolution, blocks = plan
+    changed = [
+        (s, mid, out, 3 if k != 3 else 5) if i >= from_block else (s, mid, out, k)
+        for i, (s, mid, out, k) in enumerate(blocks)
+    ]
+    return resolution, changed
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_shared_prefixes_give_the_same_results(default_space, threads):
+    """Subnets with a common stem and leading blocks, computed once, score as if computed alone."""
+    net = _supernet(default_space, seed=6)
+    weights = {k: v.numpy() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    from codesign import _kernels
+
+    ext = _kernels.SubnetEvaluator(supernet_config(net), weights)
+    bases = [_plan(net, g) for g in random_genomes(default_space, 3, seed=7)]
+    plans = []
+    for base in bases:
+        depth = len(base[1])
+        plans += [base, _variant(base, depth - 1), _variant(base, depth - 3), _variant(base, 0), base]
+    g = torch.Generator().manual_seed(1)
+    resolutions = sorted({p[0] for p in plans})
+    images = {r: (torch.randn(20, 1, r, r, generator=g)).numpy() for r in resolutions}
+    calib = {r: (torch.randn(40, 1, r, r, generator=g) * 1.5 + 0.3).numpy() for r in resolutions}
+    labels = np.arange(20) % 10
+    for calibration in (calib, None):
+        results = {}
+        for share in (False, True):
+            results[share] = ext.run(
+                plans,
+                images,
+                labels=labels,
+                calibration=calibration,
+                calibration_batch_size=16,  # batches of 16, 16 and 8
+                num_threads=threads,
+                return_logits=True,
+                share_prefixes=share,
+                return_sharing=True,
+            )
+        # per base: itself and its copy share everything, the variants their unchanged leading blocks
+        want_depths = []
+        for base in bases:
+            depth = len(base[1])
+            want_depths += [depth, depth - 1, depth - 3, 0, depth]
+        np.testing.assert_array_equal(results[True][2], want_depths)
+        np.testing.assert_array_equal(results[False][2], -1)
+        np.testing.assert_array_equal(results[True][0], results[False][0])
+        for got, want in zip(results[True][1], results[False][1]):
+            assert _rel_err(torch.from_numpy(got), torch.from_numpy(want)) < 1e-5
+    # fewer requests than threads: every thread works on each request and each shared prefix
+    _, alone = ext.run([bases[0]], images, calibration=calib, calibration_batch_size=16, return_logits=True)
+    _, pair = ext.run(
+        [bases[0], bases[0]], images, calibration=calib, calibration_batch_size=16, num_threads=3, return_logits=True
+    )
+    for got in pair:
+        assert _rel_err(torch.from_numpy(got), torch.from_numpy(alone[0])) < 1e-5
+
+
 def test_accuracies_identical_on_real_data(default_space, fmnist_splits):
     net = _supernet(default_space, seed=2)
     options = dict(calibration_images=200, calibration_batch_size=100, max_images=300)

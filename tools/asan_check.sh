@@ -64,6 +64,9 @@ for name, count in (("tiny", 4), ("fmnist_mbv3", 3)):
         sub = net.extract(genome)
         recalibrate_bn(sub, calib[r], batch_size=10, num_batches=4)
         want.append(predict_logits(sub, images[r]))
+    # a repeated subnet: the run shares its stem and every block (prefixes computed once, then freed)
+    plans.append(plans[0])
+    want.append(want[0])
     labels = np.arange(11) % space.num_classes
     for threads in (1, 2, 3, 16):
         hits, logits = ev.run(

@@ -104,6 +104,10 @@ def worker(args: argparse.Namespace) -> None:
         accuracies, logits = ev.evaluate_many(genomes, return_logits=True)
         result["seconds"] = time.perf_counter() - start
         result["hwm_kib"] = vm_kib("VmHWM")
+        # which prefixes the timed run shared (grouping depends only on the plans and resolutions)
+        few = {r: ev._prepared("target", r)[0][:8] for r in resolutions}
+        depths = ev._ext.run([ev.plan(g) for g in genomes], few, return_sharing=True)[2]
+        result["shared_depths"] = [int(d) for d in depths]
         one = genomes[min(2, len(genomes) - 1)]
         image = ev._prepared("target", one.resolution)[0][:1]
         ev.logits(one, image, recalibrate=False)
@@ -222,6 +226,11 @@ def main() -> int:
             f"peak RSS {r['hwm_kib'] / 1024:7.1f} MiB, +{(r['hwm_kib'] - r['rss_setup_kib']) / 1024:6.1f} MiB over "
             f"the loaded data and model"
         )
+    depths = cpp["shared_depths"]
+    print(
+        f"  C++ shared prefixes: {sum(d >= 0 for d in depths)}/{n} subnets reused a stem computed once per "
+        f"resolution, {sum(d > 0 for d in depths)} also leading blocks (deepest {max(depths)})"
+    )
     speedup = results[torch_best]["seconds"] / cpp["seconds"]
     batch1 = results["torch-static"]["batch1_ms"] / cpp["batch1_ms"]
     print(f"  speedup vs best torch ({torch_best}): {speedup:.2f}x")

@@ -86,7 +86,9 @@ class CppSubnetEvaluator:
     """Evaluate subnets of a supernet in C++: slice, recalibrate BN on training images, score a split.
 
     Same constructor options and results as :class:`TorchSubnetEvaluator`, plus ``num_threads``
-    (threads of the C++ evaluator) and ``recalibrate`` (False keeps the supernet's BN statistics).
+    (threads of the C++ evaluator), ``recalibrate`` (False keeps the supernet's BN statistics) and
+    ``share_prefixes``: subnets scored together at the same resolution compute their stem and
+    identical leading blocks once (False computes every subnet from the images, for comparison).
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class CppSubnetEvaluator:
         max_images: int | None = None,
         num_threads: int = 1,
         recalibrate: bool = True,
+        share_prefixes: bool = True,
     ) -> None:
         if not have_cpp_evaluator():
             raise RuntimeError("codesign._kernels was not compiled with the subnet evaluator: pip install . builds it")
@@ -115,6 +118,7 @@ class CppSubnetEvaluator:
         self.calibration_batch_size = calibration_batch_size
         self.num_threads = num_threads
         self.recalibrate = recalibrate
+        self.share_prefixes = share_prefixes
         target: ImageDataset = getattr(splits, split)
         self._target = target.head(max_images) if max_images else target
         self._calibration = splits.train.head(calibration_images)
@@ -169,6 +173,7 @@ class CppSubnetEvaluator:
             calibration_batch_size=self.calibration_batch_size,
             num_threads=self.num_threads,
             return_logits=return_logits,
+            share_prefixes=self.share_prefixes,
         )
         return np.asarray(counts, dtype=np.int64), logits
 
