@@ -811,14 +811,17 @@ void SubnetEvaluator::run(std::vector<EvalRequest>& requests, int num_threads, b
   std::atomic<bool> abort{false};
   std::exception_ptr error;
   std::mutex error_mutex;
+  // One member per thread for the whole run: its activation buffers serve every phase.
+  std::vector<Member> members(static_cast<size_t>(threads));
   // Runs body(member) on `threads` threads split into teams of team_size; the first error wins.
   auto parallel = [&](int team_size, const std::function<void(Member&)>& body) {
     std::vector<std::unique_ptr<Team>> teams;
     for (int t = 0; t < threads / team_size; ++t) teams.emplace_back(new Team(team_size, max_channels, &abort));
     auto worker = [&](int tid) {
-      Member m;
+      Member& m = members[static_cast<size_t>(tid)];
       m.team = teams[static_cast<size_t>(tid / team_size)].get();
       m.rank = tid % team_size;
+      m.phase = 0;
       try {
         body(m);
       } catch (const Aborted&) {
