@@ -357,6 +357,11 @@ size_t end_layer(const Program& prog, const Span& span) {
   return span.exit < 0 ? prog.layers.size() : static_cast<size_t>(1 + 3 * span.exit);
 }
 
+// The blocks [first, last) a span runs.
+std::pair<int64_t, int64_t> span_blocks(const Program& prog, const Span& span) {
+  return {std::max<int64_t>(span.entry, 0), span.exit < 0 ? num_blocks(prog) : span.exit};
+}
+
 // Floats per image of the largest activation the span's layers produce (buffer size).
 int64_t span_max_act(const Program& prog, const Span& span) {
   int64_t most = 0;
@@ -410,8 +415,7 @@ void train_forward(const KernelTable& K, const NetSpec& spec, Program& prog, con
         },
         m, eps);
   };
-  const int64_t first_block = std::max<int64_t>(span.entry, 0);
-  const int64_t last_block = span.exit < 0 ? num_blocks(prog) : span.exit;
+  const auto [first_block, last_block] = span_blocks(prog, span);
   for (int64_t i = first_block; i < last_block; ++i) {
     Layer& E = layers[static_cast<size_t>(1 + 3 * i)];
     Layer& D = layers[static_cast<size_t>(2 + 3 * i)];
@@ -461,8 +465,7 @@ void forward(const KernelTable& K, const NetSpec& spec, Program& prog, const Spa
     a = a_buf = spare;
     spare = nullptr;
   }
-  const int64_t first_block = std::max<int64_t>(span.entry, 0);
-  const int64_t last_block = span.exit < 0 ? num_blocks(prog) : span.exit;
+  const auto [first_block, last_block] = span_blocks(prog, span);
   for (int64_t i = first_block; i < last_block; ++i) {
     Layer& E = layers[static_cast<size_t>(1 + 3 * i)];
     Layer& D = layers[static_cast<size_t>(2 + 3 * i)];
