@@ -615,7 +615,7 @@ SharingPlan plan_sharing(const NetSpec& spec, const std::vector<EvalRequest>& re
     }
     if (group[i] < 0) group[i] = static_cast<int>(i);
   }
-  // node index by (parent node, block) for depth >= 1; by group for depth 0
+  // Depth by depth: requests of one group whose admitted prefix and next block agree form a candidate node.
   std::vector<int> current(n, -1);  // each request's deepest admitted node so far
   int64_t used = 0;
   bool any = true;
