@@ -37,6 +37,15 @@ struct KernelTable {
   void (*channel_stats)(const float*, int64_t, int64_t, const float*, double*, double*);
 };
 
+// Fully unrolls a loop with a small compile-time trip count, so its arrays live in registers.
+#if defined(__clang__)
+#define CODESIGN_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define CODESIGN_UNROLL _Pragma("GCC unroll 8")
+#else
+#define CODESIGN_UNROLL
+#endif
+
 namespace isa_base {
 #include "evaluator_kernels.inc"
 }  // namespace isa_base
