@@ -176,8 +176,9 @@ std::map<int64_t, FloatArray> images_by_resolution(const py::dict& d, int64_t ch
 py::tuple evaluator_run(const ev::SubnetEvaluator& self, const py::list& plans, const py::dict& images,
                         const std::optional<LongArray>& labels, const std::optional<py::dict>& calibration,
                         int64_t calibration_batch_size, int num_threads, bool return_logits,
-                        bool share_prefixes, bool return_sharing) {
+                        bool share_prefixes, double share_memory_mb, bool return_sharing) {
   if (num_threads < 1) throw py::value_error("num_threads must be >= 1");
+  if (!(share_memory_mb >= 0.0)) throw py::value_error("share_memory_mb must be >= 0");
   const ev::NetSpec& spec = self.spec();
   auto imgs = images_by_resolution(images, spec.in_channels, "images");
   std::map<int64_t, FloatArray> calib;
@@ -224,7 +225,7 @@ py::tuple evaluator_run(const ev::SubnetEvaluator& self, const py::list& plans, 
   }
   {
     py::gil_scoped_release release;
-    self.run(requests, num_threads, share_prefixes);
+    self.run(requests, num_threads, share_prefixes ? static_cast<int64_t>(share_memory_mb * 1048576.0) : 0);
   }
   py::array_t<int64_t> correct(static_cast<py::ssize_t>(requests.size()));
   for (size_t i = 0; i < requests.size(); ++i) correct.mutable_data()[i] = requests[i].correct;
@@ -259,11 +260,12 @@ PYBIND11_MODULE(_kernels, m) {
       .def("run", &evaluator_run, py::arg("plans"), py::arg("images"), py::arg("labels") = py::none(),
            py::arg("calibration") = py::none(), py::arg("calibration_batch_size") = 250, py::arg("num_threads") = 1,
            py::arg("return_logits") = false, py::arg("share_prefixes") = true,
+           py::arg("share_memory_mb") = static_cast<double>(ev::kDefaultShareMemoryBytes) / 1048576.0,
            py::arg("return_sharing") = false,
            "Evaluate subnets: images and calibration map resolution -> NCHW float32 arrays. With calibration, "
            "BN statistics are recalibrated per subnet (torch train-mode BN, cumulative average over batches). "
            "With share_prefixes, plans at the same resolution compute their stem and identical leading blocks "
-           "once. Returns (top-1 hits per plan as int64 array, list of (N, classes) logits or None), plus with "
+           "once, keeping at most share_memory_mb MiB of their activations for the run. Returns (top-1 hits per plan as int64 array, list of (N, classes) logits or None), plus with "
            "return_sharing the leading blocks each plan took from a shared prefix (0: stem only, -1: none).")
       .def(
           "prepare",

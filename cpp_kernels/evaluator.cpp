@@ -76,7 +76,6 @@ const KernelTable& kernels() {
   return isa_base::kTable;
 }
 
-constexpr int64_t kShareMemoryLimit = int64_t{1} << 30;  // bytes of shared prefix activations per run
 constexpr int64_t kEvalChunk = 8;  // images per inference step (keeps activations in L2)
 
 int64_t pad8(int64_t c) { return (c + 7) / 8 * 8; }
@@ -800,8 +799,9 @@ void SubnetEvaluator::validate(const SubnetPlan& plan) const {
                                 std::to_string(s.head_in));
 }
 
-void SubnetEvaluator::run(std::vector<EvalRequest>& requests, int num_threads, bool share_prefixes) const {
+void SubnetEvaluator::run(std::vector<EvalRequest>& requests, int num_threads, int64_t share_memory_bytes) const {
   if (num_threads < 1) throw std::invalid_argument("num_threads must be >= 1");
+  if (share_memory_bytes < 0) throw std::invalid_argument("share_memory_bytes must be >= 0");
   int64_t max_channels = 2 * pad8(std::max(spec_.stem_out, spec_.head_out));
   for (size_t i = 0; i < requests.size(); ++i) {
     const EvalRequest& r = requests[i];
@@ -817,7 +817,7 @@ void SubnetEvaluator::run(std::vector<EvalRequest>& requests, int num_threads, b
   const KernelTable& K = kernels();
   const int threads = static_cast<int>(std::min<int64_t>(num_threads, 256));
   SharingPlan sharing;
-  if (share_prefixes) sharing = plan_sharing(spec_, requests, kShareMemoryLimit);
+  if (share_memory_bytes > 0) sharing = plan_sharing(spec_, requests, share_memory_bytes);
   else sharing.entry.assign(requests.size(), -1);
   std::vector<PrefixNode>& nodes = sharing.nodes;
   std::atomic<bool> abort{false};

@@ -15,6 +15,9 @@
 namespace codesign {
 namespace eval {
 
+// Bytes of shared prefix activations a run keeps by default (see SubnetEvaluator::run).
+constexpr int64_t kDefaultShareMemoryBytes = int64_t{1} << 30;
+
 enum class Act { kNone = 0, kReLU = 1, kReLU6 = 2, kHSwish = 3 };
 
 // Parses "relu" / "relu6" / "hswish"; throws std::invalid_argument otherwise.
@@ -124,10 +127,12 @@ class SubnetEvaluator {
 
   // Runs every request with `num_threads` threads (requests in parallel when there are enough,
   // otherwise all threads on one request at a time). Validates everything before starting. With
-  // `share_prefixes`, requests with the same inputs and resolution compute the stem and their
-  // identical leading blocks once (BN recalibration included): those activations are kept for the
-  // run (up to 1 GiB) and each request continues from its deepest shared one.
-  void run(std::vector<EvalRequest>& requests, int num_threads, bool share_prefixes = true) const;
+  // `share_memory_bytes` > 0, requests with the same inputs and resolution compute the stem and
+  // their identical leading blocks once (BN recalibration included): those activations are kept for
+  // the run, shallowest prefixes first while they fit in share_memory_bytes, and each request
+  // continues from its deepest shared one. 0 computes every request from its images.
+  void run(std::vector<EvalRequest>& requests, int num_threads,
+           int64_t share_memory_bytes = kDefaultShareMemoryBytes) const;
 
   // Slices `plan`, recalibrates BN on the calibration images when given (one thread), folds it.
   PreparedSubnet prepare(const SubnetPlan& plan, const float* calibration, int64_t num_calibration,

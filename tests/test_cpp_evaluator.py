@@ -255,3 +255,44 @@ def test_bad_genomes_and_shapes_raise_value_error(tiny_space, fmnist_splits):
     del broken["head_bn.bias"]
     with pytest.raises(ValueError, match="missing"):
         _kernels.SubnetEvaluator(supernet_config(net), broken)
+
+
+def test_shared_prefix_memory_cap_limits_what_is_kept(default_space):
+    """share_memory_mb bounds the kept activations: shallowest prefixes first, results unchanged."""
+    net = _supernet(default_space, seed=8)
+    weights = {k: v.numpy() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    from codesign import _kernels
+
+    ext = _kernels.SubnetEvaluator(supernet_config(net), weights)
+    base = _plan(net, random_genomes(default_space, 1, seed=9)[0])
+    plans = [base, _variant(base, len(base[1]) - 1), base]
+    r = base[0]
+    g = torch.Generator().manual_seed(2)
+    images = {r: torch.randn(12, 1, r, r, generator=g).numpy()}
+    calib = {r: torch.randn(24, 1, r, r, generator=g).numpy()}
+    stem = default_space.stem
+    side = default_space.resolution_after(r, stem.stride)
+    stem_mb = (12 + 24) * side * side * ((stem.out_channels + 7) // 8 * 8) * 4 / 2**20
+
+    def run(**kwargs):
+        return ext.run(
+            plans,
+            images,
+            calibration=calib,
+            calibration_batch_size=8,
+            num_threads=2,
+            return_logits=True,
+            return_sharing=True,
+            **kwargs,
+        )
+
+    unlimited, stem_only, nothing = run(), run(share_memory_mb=stem_mb), run(share_memory_mb=0.0)
+    depth = len(base[1])
+    np.testing.assert_array_equal(unlimited[2], [depth, depth - 1, depth])
+    np.testing.assert_array_equal(stem_only[2], [0, 0, 0])  # the stem fits exactly, no block after it
+    np.testing.assert_array_equal(nothing[2], [-1, -1, -1])
+    for result in (stem_only, nothing):
+        for got, want in zip(result[1], unlimited[1]):
+            assert _rel_err(torch.from_numpy(got), torch.from_numpy(want)) < 1e-5
+    with pytest.raises(ValueError, match="share_memory_mb"):
+        run(share_memory_mb=-1.0)

@@ -88,7 +88,10 @@ class CppSubnetEvaluator:
     Same constructor options and results as :class:`TorchSubnetEvaluator`, plus ``num_threads``
     (threads of the C++ evaluator), ``recalibrate`` (False keeps the supernet's BN statistics) and
     ``share_prefixes``: subnets scored together at the same resolution compute their stem and
-    identical leading blocks once (False computes every subnet from the images, for comparison).
+    identical leading blocks once (False computes every subnet from the images, for comparison),
+    keeping at most ``share_memory_mb`` MiB of those activations (shallowest prefixes first; the
+    rest is computed per subnet). Sharing is what makes a population run fast; it costs memory
+    in proportion to the images scored (about 0.4 GiB for 64 subnets on 2,000 + 2,000 images).
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class CppSubnetEvaluator:
         num_threads: int = 1,
         recalibrate: bool = True,
         share_prefixes: bool = True,
+        share_memory_mb: float = 1024.0,
     ) -> None:
         if not have_cpp_evaluator():
             raise RuntimeError("codesign._kernels was not compiled with the subnet evaluator: pip install . builds it")
@@ -110,6 +114,8 @@ class CppSubnetEvaluator:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
         if calibration_batch_size < 1:
             raise ValueError(f"calibration_batch_size must be >= 1, got {calibration_batch_size}")
+        if not share_memory_mb >= 0:
+            raise ValueError(f"share_memory_mb must be >= 0, got {share_memory_mb}")
         self.supernet = supernet
         self.space = supernet.space
         self.splits = splits
@@ -119,6 +125,7 @@ class CppSubnetEvaluator:
         self.num_threads = num_threads
         self.recalibrate = recalibrate
         self.share_prefixes = share_prefixes
+        self.share_memory_mb = share_memory_mb
         target: ImageDataset = getattr(splits, split)
         self._target = target.head(max_images) if max_images else target
         self._calibration = splits.train.head(calibration_images)
@@ -174,6 +181,7 @@ class CppSubnetEvaluator:
             num_threads=self.num_threads,
             return_logits=return_logits,
             share_prefixes=self.share_prefixes,
+            share_memory_mb=self.share_memory_mb,
         )
         return np.asarray(counts, dtype=np.int64), logits
 
