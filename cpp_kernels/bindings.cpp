@@ -265,7 +265,8 @@ PYBIND11_MODULE(_kernels, m) {
            "Evaluate subnets: images and calibration map resolution -> NCHW float32 arrays. With calibration, "
            "BN statistics are recalibrated per subnet (torch train-mode BN, cumulative average over batches). "
            "With share_prefixes, plans at the same resolution compute their stem and identical leading blocks "
-           "once, keeping at most share_memory_mb MiB of their activations for the run. Returns (top-1 hits per plan as int64 array, list of (N, classes) logits or None), plus with "
+           "once, keeping at most share_memory_mb MiB of their activations for the run. Returns (top-1 hits per "
+           "plan as int64 array, list of (N, classes) logits or None), plus with "
            "return_sharing the leading blocks each plan took from a shared prefix (0: stem only, -1: none).")
       .def(
           "prepare",
