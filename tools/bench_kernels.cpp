@@ -1,29 +1,15 @@
 // Microbenchmark of the C++ evaluator's AVX2 kernels on the default space's layer shapes (one
 // thread, 8 images per call as the evaluator runs them). Built and run by tools/bench_kernels.sh,
-// which includes the kernels of this checkout and, optionally, of an earlier commit for comparison.
+// which compiles in cpp_kernels/evaluator.cpp of this checkout and, optionally, of an earlier commit.
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <vector>
 
-typedef float V8 __attribute__((vector_size(32)));
-typedef int32_t V8I __attribute__((vector_size(32)));
-enum class Act { kNone, kReLU, kReLU6, kHSwish };
-struct KernelTable {
-  void (*pointwise)(const float*, int64_t, int64_t, int64_t, const float*, int64_t, const float*, Act, const float*,
-                    float*, const float*, double*, double*);
-  void (*depthwise)(const float*, int64_t, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, Act,
-                    float*, int64_t, int64_t);
-  void (*stem)(const float*, int64_t, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, const float*,
-               Act, float*, int64_t, int64_t);
-  void (*bn_apply)(float*, int64_t, int64_t, const float*, const float*, Act, const float*);
-  void (*channel_stats)(const float*, int64_t, int64_t, const float*, double*, double*);
-};
-#define CODESIGN_UNROLL _Pragma("GCC unroll 8")
-#pragma GCC target("avx2,fma")
-namespace isa {
-#include KERNELS
-}
+#include EVALUATOR  // the evaluator's own translation unit: its kernel tables and types, no copies here
+
+using codesign::eval::Act;
+namespace isa = codesign::eval::isa_avx2;
 
 template <class F>
 static double seconds_per_call(F f, double work) {

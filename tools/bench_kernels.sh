@@ -7,13 +7,16 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-build() {  # $1: kernels file, $2: binary
-  g++ -O3 -std=c++17 -Wno-psabi -DKERNELS="\"$1\"" "$root/tools/bench_kernels.cpp" -o "$2"
+build() {  # $1: folder holding evaluator.cpp, evaluator.h and evaluator_kernels.inc, $2: binary
+  g++ -O3 -std=c++17 -Wno-psabi -DEVALUATOR="\"$1/evaluator.cpp\"" "$root/tools/bench_kernels.cpp" -o "$2"
 }
-build "$root/cpp_kernels/evaluator_kernels.inc" "$work/current"
+build "$root/cpp_kernels" "$work/current"
 if [ $# -ge 1 ]; then
-  git -C "$root" show "$1:cpp_kernels/evaluator_kernels.inc" > "$work/old_kernels.inc"
-  build "$work/old_kernels.inc" "$work/old"
+  mkdir "$work/old_src"
+  for f in evaluator.cpp evaluator.h evaluator_kernels.inc; do
+    git -C "$root" show "$1:cpp_kernels/$f" > "$work/old_src/$f"
+  done
+  build "$work/old_src" "$work/old"
   echo "== kernels of $1"
   "$work/old" | tee "$work/old.txt"
 fi
