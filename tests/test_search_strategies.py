@@ -17,11 +17,11 @@ from codesign.testing import synthetic_accuracy_predictor, synthetic_profile
 STRATEGIES = ["random", "evolution", "nsga2"]
 
 
-@pytest.fixture(scope="module")
-def parts(tiny_space):
+@pytest.fixture(scope="module", params=["fastest", "evolve"])
+def parts(tiny_space, request):
     model = LatencyModel.from_profile(synthetic_profile(tiny_space))
     predictor = synthetic_accuracy_predictor(tiny_space, samples=48)
-    encoding = SearchEncoding(tiny_space, model)
+    encoding = SearchEncoding(tiny_space, model, schedules=request.param)
     median = float(np.median(model.predict(encoding.sample(np.random.default_rng(0), 2000))))
     return encoding, model, predictor, median
 
@@ -127,3 +127,50 @@ def test_pareto_ranks_and_hypervolume():
     assert ranks[2] > max(ranks[[0, 1, 3, 4]])
     assert hypervolume(np.array([0.5]), np.array([1.0]), reference_latency=2.0) == pytest.approx(0.5)
     assert hypervolume(acc, lat, reference_latency=3.0) == pytest.approx(0.8 * 0.5 + 0.85 * 0.5 + 0.9 * 1.0)
+
+
+def test_fastest_schedules_are_the_optimum_of_every_vector_the_search_makes(tiny_space):
+    model = LatencyModel.from_profile(synthetic_profile(tiny_space))
+    assert (model.candidate_counts > 1).any()
+    encoding = SearchEncoding(tiny_space, model, schedules="fastest")
+    rng = np.random.default_rng(0)
+    sampled = encoding.sample(rng, 64)
+    made = {
+        "sample": sampled,
+        "mutate": encoding.mutate(sampled, rng, 0.2),
+        "crossover": encoding.crossover(sampled, sampled[::-1], rng),
+    }
+    arch = encoding.arch_length
+    for how, vectors in made.items():
+        np.testing.assert_array_equal(vectors[:, arch:], model.fastest_schedule_genes(vectors), err_msg=how)
+        best = model.predict(vectors)
+        # no single schedule gene changed to any other candidate makes a vector faster
+        for p in range(model.num_positions):
+            for c in range(int(model.candidate_counts[p])):
+                other = vectors.copy()
+                other[:, arch + p] = c
+                assert (model.predict(other) >= best - 1e-12).all(), (how, p, c)
+    # and random schedule genes on the same architectures are never faster
+    evolved = SearchEncoding(tiny_space, model, schedules="evolve").sample(rng, 64)
+    evolved_fastest = encoding.complete(evolved.copy())
+    assert (model.predict(evolved_fastest) <= model.predict(evolved) + 1e-12).all()
+    assert (model.predict(evolved_fastest) < model.predict(evolved)).any()
+
+
+def test_schedule_modes_are_validated_and_kept_apart_on_resume(tiny_space, tmp_path):
+    model = LatencyModel.from_profile(synthetic_profile(tiny_space))
+    with pytest.raises(ValueError, match="schedules must be one of"):
+        SearchEncoding(tiny_space, model, schedules="joint")  # type: ignore[arg-type]
+    default = SearchEncoding(tiny_space, model, schedules="default")
+    assert (default.sample(np.random.default_rng(0), 8)[:, default.arch_length :] == 0).all()
+    predictor = synthetic_accuracy_predictor(tiny_space, samples=48)
+    ckpt = tmp_path / "checkpoint.json"
+
+    def run(mode, generations, resume):
+        problem = SearchProblem(SearchEncoding(tiny_space, model, schedules=mode), model, predictor, Budget(1e3))
+        strategy = create_strategy("evolution", population_size=8)
+        return run_search(problem, strategy, generations=generations, seed=0, checkpoint=ckpt, resume=resume)
+
+    run("fastest", 2, False)
+    with pytest.raises(CodesignError, match="other settings"):
+        run("evolve", 3, True)

@@ -38,7 +38,8 @@ class SearchCommand(Command):
     summary = "find the most accurate subnet within a latency budget on a measured device (joint search)"
     description = (
         "Search architecture (depth, kernel, expand ratio, resolution), per-layer pruning ratios and the\n"
-        "TVM schedule of every layer together. Latency comes from the device's measured profile (kernel\n"
+        "TVM schedule of every layer together (each candidate's kernels at their fastest measured\n"
+        "schedules for its shapes, see --schedules). Latency comes from the device's measured profile (kernel\n"
         "tables + calibrated whole-model correction), accuracy from a predictor trained on subnets\n"
         "evaluated with inherited weights. The most promising points of the resulting front are then\n"
         "evaluated for real and the best one is recommended. Writes front.json, recommended.json (a\n"
@@ -53,6 +54,7 @@ class SearchCommand(Command):
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from codesign.search.encoding import SCHEDULE_MODES
         from codesign.search.strategies import available_strategies
 
         parser.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory")
@@ -71,9 +73,11 @@ class SearchCommand(Command):
         parser.add_argument("--generations", type=int, default=200)
         parser.add_argument(
             "--schedules",
-            choices=("joint", "default"),
-            default="joint",
-            help="search schedules jointly (default) or keep TVM's default schedule for every layer",
+            choices=SCHEDULE_MODES,
+            default="fastest",
+            help="fastest (default): every kernel of every candidate at its fastest profiled schedule for its "
+            "shapes, the exact optimum for each architecture and pruning; evolve: search schedule genes like "
+            "the others; default: TVM's default schedule for every kernel",
         )
         parser.add_argument("--finalists", type=int, default=8, help="front points evaluated for real (default: 8)")
         parser.add_argument("--evaluator", choices=("auto", "cpp", "torch"), default="auto")
@@ -128,7 +132,7 @@ class SearchCommand(Command):
             max_params=args.max_params,
             max_memory_bytes=int(args.max_memory_mb * 2**20) if args.max_memory_mb else None,
         )
-        encoding = SearchEncoding(space, latency_model, search_schedules=args.schedules == "joint")
+        encoding = SearchEncoding(space, latency_model, schedules=args.schedules)
         problem = SearchProblem(encoding, latency_model, predictor, budget)
         fastest, _ = problem.fastest_reachable(seed=args.seed)
         if fastest > budget.latency_ms:

@@ -212,14 +212,24 @@ class LatencyModel:
         latency, active = self.layer_latencies(self.vectors(list(genomes)))
         return latency.sum(axis=1), active.sum(axis=1)
 
+    def fastest_schedule_genes(self, vectors: np.ndarray) -> np.ndarray:
+        """``(N, positions)`` schedule genes putting every kernel of each vector at its fastest candidate.
+
+        Predicted latency is a non-negatively weighted sum over kernels, so for given architecture and
+        pruning genes these genes are the exact optimum of the schedule genes.
+        """
+        ids = self.positions.workload_ids_by_position(np.asarray(vectors, dtype=np.int64))
+        genes = np.empty_like(ids)
+        for count in np.unique(self.candidate_counts):
+            best = np.argmin(self.table[:, :count], axis=1)
+            rows = self.candidate_counts == count
+            genes[rows] = best[ids[rows]]
+        return np.ascontiguousarray(genes.T)
+
     def fastest_schedules(self, genome: Genome) -> Genome:
         """``genome`` with every kernel's schedule set to its fastest candidate in the profile."""
-        v = self.vectors([genome])
-        ids = self.positions.workload_ids(v)[0]
-        genes = [0] * self.num_positions
-        for p, w in enumerate(ids):
-            genes[p] = int(np.argmin(self.table[w, : self.candidate_counts[p]]))
-        return Genome(**{**_fields(genome), "schedules": tuple(genes)})
+        genes = self.fastest_schedule_genes(self.vectors([genome]))[0]
+        return Genome(**{**_fields(genome), "schedules": tuple(int(g) for g in genes)})
 
     def explain(self, genome: Genome) -> dict[str, Any]:
         """Per-kernel contributions to ``genome``'s predicted latency, plus the calibration terms."""

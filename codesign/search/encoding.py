@@ -5,17 +5,31 @@ pruning ratio, per-stage width pruning ratio (the space's genome vector), then o
 kernel position (an index into that position's kernel-family candidates in the hardware profile).
 Every column has a fixed number of choices, so sampling, mutation and crossover are array
 operations over whole populations.
+
+How schedule genes are chosen (``schedules``):
+
+- ``"fastest"`` (default): every candidate's kernels get their fastest profiled schedule for the
+  shapes its architecture and pruning genes give them. The latency model is a non-negatively
+  weighted sum over kernels, so this is the exact optimum of the schedule genes for every
+  candidate, and the search spends its evaluations on architecture and pruning only, each judged
+  at its best compiled latency (the coupling of tiling and channel counts included).
+- ``"evolve"``: schedule genes are drawn, mutated and crossed over like every other gene.
+- ``"default"``: every kernel keeps TVM's default lowering (candidate 0).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Literal, get_args
 
 import numpy as np
 
 from codesign.latency.model import LatencyModel
 from codesign.latency.positions import choice_counts
 from codesign.space import Genome, SearchSpace
+
+ScheduleMode = Literal["fastest", "evolve", "default"]
+SCHEDULE_MODES: tuple[str, ...] = get_args(ScheduleMode)
 
 
 class SearchEncoding:
@@ -26,15 +40,17 @@ class SearchEncoding:
         space: SearchSpace,
         latency_model: LatencyModel,
         *,
-        search_schedules: bool = True,
+        schedules: ScheduleMode = "fastest",
         search_pruning: bool = True,
     ) -> None:
+        if schedules not in SCHEDULE_MODES:
+            raise ValueError(f"schedules must be one of {', '.join(SCHEDULE_MODES)}; got {schedules!r}")
         self.space = space
         self.latency_model = latency_model
         self.positions = latency_model.positions
         self.arch_length = self.positions.arch_length
         schedule_counts = (
-            latency_model.candidate_counts if search_schedules else np.ones_like(latency_model.candidate_counts)
+            np.ones_like(latency_model.candidate_counts) if schedules == "default" else latency_model.candidate_counts
         )
         arch_counts = np.asarray(self.positions.counts, np.int64)
         if not search_pruning:  # pruning genes pinned to each knob's first choice
@@ -42,32 +58,43 @@ class SearchEncoding:
             arch_counts[1 + n_s + 2 * n_b : 1 + n_s + 3 * n_b] = 1
             arch_counts[1 + n_s + 3 * n_b :] = 1
         self.counts = np.concatenate([arch_counts, schedule_counts]).astype(np.int64)
-        self.search_schedules = search_schedules
+        self.schedules: ScheduleMode = schedules
         self.search_pruning = search_pruning
+        # the columns a search draws: with "fastest" the schedule genes follow from the others
+        drawn = self.counts > 1
+        if schedules == "fastest":
+            drawn[self.arch_length :] = False
+        self._drawn = np.flatnonzero(drawn) if drawn.any() else np.arange(self.length)
 
     @property
     def length(self) -> int:
         """Columns of a vector."""
         return int(self.counts.size)
 
+    def complete(self, vectors: np.ndarray) -> np.ndarray:
+        """``vectors`` with their schedule genes set as the mode says (in place for "fastest"; returned)."""
+        if self.schedules == "fastest" and len(vectors):
+            vectors[:, self.arch_length :] = self.latency_model.fastest_schedule_genes(vectors)
+        return vectors
+
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """``n`` vectors drawn uniformly, every column independently."""
-        return (rng.random((n, self.length)) * self.counts[None, :]).astype(np.int64)
+        """``n`` vectors drawn uniformly, every column independently (then :meth:`complete`)."""
+        return self.complete((rng.random((n, self.length)) * self.counts[None, :]).astype(np.int64))
 
     def mutate(self, vectors: np.ndarray, rng: np.random.Generator, probability: float) -> np.ndarray:
-        """Each gene re-drawn uniformly with ``probability`` (at least one gene per row changes)."""
+        """Each gene re-drawn uniformly with ``probability``; at least one drawn (searched) gene per row changes."""
         v = vectors.copy()
         mask = rng.random(v.shape) < probability
-        forced = rng.integers(0, self.length, size=len(v))
+        forced = self._drawn[rng.integers(0, len(self._drawn), size=len(v))]
         mask[np.arange(len(v)), forced] = True
         fresh = (rng.random(v.shape) * self.counts[None, :]).astype(np.int64)
         v[mask] = fresh[mask]
-        return v
+        return self.complete(v)
 
     def crossover(self, first: np.ndarray, second: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Uniform crossover of two parent arrays (row ``i`` of each)."""
+        """Uniform crossover of two parent arrays (row ``i`` of each), then :meth:`complete`."""
         take = rng.random(first.shape) < 0.5
-        return np.where(take, first, second)
+        return self.complete(np.where(take, first, second))
 
     def to_genome(self, vector: np.ndarray) -> Genome:
         """The canonical :class:`Genome` of one vector (schedule genes kept)."""

@@ -121,21 +121,19 @@ class SearchProblem:
         return Scores(accuracy, latency, params, memory, violation)
 
     def fastest_reachable(self, *, samples: int = 20000, seed: int = 0) -> tuple[float, np.ndarray]:
-        """The lowest predicted latency found (smallest subnet and random subnets, fastest schedules)."""
+        """The lowest predicted latency found: the smallest and random subnets, at their fastest schedules (TVM's
+        default ones when the encoding keeps those)."""
         from codesign.space import Genome
 
         model = self.latency_model
         space = self.encoding.space
         rng = np.random.default_rng(seed)
-        candidates = [model.fastest_schedules(Genome.smallest(space))]
-        vectors = self.encoding.sample(rng, samples)
-        vectors = np.concatenate([self.encoding.from_genomes(candidates), vectors])
-        # every kernel at its fastest candidate, vectorized: best schedule per workload
-        ids = model.positions.workload_ids(vectors)
-        counts = model.candidate_counts
-        genes = np.minimum(np.argmin(model.table, axis=1)[ids], counts[None, :] - 1)
-        if self.encoding.search_schedules:
-            vectors[:, model.arch_length :] = genes
+        vectors = np.concatenate(
+            [self.encoding.from_genomes([Genome.smallest(space)]), self.encoding.sample(rng, samples)]
+        )
+        # every kernel at its fastest candidate, unless the search keeps TVM's default schedules
+        default = self.encoding.schedules == "default"
+        vectors[:, model.arch_length :] = 0 if default else model.fastest_schedule_genes(vectors)
         scores = self.score(vectors)
         ok = (scores.params <= (self.budget.max_params or np.inf)) & (
             scores.memory_bytes <= (self.budget.max_memory_bytes or np.inf)

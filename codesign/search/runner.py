@@ -86,6 +86,7 @@ def run_search(
             "max_memory_bytes": problem.budget.max_memory_bytes,
         },
         "columns": problem.encoding.counts.tolist(),
+        "schedules": problem.encoding.schedules,
     }
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
