@@ -15,6 +15,7 @@ machine needs the NVIDIA driver, not nvcc or NVRTC.
     from codesign.runtime import CompiledModel            # or: from runtime import CompiledModel
     model = CompiledModel("model_tvm.so", device="cpu")   # or device="cuda"
     logits = model(images)                                # (1, C, H, W) float32 -> (1, classes)
+    model.main(model.to_device(images))                   # the same without the copies (a tensor out)
     times_ms = model.time(images, repeat=20)              # median, spread: statistics.median(times_ms)
 """
 
@@ -192,10 +193,12 @@ class CompiledModel:
             init += [_DEVICE_TYPES["cpu"], 0, POOLED_ALLOCATOR]
         self.vm["vm_initialization"](*init)
         self.to_device = DeviceTensors(self.tvm_ffi, device)
+        # looked up once: a VM function lookup costs about 12 us, 4% of a 0.3 ms model, on every call
+        self.main = self.vm["main"]
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Logits for ``images`` (the batch size the library was compiled for)."""
-        out = self.vm["main"](self.to_device(np.asarray(images, dtype=np.float32)))
+        out = self.main(self.to_device(np.asarray(images, dtype=np.float32)))
         if not hasattr(out, "shape") and len(out) > 0:
             out = out[0]
         return tensor_to_numpy(out)

@@ -82,7 +82,7 @@ def _engines(artifact: Path, threads: int) -> dict[str, Any]:
     return {
         "manifest": manifest,
         "x": x,
-        "tvm": lambda: tvm_model.vm["main"](x_tvm),
+        "tvm": lambda: tvm_model.main(x_tvm),
         "tvm_evaluator": lambda repeat: tvm_model.time(x, repeat=repeat, min_repeat_ms=50),
         "onnxruntime": lambda: session.run(None, {name: x}),
         "torch": run_torch,

@@ -297,7 +297,7 @@ class Measurer:
                     self.to_device.synchronize()
                     start = time.perf_counter()
                     for i in range(10):
-                        compiled.vm["main"](device_inputs[(rotation + i) % len(device_inputs)])
+                        compiled.main(device_inputs[(rotation + i) % len(device_inputs)])
                     self.to_device.synchronize()
                     samples.append((time.perf_counter() - start) * 100.0)
                 return samples
