@@ -139,6 +139,9 @@ def test_fastest_schedules_are_the_optimum_of_every_vector_the_search_makes(tiny
         "sample": sampled,
         "mutate": encoding.mutate(sampled, rng, 0.2),
         "crossover": encoding.crossover(sampled, sampled[::-1], rng),
+        "offspring": encoding.offspring(
+            sampled, sampled[::-1], rng, crossover_probability=0.5, mutation_probability=0.2
+        ),
     }
     arch = encoding.arch_length
     for how, vectors in made.items():

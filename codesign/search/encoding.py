@@ -83,18 +83,42 @@ class SearchEncoding:
 
     def mutate(self, vectors: np.ndarray, rng: np.random.Generator, probability: float) -> np.ndarray:
         """Each gene re-drawn uniformly with ``probability``; at least one drawn (searched) gene per row changes."""
+        return self.complete(self._mutated(vectors, rng, probability))
+
+    def crossover(self, first: np.ndarray, second: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Uniform crossover of two parent arrays (row ``i`` of each), then :meth:`complete`."""
+        return self.complete(self._crossed(first, second, rng))
+
+    def offspring(
+        self,
+        first: np.ndarray,
+        second: np.ndarray,
+        rng: np.random.Generator,
+        *,
+        crossover_probability: float,
+        mutation_probability: float,
+    ) -> np.ndarray:
+        """Children of parent rows: with ``crossover_probability`` a crossover of both, else ``first``; mutated.
+
+        The same as :meth:`crossover`, choosing rows, then :meth:`mutate`, with :meth:`complete` done once.
+        """
+        crossed = self._crossed(first, second, rng)
+        use_cross = rng.random(len(first)) < crossover_probability
+        parents = np.where(use_cross[:, None], crossed, first)
+        return self.complete(self._mutated(parents, rng, mutation_probability))
+
+    def _crossed(self, first: np.ndarray, second: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        take = rng.random(first.shape) < 0.5
+        return np.where(take, first, second)
+
+    def _mutated(self, vectors: np.ndarray, rng: np.random.Generator, probability: float) -> np.ndarray:
         v = vectors.copy()
         mask = rng.random(v.shape) < probability
         forced = self._drawn[rng.integers(0, len(self._drawn), size=len(v))]
         mask[np.arange(len(v)), forced] = True
         fresh = (rng.random(v.shape) * self.counts[None, :]).astype(np.int64)
         v[mask] = fresh[mask]
-        return self.complete(v)
-
-    def crossover(self, first: np.ndarray, second: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Uniform crossover of two parent arrays (row ``i`` of each), then :meth:`complete`."""
-        take = rng.random(first.shape) < 0.5
-        return self.complete(np.where(take, first, second))
+        return v
 
     def to_genome(self, vector: np.ndarray) -> Genome:
         """The canonical :class:`Genome` of one vector (schedule genes kept)."""

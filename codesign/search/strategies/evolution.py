@@ -62,9 +62,13 @@ class AgingEvolution(SearchStrategy):
         budget = problem.budget.latency_ms
         first = population.vectors[self._parents(population.scores, budget, rng, n)]
         second = population.vectors[self._parents(population.scores, budget, rng, n)]
-        crossed = problem.encoding.crossover(first, second, rng)
-        use_cross = rng.random(n) < self.crossover_probability
-        children = problem.encoding.mutate(np.where(use_cross[:, None], crossed, first), rng, self.mutation_probability)
+        children = problem.encoding.offspring(
+            first,
+            second,
+            rng,
+            crossover_probability=self.crossover_probability,
+            mutation_probability=self.mutation_probability,
+        )
         scores = problem.score(children)
         keep = len(population.vectors) + n - self.population_size
         vectors = np.concatenate([population.vectors, children])[keep:]

@@ -44,9 +44,13 @@ class NSGA2(SearchStrategy):
         ranks, crowding = _rank_and_crowding(population.scores)
         first = population.vectors[self._tournament(ranks, crowding, rng, n)]
         second = population.vectors[self._tournament(ranks, crowding, rng, n)]
-        crossed = problem.encoding.crossover(first, second, rng)
-        use_cross = rng.random(n) < self.crossover_probability
-        children = problem.encoding.mutate(np.where(use_cross[:, None], crossed, first), rng, self.mutation_probability)
+        children = problem.encoding.offspring(
+            first,
+            second,
+            rng,
+            crossover_probability=self.crossover_probability,
+            mutation_probability=self.mutation_probability,
+        )
         merged_vectors = np.concatenate([population.vectors, children])
         merged = Scores.concatenate([population.scores, problem.score(children)])
         ranks, crowding = _rank_and_crowding(merged)
