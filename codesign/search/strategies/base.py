@@ -58,6 +58,23 @@ class SearchStrategy(ABC):
         vectors = problem.encoding.sample(rng, self.population_size)
         return Population(vectors, problem.score(vectors))
 
+    def children(
+        self,
+        problem: SearchProblem,
+        first: np.ndarray,
+        second: np.ndarray,
+        rng: np.random.Generator,
+        crossover_probability: float,
+    ) -> np.ndarray:
+        """Children of parent rows at this strategy's mutation probability (see ``SearchEncoding.offspring``)."""
+        return problem.encoding.offspring(
+            first,
+            second,
+            rng,
+            crossover_probability=crossover_probability,
+            mutation_probability=self.mutation_probability,
+        )
+
     @abstractmethod
     def step(self, problem: SearchProblem, population: Population, rng: np.random.Generator) -> Population:
         """The next generation (scores every new candidate through ``problem``)."""

@@ -62,13 +62,7 @@ class AgingEvolution(SearchStrategy):
         budget = problem.budget.latency_ms
         first = population.vectors[self._parents(population.scores, budget, rng, n)]
         second = population.vectors[self._parents(population.scores, budget, rng, n)]
-        children = problem.encoding.offspring(
-            first,
-            second,
-            rng,
-            crossover_probability=self.crossover_probability,
-            mutation_probability=self.mutation_probability,
-        )
+        children = self.children(problem, first, second, rng, self.crossover_probability)
         scores = problem.score(children)
         keep = len(population.vectors) + n - self.population_size
         vectors = np.concatenate([population.vectors, children])[keep:]

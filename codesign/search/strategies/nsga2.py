@@ -44,13 +44,7 @@ class NSGA2(SearchStrategy):
         ranks, crowding = _rank_and_crowding(population.scores)
         first = population.vectors[self._tournament(ranks, crowding, rng, n)]
         second = population.vectors[self._tournament(ranks, crowding, rng, n)]
-        children = problem.encoding.offspring(
-            first,
-            second,
-            rng,
-            crossover_probability=self.crossover_probability,
-            mutation_probability=self.mutation_probability,
-        )
+        children = self.children(problem, first, second, rng, self.crossover_probability)
         merged_vectors = np.concatenate([population.vectors, children])
         merged = Scores.concatenate([population.scores, problem.score(children)])
         ranks, crowding = _rank_and_crowding(merged)
