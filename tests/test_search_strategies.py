@@ -14,7 +14,14 @@ from codesign.search.runner import run_search
 from codesign.search.strategies import available_strategies, create_strategy
 from codesign.testing import synthetic_accuracy_predictor, synthetic_profile
 
-STRATEGIES = ["random", "evolution", "nsga2"]
+# registered name, or "name:selection" for aging evolution's other parent selections
+STRATEGIES = ["random", "evolution", "evolution:spread-budgets", "evolution:budget", "nsga2"]
+
+
+def make_strategy(case, **kwargs):
+    """The strategy of a STRATEGIES entry."""
+    name, _, selection = case.partition(":")
+    return create_strategy(name, **kwargs, **({"selection": selection} if selection else {}))
 
 
 @pytest.fixture(scope="module", params=["fastest", "evolve"])
@@ -32,7 +39,7 @@ def make_problem(parts, **budget):
 
 
 def test_every_registered_strategy_is_tested():
-    assert set(available_strategies()) == set(STRATEGIES)
+    assert set(available_strategies()) == {case.partition(":")[0] for case in STRATEGIES}
     with pytest.raises(CodesignError, match="unknown search strategy"):
         create_strategy("annealing")
 
@@ -40,22 +47,22 @@ def test_every_registered_strategy_is_tested():
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_seeded_runs_are_identical(parts, name):
     runs = [
-        run_search(make_problem(parts), create_strategy(name, population_size=16), generations=6, seed=3)
+        run_search(make_problem(parts), make_strategy(name, population_size=16), generations=6, seed=3)
         for _ in range(2)
     ]
     np.testing.assert_array_equal(runs[0].archive.vectors, runs[1].archive.vectors)
-    other = run_search(make_problem(parts), create_strategy(name, population_size=16), generations=6, seed=4)
+    other = run_search(make_problem(parts), make_strategy(name, population_size=16), generations=6, seed=4)
     assert not np.array_equal(other.archive.vectors, runs[0].archive.vectors)
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_archive_respects_every_budget(parts, name):
     problem = make_problem(parts, max_params=20000)
-    out = run_search(problem, create_strategy(name, population_size=16), generations=8, seed=0)
+    out = run_search(problem, make_strategy(name, population_size=16), generations=8, seed=0)
     assert len(out.archive.vectors) > 0
     rescored = problem.score(out.archive.vectors)
     assert (rescored.latency_ms <= problem.budget.latency_ms).all() and (rescored.params <= 20000).all()
-    assert out.scored == 16 * 8 if name != "evolution" else out.scored == 16 + 8 * 7
+    assert out.scored == 16 * 8 if not name.startswith("evolution") else out.scored == 16 + 8 * 7
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
@@ -71,7 +78,7 @@ def test_archive_is_the_pareto_front_of_everything_scored(parts, name, monkeypat
         return scores
 
     monkeypatch.setattr(problem, "score", recording)
-    out = run_search(problem, create_strategy(name, population_size=16), generations=6, seed=1)
+    out = run_search(problem, make_strategy(name, population_size=16), generations=6, seed=1)
     acc = np.concatenate([s.accuracy for s in seen_scores])
     lat = np.concatenate([s.latency_ms for s in seen_scores])
     feasible = np.concatenate([s.feasible for s in seen_scores])
@@ -86,12 +93,12 @@ def test_archive_is_the_pareto_front_of_everything_scored(parts, name, monkeypat
 
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_resume_reaches_the_uninterrupted_result(parts, name, tmp_path):
-    full = run_search(make_problem(parts), create_strategy(name, population_size=12), generations=8, seed=5)
+    full = run_search(make_problem(parts), make_strategy(name, population_size=12), generations=8, seed=5)
     ckpt = tmp_path / "checkpoint.json"
-    run_search(make_problem(parts), create_strategy(name, population_size=12), generations=3, seed=5, checkpoint=ckpt)
+    run_search(make_problem(parts), make_strategy(name, population_size=12), generations=3, seed=5, checkpoint=ckpt)
     resumed = run_search(
         make_problem(parts),
-        create_strategy(name, population_size=12),
+        make_strategy(name, population_size=12),
         generations=8,
         seed=5,
         checkpoint=ckpt,
@@ -104,12 +111,31 @@ def test_resume_reaches_the_uninterrupted_result(parts, name, tmp_path):
     with pytest.raises(CodesignError, match="other settings"):
         run_search(
             make_problem(parts),
-            create_strategy(name, population_size=13),
+            make_strategy(name, population_size=13),
             generations=9,
             seed=5,
             checkpoint=ckpt,
             resume=True,
         )
+
+
+def test_pareto_selection_picks_undominated_parents(parts):
+    problem = make_problem(parts)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="selection must be one of"):
+        create_strategy("evolution", selection="fitness")
+    everyone = create_strategy("evolution", population_size=24, tournament_size=24)
+    population = everyone.initialize(problem, rng)
+    s = population.scores
+    ranks = non_dominated_ranks(s.accuracy, s.latency_ms, s.violation)
+    assert (ranks > 0).any()
+    # a tournament of the whole population is won by a member of the first front
+    assert (ranks[everyone._parents(s, problem.budget.latency_ms, rng, 32)] == 0).all()
+    # in pairs, the winner is never on a worse front than the loser
+    pairs = create_strategy("evolution", population_size=24, tournament_size=2)
+    entrants = np.random.default_rng(1).integers(0, 24, size=(200, 2))
+    winners = pairs._parents(s, problem.budget.latency_ms, np.random.default_rng(1), 200)
+    assert (ranks[winners] <= ranks[entrants].min(axis=1)).all()
 
 
 def test_infeasible_budget_reports_the_fastest_reachable(parts):

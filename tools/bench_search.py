@@ -9,7 +9,8 @@ real (inherited weights, BN recalibration, validation split) and the hypervolume
 front (accuracy vs predicted latency, reference = 0 accuracy at the budget) is compared. All of
 them put every kernel at its fastest schedule (``--schedules fastest``, the search's default);
 aging evolution is run once more evolving the schedule genes like the others (``evolve``), to
-show what that default buys at the same number of scored candidates.
+show what that default buys at the same number of scored candidates, and once with its earlier
+parent selection (``selection="spread-budgets"``) next to the default Pareto-rank tournaments.
 
     python tools/bench_search.py --threads 2
 
@@ -91,12 +92,17 @@ def main() -> int:
         population = 50
         evolve_encoding = SearchEncoding(model.space, model, schedules="evolve")
         evolve_problem = SearchProblem(evolve_encoding, model, predictor, Budget(latency_ms=budget))
-        runs = [("random", problem), ("evolution", problem), ("nsga2", problem), ("evolution", evolve_problem)]
-        for name, run_problem in runs:
-            strategy = create_strategy(name, population_size=population)
+        runs = [
+            ("random", "random", problem, {}),
+            ("evolution", "evolution", problem, {}),
+            ("nsga2", "nsga2", problem, {}),
+            ("evolution/evolve", "evolution", evolve_problem, {}),
+            ("evolution/spread", "evolution", problem, {"selection": "spread-budgets"}),
+        ]
+        for label, name, run_problem, knobs in runs:
+            strategy = create_strategy(name, population_size=population, **knobs)
             per_generation = strategy.offspring if name == "evolution" else population
             generations = 1 + (args.scored - population) // per_generation
-            label = name if run_problem is problem else f"{name}/evolve"
             for seed in range(args.seeds):
                 run_problem.scored = 0
                 out = run_search(run_problem, strategy, generations=generations, seed=seed)
@@ -120,12 +126,16 @@ def main() -> int:
                 f"{name:16s}: mean real hypervolume {np.mean(values):.5f} ({np.mean(values) / base:.3f}x random), "
                 f"beats random on {wins}/{len(values)} seeds"
             )
-        fastest, evolved = table["evolution"], table["evolution/evolve"]
-        wins = sum(f > e for f, e in zip(fastest, evolved, strict=True))
-        print(
-            f"fastest vs evolved schedule genes (aging evolution): {np.mean(fastest) / np.mean(evolved):.3f}x "
-            f"hypervolume, higher on {wins}/{len(fastest)} seeds"
-        )
+        for other, what in (
+            ("evolution/evolve", "fastest vs evolved schedule genes"),
+            ("evolution/spread", "Pareto-rank vs spread-budget parent selection"),
+        ):
+            ours, theirs = table["evolution"], table[other]
+            wins = sum(f > e for f, e in zip(ours, theirs, strict=True))
+            print(
+                f"{what} (aging evolution): {np.mean(ours) / np.mean(theirs):.3f}x "
+                f"hypervolume, higher on {wins}/{len(ours)} seeds"
+            )
     print(f"RESULT search scored_per_s={scored_per_s:.0f} evolution_s={evolution_s:.3f}")
     return 0
 

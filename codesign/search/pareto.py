@@ -58,6 +58,18 @@ def crowding_distance(accuracy: np.ndarray, latency: np.ndarray) -> np.ndarray:
     return distance
 
 
+def rank_and_crowding(
+    accuracy: np.ndarray, latency: np.ndarray, violation: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """NSGA-II's selection keys: the front index of every candidate and its crowding distance within that front."""
+    ranks = non_dominated_ranks(accuracy, latency, violation)
+    crowding = np.zeros(len(ranks))
+    for r in np.unique(ranks):
+        members = np.flatnonzero(ranks == r)
+        crowding[members] = crowding_distance(np.asarray(accuracy)[members], np.asarray(latency)[members])
+    return ranks, crowding
+
+
 def pareto_mask(accuracy: np.ndarray, latency: np.ndarray) -> np.ndarray:
     """Candidates no other candidate dominates."""
     return ~dominates_matrix(accuracy, latency).any(axis=0)

@@ -2,27 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
+from codesign.search.pareto import rank_and_crowding
 from codesign.search.problem import Scores, SearchProblem
 from codesign.search.strategies.base import Population, SearchStrategy, constrained_fitness
 from codesign.search.strategies.registry import register_strategy
+
+Selection = Literal["pareto", "spread-budgets", "budget"]
+SELECTIONS: tuple[str, ...] = get_args(Selection)
 
 
 @register_strategy
 class AgingEvolution(SearchStrategy):
     """Real et al.'s regularized evolution with ``offspring`` children per generation.
 
-    Parents are tournament winners (``tournament_size`` sampled members, best constrained fitness:
-    accuracy when within budget, the smallest budget violation otherwise). With
-    ``spread_budgets`` (the default) each tournament judges against its own latency budget, drawn
-    uniformly between the fastest population member and the real budget, so the population keeps
-    good subnets across the whole latency range (the front) instead of only next to the budget;
-    candidates over the real budget never win against ones under it. A child is a mutated parent,
-    or with ``crossover_probability`` a mutated uniform crossover of two parents. Children join
-    the population and the same number of oldest members leave it.
+    Parents are winners of tournaments among ``tournament_size`` sampled members. What wins
+    depends on ``selection``:
+
+    - ``"pareto"`` (the default): the lowest non-dominated front of the population on (accuracy,
+      latency) with Deb's constraint domination (within budget beats over it), ties broken by
+      NSGA-II's crowding distance. The population keeps the whole front, which is what the
+      search returns; aging still removes every member after ``population_size / offspring``
+      generations, so no old front member survives by rank alone.
+    - ``"spread-budgets"``: the best accuracy under the tournament's own latency budget, drawn
+      uniformly between the fastest population member and the real budget; candidates over the
+      real budget never win against ones under it.
+    - ``"budget"``: the best accuracy under the real budget (Real et al.'s single objective),
+      the smallest violation when no entrant is within it.
+
+    A child is a mutated parent, or with ``crossover_probability`` a mutated uniform crossover of
+    two parents. Children join the population and the same number of oldest members leave it.
     """
 
     name = "evolution"
@@ -35,18 +47,27 @@ class AgingEvolution(SearchStrategy):
         tournament_size: int = 10,
         offspring: int | None = None,
         crossover_probability: float = 0.3,
-        spread_budgets: bool = True,
+        selection: Selection = "pareto",
     ) -> None:
         super().__init__(population_size=population_size, mutation_probability=mutation_probability)
-        self.spread_budgets = spread_budgets
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+        self.selection = selection
         self.tournament_size = min(tournament_size, population_size)
         self.offspring = offspring or max(1, population_size // 2)
         self.crossover_probability = crossover_probability
 
     def _parents(self, scores: Scores, budget_ms: float, rng: np.random.Generator, n: int) -> np.ndarray:
         entrants = rng.integers(0, len(scores.accuracy), size=(n, self.tournament_size))
+        if self.selection == "pareto":
+            ranks, crowding = rank_and_crowding(scores.accuracy, scores.latency_ms, scores.violation)
+            # lower rank first; within a rank, larger crowding (boundary points: infinite) first
+            order = np.lexsort((-crowding, ranks))
+            position = np.empty(len(order), dtype=np.int64)
+            position[order] = np.arange(len(order))
+            return entrants[np.arange(n), np.argmin(position[entrants], axis=1)]
         fitness = constrained_fitness(scores)[entrants]
-        if self.spread_budgets:
+        if self.selection == "spread-budgets":
             latency = scores.latency_ms[entrants]
             finite = scores.latency_ms[np.isfinite(scores.latency_ms)]
             low = min(float(finite.min()), budget_ms) if finite.size else budget_ms
@@ -76,5 +97,5 @@ class AgingEvolution(SearchStrategy):
             "tournament_size": self.tournament_size,
             "offspring": self.offspring,
             "crossover_probability": self.crossover_probability,
-            "spread_budgets": self.spread_budgets,
+            "selection": self.selection,
         }

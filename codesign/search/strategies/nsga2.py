@@ -6,19 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from codesign.search.pareto import crowding_distance, non_dominated_ranks
+from codesign.search.pareto import rank_and_crowding
 from codesign.search.problem import Scores, SearchProblem
 from codesign.search.strategies.base import Population, SearchStrategy
 from codesign.search.strategies.registry import register_strategy
 
 
 def _rank_and_crowding(scores: Scores) -> tuple[np.ndarray, np.ndarray]:
-    ranks = non_dominated_ranks(scores.accuracy, scores.latency_ms, scores.violation)
-    crowding = np.zeros(len(ranks))
-    for r in np.unique(ranks):
-        members = np.flatnonzero(ranks == r)
-        crowding[members] = crowding_distance(scores.accuracy[members], scores.latency_ms[members])
-    return ranks, crowding
+    return rank_and_crowding(scores.accuracy, scores.latency_ms, scores.violation)
 
 
 @register_strategy
