@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
+
 import numpy as np
 import torch
 
 from codesign.space import Genome, SearchSpace
+
+
+def run_cli(
+    *args: str, cwd: str | os.PathLike[str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m codesign ARGS`` in a child process and capture its text output.
+
+    The default working directory is a neutral one, so that the installed package is what runs
+    rather than a source tree that happens to be the current directory.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "codesign", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tempfile.gettempdir() if cwd is None else cwd,
+    )
 
 
 def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:

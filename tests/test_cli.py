@@ -1,22 +1,9 @@
 import json
-import subprocess
-import sys
-import tempfile
 
 import pytest
 
 from codesign.cli.main import COMMANDS, main
-
-
-def run_cli(*args, timeout=600):
-    """Run the installed ``codesign`` (from a neutral directory, so the source tree is not imported instead)."""
-    return subprocess.run(
-        [sys.executable, "-m", "codesign", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=tempfile.gettempdir(),
-    )
+from codesign.testing import run_cli
 
 
 @pytest.mark.parametrize("command", [c.name for c in COMMANDS])

@@ -2,8 +2,6 @@
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ from codesign.profile.profile_file import load_profile
 from codesign.profile.shipped import shipped_profiles
 from codesign.space import Genome
 from codesign.supernet import load_supernet
+from codesign.testing import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -76,34 +75,16 @@ def test_run_command_uses_the_artifact(shipped, fmnist_splits, tmp_path):
     )
     test = fmnist_splits.test.head(64)
     np.save(tmp_path / "x.npy", np.asarray(test.images)[..., 0])  # raw uint8 (N, H, W)
-    result = subprocess.run(
-        [sys.executable, "-m", "codesign", "run", str(tmp_path / "a"), "--input", str(tmp_path / "x.npy")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
+    result = run_cli("run", str(tmp_path / "a"), "--input", str(tmp_path / "x.npy"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 64
     classes = json.loads((tmp_path / "a" / "manifest.json").read_text())["output"]["classes"]
     predicted = [classes.index(line.split("\t")[1]) for line in lines]
     assert np.mean(np.asarray(predicted) == np.asarray(test.labels)) > 0.7
-    timed = subprocess.run(
-        [sys.executable, "-m", "codesign", "run", str(tmp_path / "a"), "--time"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
+    timed = run_cli("run", str(tmp_path / "a"), "--time", cwd=tmp_path)
     assert timed.returncode == 0 and "latency: median" in timed.stdout and "predicted" in timed.stdout, timed.stderr
-    check = subprocess.run(
-        [sys.executable, "-m", "codesign", "run", str(tmp_path / "a"), "--check"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
+    check = run_cli("run", str(tmp_path / "a"), "--check", cwd=tmp_path)
     assert check.returncode == 0 and "check: max |artifact - onnxruntime|" in check.stdout, check.stderr
     assert check.stdout.strip().endswith("ok")
 

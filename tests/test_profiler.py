@@ -4,6 +4,7 @@ from codesign.latency.workloads import kernel_family
 from codesign.profile.journal import read_journal
 from codesign.profile.profiler import ProfileConfig, Profiler, rank_workloads
 from codesign.profile.tvm_backend import host_llvm_target
+from codesign.testing import run_cli
 
 
 def test_ranking_puts_heavy_frequent_workloads_first(tiny_space):
@@ -127,11 +128,5 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
     assert len(profile.models) == 2 and "whole models (leave-one-out)" in result.stdout
     assert profile.software.tvm.startswith("0.27") and profile.device.cores >= 1
     assert profile.command[:2] == ["codesign", "profile"] or profile.command[1] == "profile"
-    bad = subprocess.run(
-        [sys.executable, "-m", "codesign", "profile", "--target", "tpu", "-o", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
+    bad = run_cli("profile", "--target", "tpu", "-o", str(out), cwd=tmp_path)
     assert bad.returncode == 1 and "unknown target" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -1,13 +1,11 @@
 """``codesign search`` end to end on the shipped supernet with a synthetic profile and predictor."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from codesign.profile.profile_file import save_profile
-from codesign.testing import synthetic_accuracy_predictor, synthetic_profile
+from codesign.testing import run_cli, synthetic_accuracy_predictor, synthetic_profile
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +17,7 @@ def inputs(tmp_path_factory, default_space):
 
 
 def codesign(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "codesign", *args], capture_output=True, text=True, timeout=900, cwd=cwd
-    )
+    return run_cli(*args, cwd=cwd, timeout=900)
 
 
 def test_search_writes_front_plot_and_recommendation(inputs, tmp_path, fmnist_root):
