@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,10 @@ from codesign.data.formats import DEFAULT_FASHION_MNIST_ROOT
 from codesign.space import get_space
 
 torch.set_num_threads(1)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # beside other workers (pytest -n): one thread for TVM too, inherited by the CLI processes tests start
+    os.environ["TVM_NUM_THREADS"] = "1"
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(scope="session")
