@@ -21,12 +21,16 @@ The budgets are quantiles of random subnets' predicted latency under TVM's defau
 (``--budgets-from default``): the recipe's own view of the space, so its architecture search has
 room at every budget. With ``--budgets-from fastest`` they are quantiles under every kernel's
 fastest schedule: budgets that tight leave the recipe (whose step 1 sees default-schedule
-latencies) nothing but the space's fastest corner, and the joint search matches it there.
+latencies) nothing but the space's fastest corner, so "equal latency" there compares that corner
+with what the joint search finds at the same latency.
 
-    python tools/bench_codesign.py --threads 2 [--budgets-from default|fastest]
+Each budget is run with several search seeds (``--seeds``, default 0,1,2): the picks differ by
+fractions of a point of test accuracy from seed to seed, as much as the effect measured.
 
-Last line: ``RESULT codesign acc_gain_pts=<joint minus sequential at equal latency, mean over budgets>
-latency_ratio=<sequential/joint latency at equal accuracy, mean over budgets>``.
+    python tools/bench_codesign.py --threads 2 [--budgets-from default|fastest] [--seeds 0,1,2]
+
+Last line: ``RESULT codesign acc_gain_pts=<joint minus sequential at equal latency, mean over budgets
+and seeds> latency_ratio=<sequential/joint latency at equal accuracy, mean over budgets and seeds>``.
 """
 
 from __future__ import annotations
@@ -54,7 +58,11 @@ def main() -> int:
     )
     parser.add_argument("--generations", type=int, default=150)
     parser.add_argument("--population", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        default="0,1,2",
+        help="search seeds (comma-separated); every budget is run with each, and the RESULT means over all of them",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-measure", action="store_true", help="skip compiling and measuring the picks")
     args = parser.parse_args()
@@ -95,7 +103,8 @@ def main() -> int:
     tuned_model.table[:, 0] = model.table.min(axis=1)
     tuned_model.candidate_counts = np.ones_like(model.candidate_counts)
     tuned_arch_encoding = SearchEncoding(space, tuned_model, schedules="default", search_pruning=False)
-    rng = np.random.default_rng(args.seed)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rng = np.random.default_rng(0)
     sampled = joint_encoding.sample(rng, 5000)  # every kernel at its fastest schedule
     if args.budgets_from == "default":
         sampled[:, joint_encoding.arch_length :] = 0
@@ -103,13 +112,13 @@ def main() -> int:
     random_latency = random_latency[np.isfinite(random_latency)]
     budgets = [float(np.quantile(random_latency, float(q))) for q in args.quantiles.split(",")]
 
-    def search(encoding: SearchEncoding, budget: float) -> object:
+    def search(encoding: SearchEncoding, budget: float, seed: int) -> object:
         problem = SearchProblem(encoding, encoding.latency_model, predictor, Budget(latency_ms=budget))
         out = run_search(
             problem,
             create_strategy("evolution", population_size=args.population),
             generations=args.generations,
-            seed=args.seed,
+            seed=seed,
         )
         if not len(out.archive.vectors):
             return None
@@ -135,9 +144,9 @@ def main() -> int:
         f"profile: {profile_path} ({profile.device.name}); budgets (ms, quantiles {args.quantiles} of random subnets "
         f"under {args.budgets_from} schedules): {', '.join(f'{b:.3f}' for b in budgets)}"
     )
-    for budget in budgets:
+    for seed, budget in ((seed, budget) for seed in seeds for budget in budgets):
         # --- sequential: arch search with default schedules, uniform pruning, then tuning
-        arch = search(arch_encoding, budget)
+        arch = search(arch_encoding, budget, seed)
         # nothing meets the budget under default schedules: start pruning from the smallest architecture
         arch_genome = arch.genome if arch is not None else replace(Genome.smallest(space), schedules=())
         pruned = arch_genome
@@ -149,8 +158,8 @@ def main() -> int:
         sequential = model.fastest_schedules(replace(pruned, schedules=()))
         seq = describe(sequential)
         # --- joint at the same budget, and at the sequential result's own latency
-        joint_b = search(joint_encoding, budget)
-        joint_eq = search(joint_encoding, seq["predicted_ms"])
+        joint_b = search(joint_encoding, budget, seed)
+        joint_eq = search(joint_encoding, seq["predicted_ms"], seed)
         jb = describe(joint_b.genome)
         # nothing found at the sequential result's latency: it sits at the space's fastest corner,
         # which the joint space contains too, so equal latency means equal subnet (gain 0)
@@ -158,16 +167,16 @@ def main() -> int:
         gains.append((je["test_acc"] - seq["test_acc"]) * 100)
         same_budget.append((jb["test_acc"] - seq["test_acc"]) * 100)
         # --- the same recipe with schedule-aware tables (each kernel at its fastest schedule) for step 1
-        tuned_arch = search(tuned_arch_encoding, budget)
+        tuned_arch = search(tuned_arch_encoding, budget, seed)
         tuned_seq = describe(model.fastest_schedules(replace(tuned_arch.genome, schedules=()))) if tuned_arch else None
         if tuned_seq is not None:
             vs_tuned.append((jb["test_acc"] - tuned_seq["test_acc"]) * 100)
         # --- equal accuracy: fastest joint subnet at least as accurate (test) as the sequential one
         ratio = _equal_accuracy_ratio(
-            seq, je if joint_eq is not None else None, lambda b: search(joint_encoding, b), describe
+            seq, je if joint_eq is not None else None, lambda b, s=seed: search(joint_encoding, b, s), describe
         )
         ratios.append(ratio)
-        print(f"\nbudget {budget:.3f} ms")
+        print(f"\nbudget {budget:.3f} ms, seed {seed}", flush=True)
         print(f"  sequential       : {_fmt(seq)}  {sequential.short(space)}")
         print(f"  joint @ budget   : {_fmt(jb)}  {joint_b.genome.short(space)}")
         print(f"  joint @ seq. lat.: {_fmt(je)}  gain {gains[-1]:+.2f} pts at equal latency")
@@ -176,7 +185,17 @@ def main() -> int:
         print(f"  equal accuracy   : sequential/joint latency = {ratio:.2f}x")
     gain = float(np.nanmean(gains))
     ratio = float(np.nanmean(ratios)) if not all(np.isnan(ratios)) else float("nan")
-    print(f"\nmean over budgets: {gain:+.2f} accuracy points at equal latency, {ratio:.2f}x faster at equal accuracy")
+    print()
+    for i, budget in enumerate(budgets):
+        g, r = np.asarray(gains).reshape(len(seeds), -1)[:, i], np.asarray(ratios).reshape(len(seeds), -1)[:, i]
+        print(
+            f"budget {budget:.3f} ms over seeds {args.seeds}: gain {', '.join(f'{x:+.2f}' for x in g)} pts, "
+            f"ratio {', '.join(f'{x:.2f}' for x in r)}x"
+        )
+    print(
+        f"mean over {len(budgets)} budgets x {len(seeds)} seeds: {gain:+.2f} accuracy points at equal latency, "
+        f"{ratio:.2f}x faster at equal accuracy"
+    )
     print(
         f"at the same budget (the sequential result uses less of it): joint {np.mean(same_budget):+.2f} points vs the "
         f"sequential recipe, {np.mean(vs_tuned) if vs_tuned else float('nan'):+.2f} vs the recipe on tuned tables"
