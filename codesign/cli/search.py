@@ -68,9 +68,15 @@ class SearchCommand(Command):
         parser.add_argument(
             "--predictor", default=None, metavar="FILE.json", help="accuracy predictor (default: the shipped one)"
         )
-        parser.add_argument("--strategy", choices=available_strategies(), default="evolution")
-        parser.add_argument("--population", type=int, default=100)
-        parser.add_argument("--generations", type=int, default=200)
+        parser.add_argument(
+            "--strategy",
+            choices=available_strategies(),
+            default="evolution",
+            help="evolution (default): aging evolution with parents picked by Pareto rank; nsga2: NSGA-II; "
+            "random: uniform sampling, the baseline",
+        )
+        parser.add_argument("--population", type=int, default=100, help="candidates alive per generation")
+        parser.add_argument("--generations", type=int, default=200, help="generations to run (progress bar)")
         parser.add_argument(
             "--schedules",
             choices=SCHEDULE_MODES,
