@@ -57,15 +57,29 @@ class AgingEvolution(SearchStrategy):
         self.offspring = offspring or max(1, population_size // 2)
         self.crossover_probability = crossover_probability
 
-    def _parents(self, scores: Scores, budget_ms: float, rng: np.random.Generator, n: int) -> np.ndarray:
+    @staticmethod
+    def _pareto_positions(scores: Scores) -> np.ndarray:
+        """Each member's place in Pareto order: lower rank first, then larger crowding (boundary points first)."""
+        ranks, crowding = rank_and_crowding(scores.accuracy, scores.latency_ms, scores.violation)
+        order = np.lexsort((-crowding, ranks))
+        position = np.empty(len(order), dtype=np.int64)
+        position[order] = np.arange(len(order))
+        return position
+
+    def _parents(
+        self,
+        scores: Scores,
+        budget_ms: float,
+        rng: np.random.Generator,
+        n: int,
+        positions: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``n`` tournament winners; ``positions`` (from :meth:`_pareto_positions`) saves ranking twice per step."""
         entrants = rng.integers(0, len(scores.accuracy), size=(n, self.tournament_size))
         if self.selection == "pareto":
-            ranks, crowding = rank_and_crowding(scores.accuracy, scores.latency_ms, scores.violation)
-            # lower rank first; within a rank, larger crowding (boundary points: infinite) first
-            order = np.lexsort((-crowding, ranks))
-            position = np.empty(len(order), dtype=np.int64)
-            position[order] = np.arange(len(order))
-            return entrants[np.arange(n), np.argmin(position[entrants], axis=1)]
+            if positions is None:
+                positions = self._pareto_positions(scores)
+            return entrants[np.arange(n), np.argmin(positions[entrants], axis=1)]
         fitness = constrained_fitness(scores)[entrants]
         if self.selection == "spread-budgets":
             latency = scores.latency_ms[entrants]
@@ -81,8 +95,9 @@ class AgingEvolution(SearchStrategy):
         """``offspring`` children replace the oldest members."""
         n = self.offspring
         budget = problem.budget.latency_ms
-        first = population.vectors[self._parents(population.scores, budget, rng, n)]
-        second = population.vectors[self._parents(population.scores, budget, rng, n)]
+        positions = self._pareto_positions(population.scores) if self.selection == "pareto" else None
+        first = population.vectors[self._parents(population.scores, budget, rng, n, positions)]
+        second = population.vectors[self._parents(population.scores, budget, rng, n, positions)]
         children = self.children(problem, first, second, rng, self.crossover_probability)
         scores = problem.score(children)
         keep = len(population.vectors) + n - self.population_size

@@ -12,10 +12,6 @@ from codesign.search.strategies.base import Population, SearchStrategy
 from codesign.search.strategies.registry import register_strategy
 
 
-def _rank_and_crowding(scores: Scores) -> tuple[np.ndarray, np.ndarray]:
-    return rank_and_crowding(scores.accuracy, scores.latency_ms, scores.violation)
-
-
 @register_strategy
 class NSGA2(SearchStrategy):
     """Binary tournaments on (front rank, crowding), uniform crossover + mutation, elitist survival."""
@@ -36,13 +32,15 @@ class NSGA2(SearchStrategy):
     def step(self, problem: SearchProblem, population: Population, rng: np.random.Generator) -> Population:
         """Offspring of the same size, then the best half of parents + offspring survives."""
         n = self.population_size
-        ranks, crowding = _rank_and_crowding(population.scores)
+        ranks, crowding = rank_and_crowding(
+            population.scores.accuracy, population.scores.latency_ms, population.scores.violation
+        )
         first = population.vectors[self._tournament(ranks, crowding, rng, n)]
         second = population.vectors[self._tournament(ranks, crowding, rng, n)]
         children = self.children(problem, first, second, rng, self.crossover_probability)
         merged_vectors = np.concatenate([population.vectors, children])
         merged = Scores.concatenate([population.scores, problem.score(children)])
-        ranks, crowding = _rank_and_crowding(merged)
+        ranks, crowding = rank_and_crowding(merged.accuracy, merged.latency_ms, merged.violation)
         order = np.lexsort((-crowding, ranks))[:n]
         order.sort()
         return Population(merged_vectors[order], merged.take(order))
