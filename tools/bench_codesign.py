@@ -66,6 +66,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-measure", action="store_true", help="skip compiling and measuring the picks")
     args = parser.parse_args()
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
 
     import torch
 
@@ -103,7 +107,6 @@ def main() -> int:
     tuned_model.table[:, 0] = model.table.min(axis=1)
     tuned_model.candidate_counts = np.ones_like(model.candidate_counts)
     tuned_arch_encoding = SearchEncoding(space, tuned_model, schedules="default", search_pruning=False)
-    seeds = [int(s) for s in args.seeds.split(",")]
     rng = np.random.default_rng(0)
     sampled = joint_encoding.sample(rng, 5000)  # every kernel at its fastest schedule
     if args.budgets_from == "default":
