@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 try:
-    from codesign import _kernels as _ext
+    from codesign import _kernels as _ext  # type: ignore[attr-defined]  # compiled extension, no stub
 except ImportError:  # pragma: no cover - exercised only on an unbuilt checkout
     _ext = None
 

@@ -37,6 +37,7 @@ def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
         for m in module.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 n = m.num_features
+                assert m.running_mean is not None and m.running_var is not None, "BN without running statistics"
                 m.weight.copy_(torch.rand(n, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(n, generator=g) * 0.1)
                 m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
@@ -66,11 +67,9 @@ def synthetic_profile(space: SearchSpace, *, candidates: int = 3, seed: int = 0,
     families: dict[str, list[dict[str, object]]] = {}
     for w in positions.workloads:
         if w.kind != "pool_fc":
-            families.setdefault(
-                kernel_family(w),
-                [{"source": "default", "trace": None}]
-                + [{"source": f"synthetic#{i}", "trace": None} for i in range(candidates)],
-            )
+            schedules: list[dict[str, object]] = [{"source": "default", "trace": None}]
+            schedules += [{"source": f"synthetic#{i}", "trace": None} for i in range(candidates)]
+            families.setdefault(kernel_family(w), schedules)
     measurements = []
     for w in positions.workloads:
         base = 2e-6 * w.macs + 1e-6 * (w.in_channels * w.resolution**2 + w.out_channels * w.out_resolution**2) + 0.002

@@ -256,5 +256,6 @@ def library_import_tree(path: str | Path) -> PackedImports:
     load_runtime()  # the library's undefined symbols resolve against the TVM runtime
     handle = ctypes.CDLL(str(Path(path).resolve()), mode=os.RTLD_LOCAL)
     base = ctypes.cast(getattr(handle, LIBRARY_SYMBOL), ctypes.c_void_p).value
+    assert base is not None, f"{LIBRARY_SYMBOL} resolved to a null address"  # dlsym found the symbol
     (nbytes,) = struct.unpack("<Q", ctypes.string_at(base, 8))
     return PackedImports.parse(ctypes.string_at(base, nbytes + 8))

@@ -148,7 +148,9 @@ def load_image_folder(root: Path, image_size: int, channels: int) -> ImageDatase
                 continue
             try:
                 with Image.open(f) as im:
-                    arr = np.asarray(im.convert(mode).resize((image_size, image_size), Image.BILINEAR), dtype=np.uint8)
+                    arr = np.asarray(
+                        im.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR), dtype=np.uint8
+                    )
             except OSError as exc:
                 raise DatasetError(f"{f}: unreadable image ({exc})") from None
             images.append(arr.reshape(image_size, image_size, channels))

@@ -21,7 +21,7 @@ from codesign.space import Genome
 from codesign.supernet.supernet import ElasticSupernet
 
 try:
-    from codesign import _kernels as _ext
+    from codesign import _kernels as _ext  # type: ignore[attr-defined]  # compiled extension, no stub
 except ImportError:  # pragma: no cover - exercised only on an unbuilt checkout
     _ext = None
 
@@ -209,7 +209,10 @@ class CppSubnetEvaluator:
             return (empty, []) if return_logits else empty
         counts, logits = self._run(list(genomes), return_logits)
         accuracies = np.asarray([self._accuracy(int(c)) for c in counts], dtype=np.float64)
-        return (accuracies, list(logits)) if return_logits else accuracies
+        if not return_logits:
+            return accuracies
+        assert logits is not None  # the extension returns logits whenever return_logits is set
+        return accuracies, list(logits)
 
     def prepare(self, genome: Genome, *, recalibrate: bool | None = None) -> Any:
         """``genome``'s subnet sliced, BN-recalibrated (unless ``recalibrate`` is False) and folded, ready for

@@ -298,14 +298,14 @@ def kernel_table_from_profile(profile: Any) -> tuple[dict[str, list[float | None
     filled: dict[str, list[float]] = dict(fitted.get("filled", {}))
     table: dict[str, list[float | None]] = {}
     sources: dict[str, list[int]] = {}
-    for key, row in filled.items():
-        table[key] = [float(x) for x in row]
-        sources[key] = [PREDICTED] + [UNVERIFIED] * (len(row) - 1)
+    for key, filled_row in filled.items():
+        table[key] = [float(x) for x in filled_row]
+        sources[key] = [PREDICTED] + [UNVERIFIED] * (len(filled_row) - 1)
     for record in profile.measurements:
         workload = Workload.from_dict(record["workload"])
         count = max(1, len(families.get(kernel_family(workload), [None])))
-        row = table.get(record["key"], [None] * count)
-        row = (row + [None] * count)[:count]
+        padding: list[float | None] = [None] * count
+        row = (table.get(record["key"], padding) + padding)[:count]
         src = (sources.get(record["key"], [0] * count) + [0] * count)[:count]
         for result in record["results"]:
             c = int(result["candidate"])

@@ -395,9 +395,9 @@ def build_bundle(
                 built.setdefault((kernel["key"], kernel["candidate"]), set()).add(kernel["task"])
         # a candidate is usable for a kernel only when every fused task of that kernel compiled with it
         usable: dict[str, set[int]] = {}
-        for (key, candidate), tasks in built.items():
-            if len(tasks) == task_counts[key]:
-                usable.setdefault(key, set()).add(candidate)
+        for (key, built_candidate), built_tasks in built.items():
+            if len(built_tasks) == task_counts[key]:
+                usable.setdefault(key, set()).add(built_candidate)
         models: list[dict[str, Any]] = []
         model_failures: list[dict[str, Any]] = []
         drawn = _random_model_genomes(space, families, usable, 3 * config.models, config.seed)
@@ -432,7 +432,7 @@ def build_bundle(
         digest = hashlib.sha256(
             json.dumps([config.target, space.to_dict(), time.time_ns()], sort_keys=True).encode()
         ).hexdigest()[:16]
-        index = {
+        index: dict[str, Any] = {
             "format": BUNDLE_FORMAT,
             "schema_version": BUNDLE_SCHEMA_VERSION,
             "bundle_id": digest,
@@ -532,16 +532,17 @@ def merge_results(bundle: str | Path, results_path: str | Path, *, seed: int = 0
             failure["weight"],
             {"status": "failed", "error": failure["error"]},
         )
-    measurements = []
+    measurements: list[dict[str, Any]] = []
     for key, candidates in sorted(per_workload.items()):
         workload = workloads[key]
         rows = []
         for c, tasks in sorted(candidates.items()):
-            timings = [_timing(r) for _, r in tasks.values()]
+            maybe_timings = [_timing(r) for _, r in tasks.values()]
             errors = [r.get("error") for _, r in tasks.values() if r.get("status") != "ok"]
-            if all(t is not None for t in timings):
+            timings = [t for t in maybe_timings if t is not None]
+            if len(timings) == len(maybe_timings):
                 weights = [w for w, _ in tasks.values()]
-                timing = {
+                timing: dict[str, Any] = {
                     stat: sum(w * t[stat] for w, t in zip(weights, timings, strict=True))
                     for stat in ("mean_ms", "median_ms", "std_ms")
                 }
@@ -583,13 +584,13 @@ def merge_results(bundle: str | Path, results_path: str | Path, *, seed: int = 0
         record = results.get("models", {}).get(model["key"])
         if record is None:
             continue
-        timing = _timing(record)
+        model_timing = _timing(record)
         models.append(
             {
                 "key": model["key"],
                 "genome": model["genome"],
-                "status": "ok" if timing else "failed",
-                "timing": timing,
+                "status": "ok" if model_timing else "failed",
+                "timing": model_timing,
                 "host_loop_rotated": record.get("host_loop_rotated"),
                 "torch_eager": record.get("torch_eager"),
                 "error": record.get("error"),

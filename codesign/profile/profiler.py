@@ -156,7 +156,7 @@ class Profiler:
             if w.kind != "pool_fc":
                 by_family[kernel_family(w)].append(w)
         tuned = self._done("tuned")
-        family_share = collections.Counter()
+        family_share: dict[str, float] = collections.defaultdict(float)
         for w, share in ranked:
             family_share[kernel_family(w)] += share
         families = sorted(by_family, key=lambda f: -family_share[f])[: cfg.max_tuned_families]
@@ -456,7 +456,7 @@ class Profiler:
         """Index of the next kernel: the most important one of the family with the most error x share left."""
         if not family_error:
             return 0
-        left: collections.Counter[str] = collections.Counter()
+        left: dict[str, float] = collections.defaultdict(float)
         for w, share in pending:
             left[kernel_family(w)] += share
         worst = max(left, key=lambda f: family_error.get(f, max(family_error.values())) * (left[f] + 1e-6))

@@ -72,7 +72,8 @@ def rank_and_crowding(
 
 def pareto_mask(accuracy: np.ndarray, latency: np.ndarray) -> np.ndarray:
     """Candidates no other candidate dominates."""
-    return ~dominates_matrix(accuracy, latency).any(axis=0)
+    # numpy types ``any(axis=...)`` as scalar-or-array; with an axis on a 2-D matrix it is always an array
+    return np.asarray(~dominates_matrix(accuracy, latency).any(axis=0))
 
 
 def hypervolume(

@@ -132,11 +132,11 @@ def plot_front(path: Path, points: list[FrontPoint], recommended: int, budget_ms
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     lat = [p.latency_ms for p in points]
     ax.plot(lat, [p.predicted_accuracy * 100 for p in points], "o-", ms=3, label="front (predicted accuracy)")
-    measured = [p for p in points if p.val_accuracy is not None]
+    measured = [(p.latency_ms, p.val_accuracy) for p in points if p.val_accuracy is not None]
     if measured:
         ax.plot(
-            [p.latency_ms for p in measured],
-            [p.val_accuracy * 100 for p in measured],
+            [latency for latency, _ in measured],
+            [accuracy * 100 for _, accuracy in measured],
             "s",
             ms=5,
             label="finalists (validation accuracy)",

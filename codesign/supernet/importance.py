@@ -33,6 +33,8 @@ class _Member:
 
 
 def _bn_members(bn: nn.BatchNorm2d) -> list[_Member]:
+    # the supernet's BNs track running statistics, so the buffers exist
+    assert bn.running_mean is not None and bn.running_var is not None, "BN without running statistics"
     return [_Member(t, 0) for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var)]
 
 

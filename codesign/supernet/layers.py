@@ -81,13 +81,20 @@ class ElasticBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         factor = 0.0
         if self.training and self.track_running_stats:
+            # track_running_stats=True registers num_batches_tracked (and the running statistics)
+            assert self.num_batches_tracked is not None
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         use_batch_stats = self.training or self.running_mean is None
+        running_mean: torch.Tensor | None = None
+        running_var: torch.Tensor | None = None
+        if not self.training or self.track_running_stats:
+            assert self.running_mean is not None and self.running_var is not None, "BN without running statistics"
+            running_mean, running_var = self.running_mean[:c], self.running_var[:c]
         return F.batch_norm(
             x,
-            self.running_mean[:c] if not self.training or self.track_running_stats else None,
-            self.running_var[:c] if not self.training or self.track_running_stats else None,
+            running_mean,
+            running_var,
             self.weight[:c],
             self.bias[:c],
             use_batch_stats,

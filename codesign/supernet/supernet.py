@@ -16,7 +16,7 @@ from codesign.supernet.layers import (
     ElasticDepthwiseConv2d,
     make_activation,
 )
-from codesign.supernet.static import StaticSubnet
+from codesign.supernet.static import InvertedResidual, StaticSubnet
 
 
 class ElasticBlock(nn.Module):
@@ -175,6 +175,7 @@ class ElasticSupernet(nn.Module):
                 self.stem_bn,
             )
             for block_cfg, block in zip(cfg["blocks"], subnet.blocks):
+                assert isinstance(block, InvertedResidual)  # StaticSubnet.blocks holds only InvertedResidual
                 elastic = self.block(block_cfg["slot"])
                 cin, mid, cout = block_cfg["in_channels"], block_cfg["mid_channels"], block_cfg["out_channels"]
                 _copy_conv_bn(block.expand, elastic.expand_conv.active_weight(cin, mid), elastic.expand_bn)

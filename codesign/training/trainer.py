@@ -100,7 +100,7 @@ class SupernetTrainer:
         train = splits.train.head(config.max_train_images) if config.max_train_images else splits.train
         self.images, self.labels = train.tensors()
         # channels-last is 1.5-3x faster for depthwise convolutions on CPU; it does not change results' meaning.
-        self.supernet.to(memory_format=torch.channels_last)
+        self.supernet.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack memory_format
         self.steps_per_epoch = len(self.images) // config.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.images)} training images are fewer than one batch of {config.batch_size}")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from codesign.errors import CodesignError
 
-_STRATEGIES: dict[str, type] = {}
+if TYPE_CHECKING:
+    from codesign.search.strategies.base import SearchStrategy
+
+_S = TypeVar("_S", bound="SearchStrategy")
+
+_STRATEGIES: dict[str, type[SearchStrategy]] = {}
 
 
-def register_strategy(cls: type) -> type:
+def register_strategy(cls: type[_S]) -> type[_S]:
     """Class decorator: make ``cls`` available under ``cls.name``."""
     _STRATEGIES[cls.name] = cls
     return cls
