@@ -146,3 +146,20 @@ def test_kernels_without_profiled_schedules_are_tuned_when_asked(shipped, fmnist
     tvm = result.manifest["tvm"]
     assert tvm["tuned_here"] and all(key.startswith(family.split("/")[0]) for key in tvm["tuned_here"])
     assert tvm["tvm_vs_onnxruntime_max_abs"] <= 1e-4
+
+
+def test_genomes_without_schedule_genes_compile_under_the_fastest(shipped):
+    from codesign.export.pipeline import choose_schedules
+
+    profile, model = shipped
+    plain = Genome.largest(model.space)
+    fastest = model.fastest_schedules(plain)
+    assert any(s > 0 for s in fastest.schedules)
+    picked, why = choose_schedules(plain, profile, "auto")
+    assert picked == fastest and "fastest" in why
+    chosen = Genome(**{**plain.__dict__, "schedules": (1,) * len(fastest.schedules)})
+    assert choose_schedules(chosen, profile, "auto") == (chosen, "the genome's schedule genes")
+    assert choose_schedules(chosen, profile, "fastest")[0] == fastest
+    assert set(choose_schedules(chosen, profile, "default")[0].schedules) == {0}
+    assert set(choose_schedules(chosen, None, "auto")[0].schedules) == {0}
+    assert model.predict([picked])[0] < model.predict([plain])[0]

@@ -95,3 +95,29 @@ def test_parse_genome_spec(tmp_path, default_space):
 def test_short_form_mentions_active_blocks_only(default_space):
     g = Genome.smallest(default_space)
     assert g.short(default_space).count("k") == sum(g.depths)
+
+
+@pytest.mark.parametrize("space_name", ["fmnist_mbv3", "tiny"])
+def test_short_form_round_trips(space_name):
+    space = get_space(space_name)
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        g = Genome.random(space, rng).canonical(space)
+        short = g.short(space)
+        assert Genome.from_short(space, short) == g
+        assert parse_genome_spec(short, space) == g
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("r24 | w0 k3e4p0", "expected"),
+        ("x24 | w0 | w0 | w0", "expected"),
+        ("r24 | k3e4p0 | w0 | w0", "must start"),
+        ("r24 | w0 k3e4 | w0 | w0", "is not k"),
+        ("r99 | w0 k3e4p0 | w0 k3e4p0 | w0 k3e4p0", "resolution"),
+    ],
+)
+def test_bad_short_forms_say_what_is_wrong(default_space, text, message):
+    with pytest.raises(GenomeError, match=message):
+        Genome.from_short(default_space, text)

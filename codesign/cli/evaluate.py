@@ -28,7 +28,8 @@ class EvaluateCommand(Command):
             action="append",
             default=None,
             metavar="SPEC",
-            help="largest | smallest | random:SEED | JSON file | inline JSON (repeatable; "
+            help="largest | smallest | random:SEED | short form ('r24 | w0 k7e6p25 | ...') | JSON file | "
+            "inline JSON (repeatable; "
             "default: largest and smallest)",
         )
         parser.add_argument("--random", type=int, default=0, metavar="N", help="also score N random subnets")

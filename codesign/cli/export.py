@@ -28,6 +28,7 @@ class ExportCommand(Command):
         "codesign export --genome random:7 --supernet runs/fmnist -o out/r7",
         'codesign export --genome search_result.json -o out/best      # a genome JSON, or {"genome": {...}}',
         "codesign export --genome out/search/recommended.json --format tvm -o out/best_tvm",
+        "codesign export --genome 'r24 | w0 k7e6p25 k7e6p0 | w25 k7e6p25 | w25 k5e3p0' --format tvm -o out/mine",
         "codesign export --genome out/search/recommended.json --format tvm --target cuda -o out/best_h100",
     )
 
@@ -37,7 +38,8 @@ class ExportCommand(Command):
             "--genome",
             default="largest",
             metavar="SPEC",
-            help="largest | smallest | random:SEED | genome JSON file | inline JSON (default: largest)",
+            help="largest | smallest | random:SEED | short form as search prints it ('r24 | w0 k7e6p25 | ...') "
+            "| genome JSON file | inline JSON (default: largest)",
         )
         parser.add_argument(
             "--supernet",
@@ -66,6 +68,14 @@ class ExportCommand(Command):
             metavar="N",
             help="tune kernels whose family the profile has no schedules for, N MetaSchedule trials each "
             "(default 0: TVM's default lowering for them)",
+        )
+        parser.add_argument(
+            "--schedules",
+            choices=("auto", "genome", "fastest", "default"),
+            default="auto",
+            help="which kernel schedules to compile with: the genome's own schedule genes (a search result), "
+            "the profile's fastest per kernel, or TVM's default lowering; auto (default) takes the genome's "
+            "when it has any, else the fastest",
         )
         parser.add_argument(
             "--rpc-tracker", default=None, metavar="HOST:PORT", help="time the library on the device behind it"
@@ -111,6 +121,7 @@ class ExportCommand(Command):
             target=target,
             rpc=_rpc_config(args),
             tune_trials=args.tune_trials,
+            schedules=args.schedules,
         )
         print(f"exported to {result.out_dir}: {describe(result.manifest)}")
         return 0

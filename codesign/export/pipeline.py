@@ -11,9 +11,9 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from codesign.space import Genome
 from codesign.supernet import LoadedSupernet
 
 MANIFEST_SCHEMA_VERSION = 1
+SchedulePolicy = Literal["auto", "genome", "fastest", "default"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ def _tvm_artifact(
     measure_latency: bool,
     rpc: Any,
     tune_trials: int,
+    schedules_from: str,
 ) -> dict[str, Any]:
     from codesign.compiler.tvm_compile import time_executable
     from codesign.export.tvm_artifact import LIBRARY_NAME, check_tvm_parity, compile_onnx
@@ -64,8 +66,6 @@ def _tvm_artifact(
     from codesign.profile.tvm_backend import host_llvm_target
 
     families = profile.tuning_records.get("families", {}) if profile is not None else {}
-    if profile is None:  # schedule genes index a profile's candidates: without one, TVM's defaults
-        genome = Genome(**{**genome.__dict__, "schedules": tuple(0 for _ in genome.schedules)})
     executable, tuned = compile_onnx(onnx_path, space, genome, target, families, tune_trials=tune_trials)
     library = staging / LIBRARY_NAME
     reference = onnxruntime_logits(onnx_path, images)
@@ -75,6 +75,7 @@ def _tvm_artifact(
         "target": target,
         "device": profile.device.name if profile is not None else None,
         "schedules": list(genome.schedules) if profile is not None else "TVM default (no profile for this target)",
+        "schedules_from": schedules_from,
         "parity_images": len(images),
         "tuned_here": tuned,
         "latency": {"predicted_ms": predicted, "measured": None},
@@ -112,6 +113,31 @@ def _tvm_artifact(
     elif measure_latency:
         section["latency"]["not_measured"] = "the profile's device is not this machine"
     return section
+
+
+def choose_schedules(genome: Genome, profile: Any, policy: SchedulePolicy) -> tuple[Genome, str]:
+    """The genome with the schedule genes the export compiles under, and where they came from.
+
+    ``auto``: the genome's own genes (a search result) when it has any, else every kernel at its
+    fastest candidate in the profile (a genome typed by hand, ``largest``, a short form).
+    ``genome``: its own genes (none: TVM's default lowering). ``fastest``: the profile's fastest
+    per kernel. ``default``: TVM's default lowering everywhere. Without a profile: TVM's defaults.
+    """
+    from codesign.latency.model import LatencyModel
+
+    def defaults() -> Genome:
+        return replace(genome, schedules=tuple(0 for _ in genome.schedules))
+
+    if profile is None:
+        return defaults(), "TVM default (no profile for this target)"
+    if policy == "default":
+        return defaults(), "TVM default (--schedules default)"
+    if policy == "fastest" or (policy == "auto" and not genome.schedules):
+        why = "--schedules fastest" if policy == "fastest" else "the genome has no schedule genes"
+        return LatencyModel.from_profile(profile).fastest_schedules(genome), f"fastest in the profile ({why})"
+    if policy not in ("auto", "genome"):
+        raise ExportError(f"unknown schedule policy {policy!r}: use auto, genome, fastest or default")
+    return genome, "the genome's schedule genes" if genome.schedules else "TVM default (the genome has none)"
 
 
 def _save_reference(staging: Path, images: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
@@ -157,6 +183,7 @@ def export_subnet(
     measure_latency: bool = True,
     rpc: Any = None,
     tune_trials: int = 0,
+    schedules: SchedulePolicy = "auto",
 ) -> ExportResult:
     """Extract ``genome``, recalibrate its BN on training images, export ONNX, check it, write a manifest.
 
@@ -169,9 +196,13 @@ def export_subnet(
     With ``rpc`` (a :class:`~codesign.profile.session.RPCConfig`) the library is timed on the
     device behind that tracker instead. Kernels whose family the profile holds no schedules for
     are tuned here with ``tune_trials`` MetaSchedule trials each (0: TVM's default lowering).
+    ``schedules`` says which schedule genes to compile under (see :func:`choose_schedules`).
     """
     space = loaded.supernet.space
     genome = genome.validate(space)
+    schedules_from = ""
+    if profile is not None or target is not None:
+        genome, schedules_from = choose_schedules(genome, profile, schedules)
     out = Path(out_dir)
     staging = staging_directory(out, overwrite=overwrite, error=ExportError)
     try:
@@ -202,6 +233,7 @@ def export_subnet(
                 measure_latency,
                 rpc,
                 tune_trials,
+                schedules_from,
             )
         from safetensors.torch import save_file
 

@@ -236,6 +236,55 @@ class Genome:
         except json.JSONDecodeError as exc:
             raise GenomeError(f"genome is not valid JSON: {exc}") from None
 
+    @classmethod
+    def from_short(cls, space: SearchSpace, text: str) -> Genome:
+        """Inverse of :meth:`short` (schedule genes are not part of the short form: none chosen)."""
+        import re
+
+        def fail(why: str) -> GenomeError:
+            return GenomeError(f"short genome {text!r}: {why}")
+
+        parts = [p.strip() for p in text.strip().split("|")]
+        if len(parts) != space.num_stages + 1 or not re.fullmatch(r"r\d+", parts[0]):
+            raise fail(f"expected 'r<resolution> | ' then {space.num_stages} stages like 'w25 k3e4p0 k5e6p25'")
+        depths, widths, ks, es, ps = [], [], [], [], []
+        for si, (stage, part) in enumerate(zip(space.stages, parts[1:], strict=True)):
+            tokens = part.split()
+            if not tokens or not re.fullmatch(r"w\d+", tokens[0]):
+                raise fail(f"stage {si} must start with w<width pruning percent>")
+            blocks = tokens[1:]
+            if len(blocks) > stage.max_depth:
+                raise fail(f"stage {si} has {len(blocks)} blocks, at most {stage.max_depth} fit")
+            depths.append(len(blocks))
+            widths.append(int(tokens[0][1:]) / 100)
+            for bi in range(stage.max_depth):
+                if bi < len(blocks):
+                    m = re.fullmatch(r"k(\d+)e(\d+)p(\d+)", blocks[bi])
+                    if not m:
+                        raise fail(f"block {blocks[bi]!r} is not k<kernel>e<expand>p<pruning percent>")
+                    ks.append(int(m[1]))
+                    es.append(int(m[2]))
+                    ps.append(int(m[3]) / 100)
+                else:
+                    ks.append(stage.kernel_sizes[0])
+                    es.append(stage.expand_ratios[0])
+                    ps.append(stage.block_prune_ratios[0])
+
+        def snap(value: float, options: tuple[float, ...]) -> float:
+            # percentages are rounded in the short form: map back to the space's exact ratio
+            return next((o for o in options if round(o * 100) == round(value * 100)), value)
+
+        slots = space.block_slots()
+        genome = cls(
+            resolution=int(parts[0][1:]),
+            depths=tuple(depths),
+            kernel_sizes=tuple(ks),
+            expand_ratios=tuple(es),
+            block_prune=tuple(snap(p, space.stages[si].block_prune_ratios) for p, (si, _) in zip(ps, slots)),
+            width_prune=tuple(snap(w, s.width_prune_ratios) for w, s in zip(widths, space.stages)),
+        )
+        return genome.validate(space)
+
     def short(self, space: SearchSpace) -> str:
         """Human-readable one-liner: ``r28 | w0 k3e4p0 k5e6p25 | w25 ...`` (prune ratios in percent)."""
         parts = [f"r{self.resolution}"]

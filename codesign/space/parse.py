@@ -13,7 +13,8 @@ from codesign.space.space import SearchSpace
 
 
 def parse_genome_spec(spec: str, space: SearchSpace) -> Genome:
-    """Parse ``largest``, ``smallest``, ``random:SEED``, inline JSON or a JSON file (genome or ``{"genome": ...}``)."""
+    """Parse ``largest``, ``smallest``, ``random:SEED``, the short form ``r24 | w0 k7e6p25 ... | ...``
+    (as search prints it), inline JSON or a JSON file (genome or ``{"genome": ...}``)."""
     text = spec.strip()
     if text == "largest":
         return Genome.largest(space)
@@ -25,13 +26,16 @@ def parse_genome_spec(spec: str, space: SearchSpace) -> Genome:
         except ValueError:
             raise GenomeError(f"bad genome spec {spec!r}: use random:<integer seed>") from None
         return Genome.random(space, np.random.default_rng(seed))
+    if text.startswith("r") and "|" in text:
+        return Genome.from_short(space, text)
     if text.startswith("{"):
         data = _loads(text, "inline genome")
     else:
         path = Path(text)
         if not path.is_file():
             raise GenomeError(
-                f"genome {spec!r} is neither largest/smallest/random:SEED, inline JSON, nor an existing file"
+                f"genome {spec!r} is neither largest/smallest/random:SEED, a short form"
+                " (r24 | w0 k3e4p0 | ...), inline JSON, nor an existing file"
             )
         data = _loads(path.read_text(encoding="utf-8"), str(path))
     if isinstance(data, dict) and "genome" in data and isinstance(data["genome"], dict):
