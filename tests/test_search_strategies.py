@@ -92,6 +92,44 @@ def test_archive_is_the_pareto_front_of_everything_scored(parts, name, monkeypat
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
+def test_archive_holds_each_compiled_network_once(parts, name):
+    problem = make_problem(parts)
+    out = run_search(problem, make_strategy(name, population_size=16), generations=8, seed=2)
+    keys = problem.encoding.phenotype(out.archive.vectors)
+    assert len(np.unique(keys, axis=0)) == len(keys)
+
+
+def test_phenotype_ignores_genes_that_do_not_change_the_compiled_network(parts):
+    encoding, model, _, _ = parts
+    space, positions = encoding.space, encoding.positions
+    rng = np.random.default_rng(7)
+    vectors = encoding.sample(rng, 400)
+    base = encoding.phenotype(vectors)
+    active = positions.active(vectors)
+    n_s = space.num_stages
+    changed = 0
+    for i, v in enumerate(vectors):
+        inactive_positions = np.flatnonzero(~active[i])
+        if not len(inactive_positions):
+            continue
+        w = v.copy()
+        w[encoding.arch_length + inactive_positions] = (w[encoding.arch_length + inactive_positions] + 1) % np.maximum(
+            1, encoding.counts[encoding.arch_length + inactive_positions]
+        )
+        slot = positions.positions[inactive_positions[0]].slot
+        kernel_column = 1 + n_s + slot
+        w[kernel_column] = (w[kernel_column] + 1) % encoding.counts[kernel_column]
+        np.testing.assert_array_equal(encoding.phenotype(w[None, :])[0], base[i])
+        changed += 1
+        # an active gene is part of the phenotype
+        u = v.copy()
+        u[0] = (u[0] + 1) % encoding.counts[0]
+        assert not np.array_equal(encoding.phenotype(u[None, :])[0], base[i])
+    assert changed > 50
+    assert model.predict(base).tolist() == pytest.approx(model.predict(vectors).tolist())
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
 def test_resume_reaches_the_uninterrupted_result(parts, name, tmp_path):
     full = run_search(make_problem(parts), make_strategy(name, population_size=12), generations=8, seed=5)
     ckpt = tmp_path / "checkpoint.json"

@@ -120,6 +120,34 @@ class SearchEncoding:
         v[mask] = fresh[mask]
         return v
 
+    def phenotype(self, vectors: np.ndarray) -> np.ndarray:
+        """Vectors that are equal exactly when the compiled networks are: genes of inactive blocks reset
+        to their first choice, schedule genes replaced by the schedules TVM compiles (a kernel equal to an
+        earlier one takes its schedule) and zeroed at inactive positions."""
+        v = np.array(vectors, dtype=np.int64, copy=True)
+        if not len(v):
+            return v
+        n_s, n_b = self.space.num_stages, self.space.max_blocks
+        depth_index = v[:, 1 : 1 + n_s]
+        depths = np.stack(
+            [np.asarray(stage.depths, np.int64)[depth_index[:, si]] for si, stage in enumerate(self.space.stages)],
+            axis=1,
+        )
+        slots = self.space.block_slots()
+        slot_stage = np.asarray([si for si, _ in slots], np.int64)
+        slot_block = np.asarray([bi for _, bi in slots], np.int64)
+        inactive = slot_block[None, :] >= depths[:, slot_stage]
+        for first in (1 + n_s, 1 + n_s + n_b, 1 + n_s + 2 * n_b):  # kernel, expand and pruning genes of slots
+            block = v[:, first : first + n_b]
+            block[inactive] = 0
+        ids = self.positions.workload_ids_by_position(v)
+        active = np.ascontiguousarray(self.positions.active(v).T)
+        genes = np.ascontiguousarray(v[:, self.arch_length :].T)
+        effective = self.positions.effective_schedules_by_position(ids, active, genes)
+        effective[~active] = 0
+        v[:, self.arch_length :] = effective.T
+        return v
+
     def to_genome(self, vector: np.ndarray) -> Genome:
         """The canonical :class:`Genome` of one vector (schedule genes kept)."""
         v = np.asarray(vector, dtype=np.int64)

@@ -40,15 +40,22 @@ class Archive:
         z = np.zeros(0)
         return cls(np.zeros((0, length), dtype=np.int64), Scores(z, z, z.astype(np.int64), z.astype(np.int64), z))
 
-    def update(self, vectors: np.ndarray, scores: Scores) -> Archive:
-        """The archive after considering ``vectors`` (duplicates of members are dropped)."""
+    def update(
+        self, vectors: np.ndarray, scores: Scores, *, phenotype: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> Archive:
+        """The archive after considering ``vectors``: duplicates of members are dropped, judged by
+        ``phenotype(vectors)`` when given (genes that do not change the compiled network ignored)."""
         feasible = np.flatnonzero(scores.feasible)
         if feasible.size == 0:
             return self
         all_vectors = np.concatenate([self.vectors, vectors[feasible]])
         all_scores = Scores.concatenate([self.scores, scores.take(feasible)])
-        _, first = np.unique(all_vectors, axis=0, return_index=True)
-        first.sort()
+        keys = phenotype(all_vectors) if phenotype is not None else all_vectors
+        # of equal networks keep the best scored (scores of one network can differ in the last bits
+        # between batches), earliest first among equals
+        best_first = np.lexsort((all_scores.latency_ms, -all_scores.accuracy))
+        _, picked = np.unique(keys[best_first], axis=0, return_index=True)
+        first = np.sort(best_first[picked])
         all_vectors, all_scores = all_vectors[first], all_scores.take(first)
         keep = np.flatnonzero(pareto_mask(all_scores.accuracy, all_scores.latency_ms))
         order = keep[np.argsort(all_scores.latency_ms[keep], kind="stable")]
@@ -113,11 +120,13 @@ def run_search(
         history = list(data.get("history", []))
     else:
         population = strategy.initialize(problem, rng)
-        archive = Archive.empty(problem.encoding.length).update(population.vectors, population.scores)
+        archive = Archive.empty(problem.encoding.length).update(
+            population.vectors, population.scores, phenotype=problem.encoding.phenotype
+        )
     while generation < generations:
         if generation > 0:
             population = strategy.step(problem, population, rng)
-            archive = archive.update(population.vectors, population.scores)
+            archive = archive.update(population.vectors, population.scores, phenotype=problem.encoding.phenotype)
         generation += 1
         history.append(
             {
