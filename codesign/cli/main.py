@@ -11,6 +11,7 @@ from codesign.cli.evaluate import EvaluateCommand
 from codesign.cli.export import ExportCommand
 from codesign.cli.fit_predictor import FitPredictorCommand
 from codesign.cli.profile import ProfileCommand
+from codesign.cli.report import ReportCommand
 from codesign.cli.run import RunCommand
 from codesign.cli.search import SearchCommand
 from codesign.cli.space import SpaceCommand
@@ -24,6 +25,7 @@ COMMANDS: tuple[type[Command], ...] = (
     ProfileCommand,
     SearchCommand,
     ExportCommand,
+    ReportCommand,
     RunCommand,
     SpaceCommand,
 )

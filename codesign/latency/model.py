@@ -80,6 +80,7 @@ class LayerContribution:
     latency_ms: float
     source: str
     shares_schedule_with: str | None
+    default_ms: float  # the same kernel under TVM's default lowering: what its schedule buys
 
 
 def _median(result: dict[str, Any]) -> float | None:
@@ -262,6 +263,7 @@ class LatencyModel:
                     latency_ms=float(latency[0, p]),
                     source=names.get(int(self.sources[ids[p], min(c, self.sources.shape[1] - 1)]), "?"),
                     shares_schedule_with=shared,
+                    default_ms=float(self.table[ids[p], 0]),
                 )
             )
         layer_sum = float(latency.sum())

@@ -129,6 +129,20 @@ def plot_front(path: Path, points: list[FrontPoint], recommended: int, budget_ms
         return None
     from codesign.fileio import atomic_path
 
+    fig = front_figure(points, recommended, budget_ms)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def front_figure(points: list[FrontPoint], recommended: int, budget_ms: float) -> Any:
+    """The front plot as a matplotlib figure (the caller saves and closes it; needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     lat = [p.latency_ms for p in points]
     ax.plot(lat, [p.predicted_accuracy * 100 for p in points], "o-", ms=3, label="front (predicted accuracy)")
@@ -150,7 +164,4 @@ def plot_front(path: Path, points: list[FrontPoint], recommended: int, budget_ms
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return fig
