@@ -126,7 +126,9 @@ def test_phenotype_ignores_genes_that_do_not_change_the_compiled_network(parts):
         u[0] = (u[0] + 1) % encoding.counts[0]
         assert not np.array_equal(encoding.phenotype(u[None, :])[0], base[i])
     assert changed > 50
-    assert model.predict(base).tolist() == pytest.approx(model.predict(vectors).tolist())
+    # the phenotype compiles to the same latency (with "fastest", schedule genes follow from the rest)
+    restored = encoding.complete(base.copy()) if encoding.schedules == "fastest" else base
+    assert model.predict(restored).tolist() == pytest.approx(model.predict(vectors).tolist())
 
 
 @pytest.mark.parametrize("name", STRATEGIES)

@@ -140,6 +140,9 @@ class SearchEncoding:
         for first in (1 + n_s, 1 + n_s + n_b, 1 + n_s + 2 * n_b):  # kernel, expand and pruning genes of slots
             block = v[:, first : first + n_b]
             block[inactive] = 0
+        if self.schedules != "evolve":  # schedule genes follow from the architecture genes
+            v[:, self.arch_length :] = 0
+            return v
         ids = self.positions.workload_ids_by_position(v)
         active = np.ascontiguousarray(self.positions.active(v).T)
         genes = np.ascontiguousarray(v[:, self.arch_length :].T)
