@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written file, a crash never leaves one."""
+"""Atomic file writes (a reader never sees a half-written file, a crash never leaves one), and JSON reads
+that fail with one clear line."""
 
 from __future__ import annotations
 
@@ -42,6 +43,21 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, compact: bool =
     """Write ``obj`` as JSON to ``path`` atomically: indented, or ``compact`` (one line, for large data files)."""
     text = json.dumps(obj, separators=(",", ":")) if compact else json.dumps(obj, indent=2, sort_keys=False)
     write_text_atomic(path, text + "\n")
+
+
+def read_json_file(path: str | os.PathLike[str], *, error: type[Exception], missing: str, corrupt: str) -> Any:
+    """The JSON content of ``path``; a missing or unparsable file raises ``error``.
+
+    ``missing`` and ``corrupt`` are the messages, formatted with ``{path}`` (and ``{exc}``, the parser's
+    complaint, for ``corrupt``), so each kind of file says what it is and how to make a good one.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise error(missing.format(path=p))
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(corrupt.format(path=p, exc=exc)) from None
 
 
 def staging_directory(

@@ -9,7 +9,6 @@ or truncated JSON, a schema from the future, another TVM release line, or anothe
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 
 from codesign import __version__
 from codesign.errors import CodesignError
-from codesign.fileio import write_json_atomic
+from codesign.fileio import read_json_file, write_json_atomic
 
 PROFILE_FORMAT = "codesign-hw-profile"
 PROFILE_SCHEMA_VERSION = 1
@@ -145,12 +144,12 @@ def load_profile(
 ) -> LoadedProfile:
     """Read and validate a profile for ``target`` (and the running ``tvm_version``, when given)."""
     p = Path(path)
-    if not p.is_file():
-        raise ProfileError(f"profile not found: {p} (measure one with `codesign profile`)")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProfileError(f"{p}: corrupt or truncated profile ({exc}); re-run `codesign profile`") from None
+    data = read_json_file(
+        p,
+        error=ProfileError,
+        missing="profile not found: {path} (measure one with `codesign profile`)",
+        corrupt="{path}: corrupt or truncated profile ({exc}); re-run `codesign profile`",
+    )
     profile = HardwareProfile.from_dict(data, source=str(p))
     problems = []
     if tvm_version is not None and tvm_release_line(profile.software.tvm) != tvm_release_line(tvm_version):

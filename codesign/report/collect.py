@@ -6,12 +6,12 @@ profile); nothing is recomputed but the latency model's per-kernel breakdown.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from codesign.errors import CodesignError
+from codesign.fileio import read_json_file
 from codesign.space import Genome
 
 
@@ -41,12 +41,9 @@ class ReportInputs:
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise ReportError(f"{what} not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ReportError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json_file(
+        path, error=ReportError, missing=what + " not found: {path}", corrupt="{path}: not valid JSON ({exc})"
+    )
     if not isinstance(data, dict):
         raise ReportError(f"{path}: expected a JSON object")
     return data

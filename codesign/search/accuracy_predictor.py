@@ -7,7 +7,6 @@ schedules change latency, not accuracy.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from codesign.errors import CodesignError
-from codesign.fileio import write_json_atomic
+from codesign.fileio import read_json_file, write_json_atomic
 from codesign.space import Genome, SearchSpace
 
 PREDICTOR_FORMAT = "codesign-accuracy-predictor"
@@ -160,14 +159,13 @@ class AccuracyPredictor:
     @classmethod
     def load(cls, path: str | Path) -> AccuracyPredictor:
         """Read a predictor file; a clear error if it is missing or corrupt."""
-        p = Path(path)
-        if not p.is_file():
-            raise CodesignError(f"accuracy predictor not found: {p} (fit one with `codesign fit-predictor`)")
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CodesignError(f"{p}: corrupt or truncated accuracy predictor ({exc})") from None
-        return cls.from_dict(data, source=str(p))
+        data = read_json_file(
+            path,
+            error=CodesignError,
+            missing="accuracy predictor not found: {path} (fit one with `codesign fit-predictor`)",
+            corrupt="{path}: corrupt or truncated accuracy predictor ({exc})",
+        )
+        return cls.from_dict(data, source=str(path))
 
 
 def _rounded(values: np.ndarray) -> list[Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from codesign.errors import SpaceError
+from codesign.fileio import read_json_file
 
 SPACE_SCHEMA_VERSION = 1
 ACTIVATIONS = ("relu", "relu6", "hswish")
@@ -233,11 +234,10 @@ class SearchSpace:
     @classmethod
     def from_json_file(cls, path: str | Path) -> SearchSpace:
         """Load and validate a space description file."""
-        p = Path(path)
-        if not p.is_file():
-            raise SpaceError(f"space description not found: {p}")
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SpaceError(f"space description {p} is not valid JSON: {exc}") from None
+        data = read_json_file(
+            path,
+            error=SpaceError,
+            missing="space description not found: {path}",
+            corrupt="space description {path} is not valid JSON: {exc}",
+        )
         return cls.from_dict(data)
