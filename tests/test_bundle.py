@@ -29,7 +29,7 @@ def test_probe_inputs_are_deterministic_and_summaries_catch_differences():
     assert summary_error(output_summary(poisoned), want) == float("inf")
 
 
-def run_measure(bundle: Path, *args: str) -> None:
+def run_measure(bundle: Path, *args: str) -> str:
     """Run a bundle's own measure.py as on a device: no PYTHONPATH, so codesign is not importable there."""
     run = subprocess.run(
         [sys.executable, str(bundle / "measure.py"), "--min-repeat-ms", "1", "--no-torch", *args],
@@ -39,6 +39,7 @@ def run_measure(bundle: Path, *args: str) -> None:
         env={"PATH": "/usr/bin:/bin", "TVM_NUM_THREADS": "1"},
     )
     assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,11 @@ def measured_llvm_bundle(tmp_path_factory, tiny_space):
     config = BundleConfig(target=host_llvm_target(), sampled_candidates=1, models=3, max_workloads=5, batch_kernels=4)
     summary = build_bundle(tiny_space, config, root / "b")
     bundle = root / "b"
-    run_measure(bundle, "--repeat", "3")
+    log = run_measure(bundle, "--repeat", "3").splitlines()
+    # the few whole subnets first, so that a short GPU window that ends early keeps them
+    first_kernels = next(i for i, line in enumerate(log) if line.startswith("kernels/"))
+    assert [i for i, line in enumerate(log) if line.startswith("model ")] == list(range(1, 4))
+    assert first_kernels == 4
     return summary, bundle
 
 
