@@ -39,7 +39,46 @@ def main() -> int:
     models = [m for m in profile.models if m.get("status") == "ok"]
     minutes = profile.validation.get("measurement_minutes")
     print(f"{len(models)} of {len(profile.models)} whole subnets measured; {minutes} minutes of measurement")
+    print_model_validation(profile.predictor or {})
+    print_torch_comparison(models)
     return 0
+
+
+def print_model_validation(predictor: dict) -> None:
+    """The latency model against the profile's measured whole subnets, as the profile stored it."""
+    validation = predictor.get("model_validation")
+    if not validation:
+        print("no whole-subnet validation stored (no subnet measured)")
+        return
+    for name, label in (("calibrated", "latency model, leave-one-out"), ("layer_sum_only", "per-kernel sum alone")):
+        e = validation[name]
+        print(
+            f"{label}: {e['within10']:.1%} of {e['n']} subnets within +-10%, RMSPE {e['rmspe']:.3f}, "
+            f"largest error {e['max_abs_pct']:.1f}%"
+        )
+    kernel = predictor.get("kernel_validation", {}).get("all")
+    if kernel:
+        print(
+            f"kernel predictor, 5-fold grouped CV: {kernel['within10']:.1%} of {kernel['n']} within +-10%, "
+            f"RMSPE {kernel['rmspe']:.3f}"
+        )
+
+
+def print_torch_comparison(models: list[dict]) -> None:
+    """Compiled subnets next to torch eager on the same device, where the measurement ran both."""
+    pairs = [
+        (m["host_loop_rotated"]["median_ms"], m["timing"]["median_ms"], m["torch_eager"]["median_ms"])
+        for m in models
+        if (m.get("torch_eager") or {}).get("status") == "ok" and m.get("host_loop_rotated")
+    ]
+    if not pairs:
+        return
+    loop, evaluator, torch = (np.asarray(v) for v in zip(*pairs, strict=True))
+    print(
+        f"TVM / torch eager over {len(pairs)} subnets (both timed by a host loop, batch 1): geometric mean "
+        f"{np.exp(np.mean(np.log(loop / torch))):.2f}x (range {np.min(loop / torch):.2f}-{np.max(loop / torch):.2f}x); "
+        f"host loop / time evaluator {np.exp(np.mean(np.log(loop / evaluator))):.2f}x"
+    )
 
 
 if __name__ == "__main__":
