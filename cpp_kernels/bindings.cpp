@@ -245,6 +245,12 @@ PYBIND11_MODULE(_kernels, m) {
         "that tensor's mean channel norm. Each tensor's first axis is the channel axis.");
   m.def("rank_channels", &rank_channels_py, py::arg("scores"),
         "Channel indices by descending score (stable: ties keep the lower index first).");
+  m.def("evaluator_isas", &ev::supported_isas,
+        "Instruction sets the evaluator's kernels are built for that this CPU runs, slowest first.");
+  m.def("evaluator_isa", &ev::active_isa,
+        "The instruction set the evaluator runs with (the fastest, or at most CODESIGN_EVAL_ISA's).");
+  m.def("set_evaluator_isa", &ev::set_active_isa, py::arg("isa"),
+        "Run later evaluations with this instruction set (one of evaluator_isas()); for comparing the paths.");
 
   py::class_<ev::SubnetEvaluator>(m, "SubnetEvaluator",
                                   "Holds an elastic supernet's weights and evaluates its subnets (see cpp_kernels/"

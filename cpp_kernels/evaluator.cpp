@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -66,15 +67,70 @@ namespace isa_avx2 {
 #else
 #pragma GCC pop_options
 #endif
+
+// The same 8-wide code under AVX-512VL: 32 vector registers instead of 16 (the pointwise tiles
+// keep more accumulators live) and compares into mask registers; the vectors stay 256 bits wide.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))), \
+                             apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
+#endif
+namespace isa_avx512 {
+#include "evaluator_kernels.inc"
+}  // namespace isa_avx512
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
 #endif
 
-const KernelTable& kernels() {
+struct IsaEntry {
+  const char* name;
+  const KernelTable* table;
+};
+
+// The instruction sets this CPU runs, slowest first.
+const std::vector<IsaEntry>& cpu_isas() {
+  static const std::vector<IsaEntry> isas = [] {
+    std::vector<IsaEntry> found{{"base", &isa_base::kTable}};
 #ifdef CODESIGN_HAVE_AVX2_PATH
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx2) return isa_avx2::kTable;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      found.push_back({"avx2", &isa_avx2::kTable});
+      if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+        found.push_back({"avx512", &isa_avx512::kTable});
+    }
 #endif
-  return isa_base::kTable;
+    return found;
+  }();
+  return isas;
 }
+
+const IsaEntry& find_isa(const std::string& name, const char* origin) {
+  for (const IsaEntry& entry : cpu_isas())
+    if (name == entry.name) return entry;
+  std::string names;
+  for (const IsaEntry& entry : cpu_isas()) names += (names.empty() ? "" : ", ") + std::string(entry.name);
+  throw std::invalid_argument(std::string(origin) + "'" + name + "' is not an instruction set this CPU runs (" +
+                              names + ")");
+}
+
+std::atomic<const IsaEntry*> g_active_isa{nullptr};
+
+const IsaEntry& active_isa_entry() {
+  const IsaEntry* entry = g_active_isa.load(std::memory_order_acquire);
+  if (entry == nullptr) {
+    const char* cap = std::getenv("CODESIGN_EVAL_ISA");
+    entry = cap != nullptr && *cap != '\0' ? &find_isa(cap, "CODESIGN_EVAL_ISA=") : &cpu_isas().back();
+    g_active_isa.store(entry, std::memory_order_release);
+  }
+  return *entry;
+}
+
+const KernelTable& kernels() { return *active_isa_entry().table; }
 
 constexpr int64_t kEvalChunk = 8;  // images per inference step (keeps activations in L2)
 
@@ -724,6 +780,16 @@ void check_calibration(const NetSpec& spec, const SubnetPlan& plan, int64_t num_
 }
 
 }  // namespace
+
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> names;
+  for (const IsaEntry& entry : cpu_isas()) names.emplace_back(entry.name);
+  return names;
+}
+
+std::string active_isa() { return active_isa_entry().name; }
+
+void set_active_isa(const std::string& isa) { g_active_isa.store(&find_isa(isa, ""), std::memory_order_release); }
 
 Act parse_activation(const std::string& name) {
   if (name == "relu") return Act::kReLU;

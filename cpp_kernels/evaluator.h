@@ -23,6 +23,19 @@ enum class Act { kNone = 0, kReLU = 1, kReLU6 = 2, kHSwish = 3 };
 // Parses "relu" / "relu6" / "hswish"; throws std::invalid_argument otherwise.
 Act parse_activation(const std::string& name);
 
+// Instruction sets the kernels are built for that this CPU runs, slowest first ("base", then
+// "avx2" and "avx512" on x86-64 CPUs that have them).
+std::vector<std::string> supported_isas();
+
+// The instruction set the kernels run with: the fastest supported one, or at most the one named by
+// the environment variable CODESIGN_EVAL_ISA (read once; an unknown or unsupported name throws
+// std::invalid_argument when the kernels are first used).
+std::string active_isa();
+
+// Makes later evaluations (and subnets prepared later) run with `isa`, one of supported_isas();
+// throws std::invalid_argument otherwise. For comparing the paths; not for use while a run is going.
+void set_active_isa(const std::string& isa);
+
 // A dense float32 tensor owned by the evaluator.
 struct Tensor {
   std::vector<float> data;

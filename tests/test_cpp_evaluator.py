@@ -11,7 +11,7 @@ from codesign.evaluation import (
     predict_logits,
     recalibrate_bn,
 )
-from codesign.evaluation.cpp_evaluator import supernet_config
+from codesign.evaluation.cpp_evaluator import evaluator_isa, evaluator_isas, supernet_config
 from codesign.space import Genome
 from codesign.supernet import ElasticSupernet
 from codesign.testing import random_genomes, randomize_batchnorm
@@ -70,6 +70,31 @@ def test_logits_match_recalibrated_static_subnets(setup):
         want = predict_logits(torch_eval.subnet(genome), images)
         worst = max(worst, _rel_err(cpp_eval.logits(genome, images), want))
     assert worst < REL_TOL
+
+
+@pytest.mark.parametrize("isa", evaluator_isas())
+def test_every_instruction_set_this_cpu_runs_matches_torch(setup, isa):
+    space, net, genomes, torch_eval, cpp_eval = setup
+    worst = 0.0
+    with evaluator_isa(isa):
+        for genome in genomes[:8]:
+            images, _ = torch_eval._prepared("target", genome.resolution)
+            want = predict_logits(torch_eval.subnet(genome), images)
+            worst = max(worst, _rel_err(cpp_eval.logits(genome, images), want))
+    assert worst < REL_TOL
+
+
+def test_instruction_set_is_restored_and_bad_names_refused():
+    from codesign.evaluation.cpp_evaluator import active_evaluator_isa
+
+    before = active_evaluator_isa()
+    assert before in evaluator_isas() and evaluator_isas()[0] == "base"
+    with evaluator_isa("base"):
+        assert active_evaluator_isa() == "base"
+    assert active_evaluator_isa() == before
+    with pytest.raises(ValueError, match="not an instruction set this CPU runs"), evaluator_isa("sse9"):
+        pass
+    assert active_evaluator_isa() == before
 
 
 def test_prepared_subnet_matches_per_call_logits(setup):

@@ -4,16 +4,20 @@ Every subnet is BN-recalibrated on training images, then scored on validation im
 two ways (slicing the supernet in place, and extracting static modules as TorchSubnetEvaluator
 does); the faster one is the baseline. Each variant runs once, in its own process, so its peak
 memory (VmHWM) is its own. Also measures batch-1 latency of one subnet. Uses the shipped
-supernet when present, else a seeded random one. Ends with
+supernet when present, else a seeded random one. The C++ evaluator runs with the fastest
+instruction set this CPU has; ``--compare-isas`` also times it capped at others (e.g. avx2 on an
+AVX-512 CPU), right after it, to show what each kernel path buys. Ends with
 ``RESULT evaluator speedup=<torch/cpp> batch1_speedup=<torch/cpp> max_rel_err=<logits> n=<subnets>``.
 
     python tools/bench_evaluator.py [--subnets 64] [--images 2000] [--calibration 2000] [--threads 2]
+                                    [--compare-isas avx2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -87,6 +91,7 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     from codesign.evaluation import CppSubnetEvaluator, TorchSubnetEvaluator, predict_logits, recalibrate_bn
+    from codesign.evaluation.cpp_evaluator import active_evaluator_isa
 
     net, splits, genomes, source = build(args)
     options = dict(
@@ -95,7 +100,8 @@ def worker(args: argparse.Namespace) -> None:
     out = Path(args.out)
     result: dict[str, Any] = {"variant": args.worker, "source": source}
     resolutions = sorted({g.resolution for g in genomes})
-    if args.worker == "cpp":
+    if args.worker.startswith("cpp"):
+        result["isa"] = active_evaluator_isa()  # capped by CODESIGN_EVAL_ISA for the cpp-<isa> variants
         ev = CppSubnetEvaluator(net, splits, num_threads=args.threads, **options)
         for r in resolutions:  # preprocessing is shared by both evaluators and not timed
             ev._prepared("target", r), ev._prepared("calibration", r)
@@ -188,7 +194,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latency-runs", type=int, default=200)
     parser.add_argument("--float64-subnets", type=int, default=4, help="subnets also run in float64 as a check")
-    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--compare-isas",
+        default="avx2",
+        help="comma-separated instruction sets the C++ evaluator is also timed with, where this CPU runs them and "
+        "they are not already the fastest (default: avx2; '' for none)",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -197,13 +209,19 @@ def main() -> int:
 
     import numpy as np
 
+    from codesign.evaluation.cpp_evaluator import active_evaluator_isa, evaluator_isas
+
+    fastest = active_evaluator_isa()
+    extra = [i for i in filter(None, args.compare_isas.split(",")) if i in evaluator_isas() and i != fastest]
+    variants = ["cpp", *(f"cpp-{isa}" for isa in extra), *VARIANTS[1:]]
     passthrough = [a for a in sys.argv[1:]]
     results: dict[str, dict[str, Any]] = {}
     logits: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in VARIANTS:
+        for variant in variants:
             cmd = [sys.executable, __file__, *passthrough, "--worker", variant, "--out", tmp]
-            subprocess.run(cmd, check=True)
+            env = dict(os.environ, CODESIGN_EVAL_ISA=variant[4:]) if variant.startswith("cpp-") else None
+            subprocess.run(cmd, check=True, env=env)
             results[variant] = json.loads((Path(tmp) / f"{variant}.json").read_text())
             logits[variant] = np.load(Path(tmp) / f"{variant}-logits.npy")
         ref64 = np.load(Path(tmp) / "float64-logits.npy")
@@ -219,10 +237,11 @@ def main() -> int:
         f"{n} subnets, {args.images} validation images, BN recalibration on {args.calibration} training images "
         f"(batches of {args.calibration_batch}), {args.threads} threads"
     )
-    for v in VARIANTS:
+    for v in variants:
         r = results[v]
+        label = f"{v} ({r['isa']})" if v == "cpp" else v
         print(
-            f"  {v:13s} {r['seconds']:8.2f} s  {r['seconds'] / n * 1e3:8.1f} ms/subnet  "
+            f"  {label:13s} {r['seconds']:8.2f} s  {r['seconds'] / n * 1e3:8.1f} ms/subnet  "
             f"peak RSS {r['hwm_kib'] / 1024:7.1f} MiB, +{(r['hwm_kib'] - r['rss_setup_kib']) / 1024:6.1f} MiB over "
             f"the loaded data and model"
         )
@@ -234,6 +253,8 @@ def main() -> int:
     speedup = results[torch_best]["seconds"] / cpp["seconds"]
     batch1 = results["torch-static"]["batch1_ms"] / cpp["batch1_ms"]
     print(f"  speedup vs best torch ({torch_best}): {speedup:.2f}x")
+    for v in variants[1 : 1 + len(extra)]:
+        print(f"  C++ {fastest} over C++ {v[4:]}: {results[v]['seconds'] / cpp['seconds']:.2f}x faster")
     print(
         f"  batch-1 latency of one subnet: C++ prepared subnet {cpp['batch1_ms']:.3f} ms "
         f"({cpp['batch1_call_ms']:.3f} ms per evaluator.logits call incl. slicing/packing) vs "

@@ -9,7 +9,10 @@
 #include EVALUATOR  // the evaluator's own translation unit: its kernel tables and types, no copies here
 
 using codesign::eval::Act;
-namespace isa = codesign::eval::isa_avx2;
+#ifndef BENCH_ISA
+#define BENCH_ISA isa_avx2
+#endif
+namespace isa = codesign::eval::BENCH_ISA;
 
 template <class F>
 static double seconds_per_call(F f, double work) {

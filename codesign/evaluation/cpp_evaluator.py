@@ -3,11 +3,15 @@
 :class:`CppSubnetEvaluator` packs the supernet's weights (its ``state_dict``) into the C++ object
 ``codesign._kernels.SubnetEvaluator`` once; every subnet is then sliced, BN-recalibrated and scored
 in C++ (threads, no GIL). The weights are a snapshot: build a new evaluator after changing the
-supernet. :class:`TorchSubnetEvaluator` stays the reference and the fallback.
+supernet. :class:`TorchSubnetEvaluator` stays the reference and the fallback. The kernels are built
+for several instruction sets (portable baseline, AVX2+FMA, AVX-512VL) and the fastest one this CPU
+runs is picked at run time; ``CODESIGN_EVAL_ISA=base|avx2|avx512`` caps it.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -35,6 +39,29 @@ class InvalidGenomeError(GenomeError, ValueError):
 def have_cpp_evaluator() -> bool:
     """Whether the compiled C++ subnet evaluator is importable."""
     return _ext is not None and hasattr(_ext, "SubnetEvaluator")
+
+
+def evaluator_isas() -> list[str]:
+    """Instruction sets the C++ evaluator's kernels run with on this CPU, slowest first (none without it)."""
+    return list(_ext.evaluator_isas()) if have_cpp_evaluator() else []
+
+
+def active_evaluator_isa() -> str | None:
+    """The instruction set the C++ evaluator runs with: the fastest, or at most ``CODESIGN_EVAL_ISA``'s."""
+    return str(_ext.evaluator_isa()) if have_cpp_evaluator() else None
+
+
+@contextlib.contextmanager
+def evaluator_isa(isa: str) -> Iterator[None]:
+    """Run the C++ evaluator with ``isa`` (one of :func:`evaluator_isas`) inside the block, to compare paths."""
+    if not have_cpp_evaluator():
+        raise RuntimeError("codesign._kernels was not compiled with the subnet evaluator: pip install . builds it")
+    previous = _ext.evaluator_isa()
+    _ext.set_evaluator_isa(isa)
+    try:
+        yield
+    finally:
+        _ext.set_evaluator_isa(previous)
 
 
 def supernet_config(supernet: ElasticSupernet) -> dict[str, Any]:
