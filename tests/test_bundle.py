@@ -115,6 +115,60 @@ def test_wrong_outputs_are_not_timed_and_results_must_match_the_bundle(measured_
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs the CUDA toolkit's nvcc (no GPU needed)")
+def test_a_stopped_build_resumes_without_redoing_finished_work(measured_llvm_bundle, tiny_space, tmp_path, monkeypatch):
+    from codesign.compiler import tvm_compile
+    from codesign.profile import bundle as bundle_module
+    from codesign.profile.tvm_backend import host_llvm_target
+
+    config = BundleConfig(target=host_llvm_target(), sampled_candidates=1, models=2, max_workloads=5, batch_kernels=4)
+    out = tmp_path / "b"
+    built: list[list[str]] = []
+    compiled: list[object] = []
+    real_build, real_compile = bundle_module._KernelBatcher._build, tvm_compile.compile_subnet
+
+    def build(self, items):
+        built.append([symbol for symbol, _, _ in items])
+        if stop_at_library == len(built):
+            raise KeyboardInterrupt  # killed while compiling this library
+        return real_build(self, items)
+
+    def compile_subnet(*args, **kwargs):
+        compiled.append(args[1])
+        if stop_at_model == len(compiled):
+            raise KeyboardInterrupt
+        return real_compile(*args, **kwargs)
+
+    monkeypatch.setattr(bundle_module._KernelBatcher, "_build", build)
+    monkeypatch.setattr(tvm_compile, "compile_subnet", compile_subnet)
+    stop_at_library, stop_at_model = 2, 0
+    with pytest.raises(KeyboardInterrupt):
+        build_bundle(tiny_space, config, out)
+    partial = tmp_path / ".b.partial"
+    assert not out.exists() and len(json.loads((partial / "progress.json").read_text())["libraries"]) == 1
+    first_library = set(built[0])
+
+    built.clear()
+    stop_at_library, stop_at_model = 0, 2
+    with pytest.raises(KeyboardInterrupt):
+        build_bundle(tiny_space, config, out)
+    assert built and not first_library & {s for symbols in built for s in symbols}  # library 1 was not rebuilt
+    assert len(json.loads((partial / "progress.json").read_text())["models"]) == 1
+
+    built.clear()
+    compiled.clear()
+    stop_at_library, stop_at_model = 0, 0
+    summary = build_bundle(tiny_space, config, out)
+    assert built == [] and len(compiled) == 1  # only the second whole model was left to do
+    assert not partial.exists() and not (out / "progress.json").exists()
+    index = load_bundle_index(out)
+    assert [m["key"] for m in index["models"]] == ["model000", "model001"]
+    assert all((out / m["path"]).is_file() for m in index["models"])
+    symbols = [k["symbol"] for lib in index["kernel_libraries"] for k in lib["kernels"]]
+    uninterrupted = load_bundle_index(measured_llvm_bundle[1])  # the same kernels, built in one go
+    assert sorted(symbols) == sorted(k["symbol"] for lib in uninterrupted["kernel_libraries"] for k in lib["kernels"])
+    assert summary["kernels"] == len(symbols) == len(set(symbols))
+
+
 def test_cuda_bundle_builds_here_with_compiled_kernels(tmp_path, tiny_space):
     from codesign.compiler.cuda_binary import CudaPayload, complete_cuda_target, library_import_tree
 

@@ -15,6 +15,10 @@ copying files) the profiling run is split in three:
 3. :func:`merge_results` (``codesign profile --merge BUNDLE --results R -o FILE.json``): the
    results become a hardware profile like one measured directly (kernel table, whole models,
    fitted kernel predictor and calibration), with the device's provenance as the device read it.
+
+A build takes tens of minutes on a small machine (35 for the default space on 2 cores), so it is
+resumable: its progress is saved after every kernel library and whole model, and rerunning the
+same command after a kill or a failure continues from there.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from codesign.errors import CodesignError
-from codesign.fileio import staging_directory, write_json_atomic
+from codesign.fileio import write_json_atomic
 from codesign.latency.workloads import Workload, enumerate_workloads, kernel_family
 from codesign.profile.bundle_measure import RESULTS_FORMAT, output_summary, probe_array
 from codesign.space import Genome, SearchSpace
@@ -138,6 +142,7 @@ class _KernelBatcher:
         self.pending: list[tuple[str, Any, dict[str, Any]]] = []
         self.libraries: list[dict[str, Any]] = []
         self.failed: list[dict[str, Any]] = []
+        self.on_flush: Callable[[], None] = lambda: None
 
     def add(self, symbol: str, func: Any, entry: dict[str, Any]) -> None:
         self.pending.append((symbol, func.with_attr("global_symbol", symbol), entry))
@@ -150,7 +155,7 @@ class _KernelBatcher:
         return tvm.tirx.build(tvm.IRModule({s: f for s, f, _ in items}), target=tvm.target.Target(self.target))
 
     def _reject(self, item: tuple[str, Any, dict[str, Any]], error: str) -> None:
-        self.failed.append({**item[2], "error": error[:300]})
+        self.failed.append({"symbol": item[0], **item[2], "error": error[:300]})
 
     def flush(self) -> None:
         """Build and write the pending functions; one that fails to build or compile is isolated and recorded."""
@@ -183,6 +188,8 @@ class _KernelBatcher:
             )
         if self.pending:
             self.flush()
+        else:
+            self.on_flush()
 
 
 def _last_error_line(message: str, symbol: str) -> str:
@@ -261,6 +268,8 @@ def _copy_runtime(bundle: Path, target: dict[str, Any], wheels: str | None) -> d
 
     from codesign import runtime
 
+    for partial in ("runtime", "python", "wheels"):  # left by a build that stopped while copying
+        shutil.rmtree(bundle / partial, ignore_errors=True)
     runtime_dir = bundle / "runtime"
     runtime_dir.mkdir()
     source = runtime.runtime_library_dir()
@@ -310,6 +319,44 @@ def _directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+class _BuildCheckpoint:
+    """A bundle build's progress, kept in ``.NAME.partial`` beside the bundle and saved atomically after
+    every kernel library and every whole model, so that rerunning the same command resumes it."""
+
+    FILE = "progress.json"
+
+    def __init__(self, out: Path, key: dict[str, Any], say: Callable[[str], None]) -> None:
+        self.folder = out.with_name(f".{out.name}.partial")
+        self.key = json.loads(json.dumps(key))
+        saved: dict[str, Any] | None = None
+        try:
+            saved = json.loads((self.folder / self.FILE).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            saved = None
+        if isinstance(saved, dict) and saved.get("key") == self.key:
+            self.state = saved
+            say(f"resuming the bundle build kept in {self.folder} ({saved.get('seconds', 0.0):.0f} s done)")
+        else:
+            if self.folder.exists():
+                say(f"{self.folder} holds a build with other settings: starting over")
+                shutil.rmtree(self.folder)
+            (self.folder / "kernels").mkdir(parents=True)
+            (self.folder / "models").mkdir()
+            self.state = {"key": self.key, "seconds": 0.0}
+        self._since = time.monotonic()
+
+    def seconds(self) -> float:
+        """Build time over every run of this build."""
+        return float(self.state["seconds"]) + time.monotonic() - self._since
+
+    def save(self, **updates: Any) -> None:
+        """Record ``updates`` (and the time spent) in the progress file, atomically."""
+        self.state.update(updates)
+        self.state["seconds"] = self.seconds()
+        self._since = time.monotonic()
+        write_json_atomic(self.folder / self.FILE, self.state, compact=True)
+
+
 def build_bundle(
     space: SearchSpace,
     config: BundleConfig,
@@ -317,7 +364,11 @@ def build_bundle(
     *,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Compile the bundle into ``out_dir`` (built in a temporary folder, moved in place at the end)."""
+    """Compile the bundle into ``out_dir``: built in ``.NAME.partial`` beside it and moved in place at the end.
+
+    A build that stops (killed, or a compiler failure) keeps that folder; rerunning with the same
+    space and config resumes after the last kernel library or whole model it finished.
+    """
     import os
 
     from codesign.compiler.tvm_compile import compile_subnet, subnet_reference_module
@@ -333,38 +384,70 @@ def build_bundle(
         cuda_arch(config.target)
         nvcc_path()
     out = Path(out_dir)
-    staging = staging_directory(out, error=CodesignError)
-    started = time.monotonic()
+    if out.exists() and any(out.iterdir()):
+        raise CodesignError(f"output directory {out} exists and is not empty")
     try:
-        (staging / "kernels").mkdir()
-        (staging / "models").mkdir()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint = _BuildCheckpoint(
+            out, {"config": asdict(config), "space": space.to_dict(), "software": software_versions()}, say
+        )
+    except OSError as exc:
+        raise CodesignError(f"cannot write to {out.parent}: {exc.strerror}") from None
+    staging = checkpoint.folder
+    state = checkpoint.state
+    try:
         ranked = [w for w, _ in rank_workloads(space, 500, config.seed)]
         workloads = ranked[: config.max_workloads] if config.max_workloads else enumerate_workloads(space)
-        by_family: dict[str, list[Workload]] = {}
-        for w in workloads:
-            by_family.setdefault(kernel_family(w), []).append(w)
-        families: dict[str, list[dict[str, Any]]] = {}
-        for f, (family, members) in enumerate(sorted(by_family.items())):
-            representative = max(members, key=lambda w: (w.macs, w.key()))
-            task = workload_tasks(representative, config.target)[0]
-            families[family] = [{"source": "default", "trace": None}] + sample_family_candidates(
-                task, config.target, config.sampled_candidates, config.seed + f, representative.key()
-            )
-            say(f"family {family}: {len(families[family]) - 1} sampled schedules from {representative.key()}")
+        if "families" not in state:
+            by_family: dict[str, list[Workload]] = {}
+            for w in workloads:
+                by_family.setdefault(kernel_family(w), []).append(w)
+            sampled: dict[str, list[dict[str, Any]]] = {}
+            for f, (family, members) in enumerate(sorted(by_family.items())):
+                representative = max(members, key=lambda w: (w.macs, w.key()))
+                task = workload_tasks(representative, config.target)[0]
+                sampled[family] = [{"source": "default", "trace": None}] + sample_family_candidates(
+                    task, config.target, config.sampled_candidates, config.seed + f, representative.key()
+                )
+                say(f"family {family}: {len(sampled[family]) - 1} sampled schedules from {representative.key()}")
+            checkpoint.save(families=sampled)
+        families: dict[str, list[dict[str, Any]]] = state["families"]
         batcher = _KernelBatcher(staging / "kernels", config.target, config.batch_kernels)
+        batcher.libraries = state.get("libraries", [])
+        batcher.failed = state.get("build_failures", [])
         fits_gpu = _GpuCodeCheck(config.target) if _gpu(config.target) else None
         reference_tasks: list[tuple[str, Any]] = []
-        replay_failures: list[dict[str, Any]] = []
+        replay_failures: list[dict[str, Any]] = state.get("replay_failures", [])
         task_counts: dict[str, int] = {}
+        resume_at = int(state.get("next_workload", 0))
+        finished = {k["symbol"] for lib in batcher.libraries for k in lib["kernels"]}
+        finished |= {f["symbol"] for f in batcher.failed + replay_failures}
+        current = resume_at
+
+        def save_kernels() -> None:  # after each library: every kernel before `current` is in one or failed
+            checkpoint.save(
+                libraries=batcher.libraries,
+                build_failures=batcher.failed,
+                replay_failures=replay_failures,
+                next_workload=current,
+            )
+
+        batcher.on_flush = save_kernels
         for i, workload in enumerate(workloads):
+            current = i
             family = kernel_family(workload)
             tasks = workload_tasks(workload, config.target)
             task_counts[workload.key()] = len(tasks)
             for t, task in enumerate(tasks):
                 reference = f"w{i:04d}t{t}"
                 reference_tasks.append((reference, task.mod))
+                if i < resume_at:
+                    continue
                 specs = _arg_specs(task.mod)
                 for c, candidate in enumerate(families[family]):
+                    symbol = f"k{i:04d}_t{t}_c{c}"
+                    if symbol in finished:
+                        continue
                     entry = {
                         "key": workload.key(),
                         "candidate": c,
@@ -379,16 +462,23 @@ def build_bundle(
                         else:
                             mod = replay_json(task, candidate["trace"]).mod
                     except Exception as exc:
-                        replay_failures.append({**entry, "error": str(exc).strip().splitlines()[-1][:300]})
+                        error = str(exc).strip().splitlines()[-1][:300]
+                        replay_failures.append({"symbol": symbol, **entry, "error": error})
                         continue
                     if fits_gpu is not None and c > 0 and not fits_gpu(mod):
-                        replay_failures.append({**entry, "error": "exceeds the GPU's limits (VerifyGPUCode)"})
+                        replay_failures.append(
+                            {"symbol": symbol, **entry, "error": "exceeds the GPU's limits (VerifyGPUCode)"}
+                        )
                         continue
-                    batcher.add(f"k{i:04d}_t{t}_c{c}", mod["main"], entry)
-            if (i + 1) % 50 == 0 or i + 1 == len(workloads):
+                    batcher.add(symbol, mod["main"], entry)
+            if i >= resume_at and ((i + 1) % 50 == 0 or i + 1 == len(workloads)):
                 say(f"kernels: {i + 1}/{len(workloads)} workloads scheduled, {len(batcher.libraries)} libraries")
+        current = len(workloads)
         batcher.flush()
-        references = _cpu_references(reference_tasks, staging)
+        save_kernels()
+        if "references" not in state:
+            checkpoint.save(references=_cpu_references(reference_tasks, staging))
+        references: dict[str, dict[str, Any]] = state["references"]
         built: dict[tuple[str, int], set[int]] = {}
         for library in batcher.libraries:
             for kernel in library["kernels"]:
@@ -398,10 +488,11 @@ def build_bundle(
         for (key, built_candidate), built_tasks in built.items():
             if len(built_tasks) == task_counts[key]:
                 usable.setdefault(key, set()).add(built_candidate)
-        models: list[dict[str, Any]] = []
-        model_failures: list[dict[str, Any]] = []
+        models: list[dict[str, Any]] = state.get("models", [])
+        model_failures: list[dict[str, Any]] = state.get("model_failures", [])
         drawn = _random_model_genomes(space, families, usable, 3 * config.models, config.seed)
-        for genome in drawn:
+        for d in range(int(state.get("models_drawn", 0)), len(drawn)):
+            genome = drawn[d]
             if len(models) == config.models:
                 break
             m = len(models)
@@ -411,6 +502,7 @@ def build_bundle(
             except Exception as exc:  # record it and draw the next subnet
                 model_failures.append({"genome": genome.to_dict(), "error": str(exc).strip().splitlines()[-1][:300]})
                 path.unlink(missing_ok=True)
+                checkpoint.save(models=models, model_failures=model_failures, models_drawn=d + 1)
                 continue
             path = _compress(path)
             shape = [1, space.in_channels, genome.resolution, genome.resolution]
@@ -427,6 +519,7 @@ def build_bundle(
                     "reference_logits": logits.double().numpy().tolist(),
                 }
             )
+            checkpoint.save(models=models, model_failures=model_failures, models_drawn=d + 1)
             say(f"whole models: {m + 1}/{config.models} compiled")
         copied = _copy_runtime(staging, config.target, config.runtime_wheels)
         digest = hashlib.sha256(
@@ -450,7 +543,7 @@ def build_bundle(
             "software": software_versions(),
             "command": current_command(),
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "build_seconds": round(time.monotonic() - started, 1),
+            "build_seconds": round(checkpoint.seconds(), 1),
         }
         write_json_atomic(staging / "bundle.json", index, compact=True)
         size = _directory_bytes(staging)
@@ -459,12 +552,14 @@ def build_bundle(
                 f"the bundle is {size / 2**20:.1f} MiB, over the {BUNDLE_SIZE_LIMIT / 2**20:.0f} MiB limit: "
                 "use fewer --bundle-models or --sampled-candidates"
             )
+        (staging / _BuildCheckpoint.FILE).unlink()
         if out.exists():
             out.rmdir()
         os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException as exc:
+        if staging.exists() and not isinstance(exc, CodesignError):
+            say(f"the bundle build stopped; its progress is kept in {staging}: rerun the same command to resume")
+        raise
     kernels = sum(len(lib["kernels"]) for lib in index["kernel_libraries"])
     return {
         "bundle": str(out),
