@@ -94,3 +94,42 @@ def test_exported_cuda_library_holds_fatbin_not_source(tmp_path):
     assert len(cuda) == 1 and cuda[0].fmt == "fatbin"
     assert cuda[0].data[:4] == bytes.fromhex("50ed55ba")  # fatbin magic, not CUDA C
     assert b"__global__" not in cuda[0].data
+
+
+def _fake_nvidia_smi(folder, monkeypatch, script: str) -> None:
+    smi = folder / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n" + script + "\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:/usr/bin:/bin")
+
+
+def test_cuda_target_is_the_local_gpus_and_another_gpus_profile_is_not_used_silently(tmp_path, monkeypatch):
+    import json
+
+    from codesign.cli.search import resolve_target
+    from codesign.compiler.cuda_binary import local_cuda_arch
+    from codesign.profile import shipped
+    from codesign.profile.profile_file import ProfileError
+
+    _fake_nvidia_smi(tmp_path, monkeypatch, 'echo "8.0"')  # an A100
+    assert local_cuda_arch() == "sm_80"
+    assert resolve_target("cuda") == {"kind": "cuda", "arch": "sm_80"}
+    assert complete_cuda_target({"kind": "cuda"})["arch"] == "sm_80"
+    assert complete_cuda_target({"kind": "cuda", "arch": "sm_90"})["arch"] == "sm_90"  # a given arch wins
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "cuda-sm90-h200.json").write_text(json.dumps({"target": {"kind": "cuda", "arch": "sm_90"}}))
+    monkeypatch.setattr(shipped, "shipped_profiles_dir", lambda: profiles)
+    with pytest.raises(ProfileError, match=r"no shipped profile was measured for this GPU \(sm_80\)"):
+        shipped.find_shipped_profile(resolve_target("cuda"))
+    assert shipped.find_shipped_profile(resolve_target("cuda"), allow_mismatch=True).name == "cuda-sm90-h200.json"
+
+
+def test_a_build_machine_without_a_gpu_builds_for_hopper(tmp_path, monkeypatch):
+    from codesign.cli.search import resolve_target
+    from codesign.compiler.cuda_binary import local_cuda_arch
+
+    _fake_nvidia_smi(tmp_path, monkeypatch, 'echo "NVIDIA-SMI has failed" >&2; exit 9')  # driver present, no GPU
+    assert local_cuda_arch() is None
+    assert resolve_target("cuda") == {"kind": "cuda"}
+    assert complete_cuda_target({"kind": "cuda"})["arch"] == "sm_90"

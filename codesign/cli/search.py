@@ -22,8 +22,11 @@ def resolve_target(spec: str) -> dict[str, Any]:
             import os
 
             return {"kind": "llvm", "num-cores": os.cpu_count() or 1}
-    if spec == "cuda":
-        return {"kind": "cuda"}
+    if spec == "cuda":  # this machine's GPU when it has one; any cuda profile matches on a build machine
+        from codesign.compiler.cuda_binary import local_cuda_arch
+
+        arch = local_cuda_arch()
+        return {"kind": "cuda", "arch": arch} if arch else {"kind": "cuda"}
     try:
         target = json.loads(spec)
     except json.JSONDecodeError:

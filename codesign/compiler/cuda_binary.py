@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import struct
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,16 +141,38 @@ CUDA_TARGET_DEFAULTS: dict[str, Any] = {
 }
 
 
+def local_cuda_arch() -> str | None:
+    """The ``sm_XY`` of this machine's first NVIDIA GPU, as nvidia-smi reports its compute capability;
+    None where there is no GPU or no nvidia-smi (a build machine)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        lines = subprocess.run(
+            [smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.fullmatch(r"(\d+)\.(\d+)", lines[0]) if lines else None
+    return f"sm_{match.group(1)}{match.group(2)}" if match else None
+
+
 def complete_cuda_target(target: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A full CUDA target JSON: ``target``'s keys over Hopper defaults (``sm_90``: H100, H200).
+    """A full CUDA target JSON: ``target``'s keys over this machine's GPU arch, else Hopper's (``sm_90``:
+    H100, H200), and Hopper's limits.
 
     MetaSchedule needs the limits (threads, shared memory, warp size, registers) spelled out,
-    since there is no GPU here to query them from.
+    since a build machine has no GPU to query them from.
     """
     given = dict(target or {})
     if given.get("kind", "cuda") != "cuda":
         raise CodesignError(f"not a cuda target: {given!r}")
-    return {"kind": "cuda", "arch": DEFAULT_CUDA_ARCH, **CUDA_TARGET_DEFAULTS, **given}
+    arch = given.get("arch") or local_cuda_arch() or DEFAULT_CUDA_ARCH
+    return {"kind": "cuda", **CUDA_TARGET_DEFAULTS, **given, "arch": arch}
 
 
 def cuda_arch(target: dict[str, Any]) -> str:

@@ -48,8 +48,9 @@ def find_shipped_profile(target: dict[str, Any], *, allow_mismatch: bool = False
         return same_kind[0]
     shipped = ", ".join(p.name for p in shipped_profiles()) or "none"
     if target.get("kind") == "cuda":
+        which = f"this GPU ({target['arch']})" if target.get("arch") else "a cuda GPU"
         raise ProfileError(
-            f"no shipped profile was measured for a cuda GPU yet (shipped: {shipped}); measure yours: "
+            f"no shipped profile was measured for {which} (shipped: {shipped}); measure yours: "
             "`codesign profile --target cuda --build-only -o gpu_bundle` here, `python3 gpu_bundle/measure.py` on the "
             "GPU machine, `codesign profile --merge gpu_bundle -o my_gpu.json`, then pass --profile my_gpu.json"
         )
