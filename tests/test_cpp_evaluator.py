@@ -321,3 +321,21 @@ def test_shared_prefix_memory_cap_limits_what_is_kept(default_space):
             assert _rel_err(torch.from_numpy(got), torch.from_numpy(want)) < 1e-5
     with pytest.raises(ValueError, match="share_memory_mb"):
         run(share_memory_mb=-1.0)
+
+
+def test_an_unknown_instruction_set_cap_is_a_one_line_error_before_any_work(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "codesign.cli.main", "search", "--latency-ms", "0.35", "--allow-mismatch"]
+        + ["--generations", "1", "-o", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "CODESIGN_EVAL_ISA": "neon"},
+    )
+    assert run.returncode != 0
+    assert "CODESIGN_EVAL_ISA='neon' is not an instruction set this CPU runs" in run.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in run.stderr

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from codesign.data import DataSplits, ImageDataset
-from codesign.errors import GenomeError
+from codesign.errors import CodesignError, GenomeError
 from codesign.evaluation.accuracy import SubnetScore
 from codesign.evaluation.preprocess import prepare_images
 from codesign.space import Genome
@@ -137,6 +137,10 @@ class CppSubnetEvaluator:
     ) -> None:
         if not have_cpp_evaluator():
             raise RuntimeError("codesign._kernels was not compiled with the subnet evaluator: pip install . builds it")
+        try:  # a bad CODESIGN_EVAL_ISA is reported here, not after a search has run
+            _ext.evaluator_isa()
+        except ValueError as exc:
+            raise CodesignError(str(exc)) from None
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
         if calibration_batch_size < 1:
