@@ -14,12 +14,16 @@ from codesign.space import Genome, SearchSpace
 
 
 def run_cli(
-    *args: str, cwd: str | os.PathLike[str] | None = None, timeout: float = 600
+    *args: str,
+    cwd: str | os.PathLike[str] | None = None,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m codesign ARGS`` in a child process and capture its text output.
 
     The default working directory is a neutral one, so that the installed package is what runs
-    rather than a source tree that happens to be the current directory.
+    rather than a source tree that happens to be the current directory (a clone's source tree
+    lacks the compiled extension). ``env`` adds to this process's environment.
     """
     return subprocess.run(
         [sys.executable, "-m", "codesign", *args],
@@ -27,6 +31,7 @@ def run_cli(
         text=True,
         timeout=timeout,
         cwd=tempfile.gettempdir() if cwd is None else cwd,
+        env=None if env is None else {**os.environ, **env},
     )
 
 

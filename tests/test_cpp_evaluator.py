@@ -14,7 +14,7 @@ from codesign.evaluation import (
 from codesign.evaluation.cpp_evaluator import evaluator_isa, evaluator_isas, supernet_config
 from codesign.space import Genome
 from codesign.supernet import ElasticSupernet
-from codesign.testing import random_genomes, randomize_batchnorm
+from codesign.testing import random_genomes, randomize_batchnorm, run_cli
 
 pytestmark = pytest.mark.skipif(not have_cpp_evaluator(), reason="codesign._kernels was built without the evaluator")
 
@@ -324,18 +324,14 @@ def test_shared_prefix_memory_cap_limits_what_is_kept(default_space):
 
 
 def test_an_unknown_instruction_set_cap_is_a_one_line_error_before_any_work(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    run = subprocess.run(
-        [sys.executable, "-m", "codesign.cli.main", "search", "--latency-ms", "0.35", "--allow-mismatch"]
-        + ["--generations", "1", "-o", str(tmp_path / "s")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "CODESIGN_EVAL_ISA": "neon"},
+    # run_cli starts outside the source tree: a clone's tree has no compiled extension, so a child
+    # started in it would score with torch and never read the cap
+    run = run_cli(
+        *("search", "--latency-ms", "0.35", "--allow-mismatch", "--generations", "1", "-o", str(tmp_path / "s")),
+        env={"CODESIGN_EVAL_ISA": "neon"},
     )
     assert run.returncode != 0
     assert "CODESIGN_EVAL_ISA='neon' is not an instruction set this CPU runs" in run.stderr.strip().splitlines()[-1]
     assert "Traceback" not in run.stderr
+    assert "evolution search" not in run.stderr, "the cap must be checked before the search runs"
+    assert not (tmp_path / "s").exists()

@@ -105,7 +105,7 @@ class SearchCommand(Command):
         from codesign.errors import CodesignError
         from codesign.latency.model import LatencyModel
         from codesign.profile.shipped import resolve_profile
-        from codesign.search.accuracy_data import file_sha256
+        from codesign.search.accuracy_data import file_sha256, resolve_evaluator_kind
         from codesign.search.accuracy_predictor import AccuracyPredictor
         from codesign.search.encoding import SearchEncoding
         from codesign.search.pipeline import default_predictor_path
@@ -122,6 +122,9 @@ class SearchCommand(Command):
         from codesign.search.strategies import create_strategy
         from codesign.supernet.weights import resolve_supernet_path
 
+        evaluator_kind = resolve_evaluator_kind(args.evaluator) if args.finalists > 0 else "torch"
+        if evaluator_kind == "torch" and args.finalists > 0 and args.evaluator == "auto":
+            print("note: the C++ evaluator is not built here; finalists are scored with torch (several times slower)")
         target = resolve_target(args.target)
         loaded_profile = resolve_profile(target, args.profile, allow_mismatch=args.allow_mismatch)
         profile_path = loaded_profile.path
@@ -186,7 +189,7 @@ class SearchCommand(Command):
             splits = load_splits(
                 args.dataset, args.data_root, val_size=args.val_size, seed=args.data_seed, channels=space.in_channels
             )
-            evaluator = make_evaluator(supernet, splits, kind=args.evaluator, threads=args.threads)
+            evaluator = make_evaluator(supernet, splits, kind=evaluator_kind, threads=args.threads)
             print(f"evaluating {len(finalists)} finalists on the validation split ...")
             points = evaluate_finalists(points, finalists, evaluator)
         best = recommend(points)

@@ -32,6 +32,9 @@ except ImportError:  # pragma: no cover - exercised only on an unbuilt checkout
 Plan = tuple[int, list[tuple[int, int, int, int]]]
 
 
+NOT_BUILT_MESSAGE = "codesign._kernels was not compiled with the subnet evaluator: pip install . builds it"
+
+
 class InvalidGenomeError(GenomeError, ValueError):
     """A genome that does not fit the evaluator's space (both a :class:`GenomeError` and a ``ValueError``)."""
 
@@ -51,11 +54,19 @@ def active_evaluator_isa() -> str | None:
     return str(_ext.evaluator_isa()) if have_cpp_evaluator() else None
 
 
+def check_evaluator_isa() -> str | None:
+    """:func:`active_evaluator_isa`, with a bad ``CODESIGN_EVAL_ISA`` reported as a one-line :class:`CodesignError`."""
+    try:
+        return active_evaluator_isa()
+    except ValueError as exc:
+        raise CodesignError(str(exc)) from None
+
+
 @contextlib.contextmanager
 def evaluator_isa(isa: str) -> Iterator[None]:
     """Run the C++ evaluator with ``isa`` (one of :func:`evaluator_isas`) inside the block, to compare paths."""
     if not have_cpp_evaluator():
-        raise RuntimeError("codesign._kernels was not compiled with the subnet evaluator: pip install . builds it")
+        raise RuntimeError(NOT_BUILT_MESSAGE)
     previous = _ext.evaluator_isa()
     _ext.set_evaluator_isa(isa)
     try:
@@ -136,11 +147,8 @@ class CppSubnetEvaluator:
         share_memory_mb: float = 1024.0,
     ) -> None:
         if not have_cpp_evaluator():
-            raise RuntimeError("codesign._kernels was not compiled with the subnet evaluator: pip install . builds it")
-        try:  # a bad CODESIGN_EVAL_ISA is reported here, not after a search has run
-            _ext.evaluator_isa()
-        except ValueError as exc:
-            raise CodesignError(str(exc)) from None
+            raise RuntimeError(NOT_BUILT_MESSAGE)
+        check_evaluator_isa()
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
         if calibration_batch_size < 1:

@@ -24,15 +24,29 @@ def make_evaluator(
     supernet: Any, splits: Any, *, kind: EvaluatorKind = "auto", threads: int = 1, split: str = "val", **options: Any
 ) -> Any:
     """The C++ evaluator when built (``auto``), or the one named; same interface either way."""
-    from codesign.evaluation import CppSubnetEvaluator, TorchSubnetEvaluator, have_cpp_evaluator
+    from codesign.evaluation import CppSubnetEvaluator, TorchSubnetEvaluator
+
+    if resolve_evaluator_kind(kind) == "cpp":
+        return CppSubnetEvaluator(supernet, splits, split=split, num_threads=max(1, threads), **options)
+    return TorchSubnetEvaluator(supernet, splits, split=split, **options)
+
+
+def resolve_evaluator_kind(kind: EvaluatorKind) -> Literal["cpp", "torch"]:
+    """The evaluator ``kind`` stands for here, checked before any work: ``auto`` is ``cpp`` when it is built.
+
+    A C++ evaluator that was asked for but is not built, or a bad ``CODESIGN_EVAL_ISA``, is a
+    :class:`CodesignError`.
+    """
+    from codesign.evaluation.cpp_evaluator import check_evaluator_isa, have_cpp_evaluator
 
     if kind not in ("auto", "cpp", "torch"):
         raise CodesignError(f"unknown evaluator {kind!r}; use auto, cpp or torch")
-    if kind == "cpp" or (kind == "auto" and have_cpp_evaluator()):
-        if not have_cpp_evaluator():
-            raise CodesignError("the C++ evaluator is not built: reinstall codesign (pip install .)")
-        return CppSubnetEvaluator(supernet, splits, split=split, num_threads=max(1, threads), **options)
-    return TorchSubnetEvaluator(supernet, splits, split=split, **options)
+    if kind == "torch" or (kind == "auto" and not have_cpp_evaluator()):
+        return "torch"
+    if not have_cpp_evaluator():
+        raise CodesignError("the C++ evaluator is not built: reinstall codesign (pip install .)")
+    check_evaluator_isa()
+    return "cpp"
 
 
 def sample_genomes(space: SearchSpace, count: int, seed: int) -> list[Genome]:
