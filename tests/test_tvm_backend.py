@@ -10,6 +10,7 @@ from codesign.profile.tvm_backend import (
     distinct_top_records,
     host_llvm_target,
     time_kernel,
+    transpose_task,
     tune_task,
     workload_tasks,
 )
@@ -50,3 +51,14 @@ def test_tune_and_replay_distinct_schedules(target, tmp_path):
     for record in records:
         timing = time_kernel(build_kernel(task, target, record.trace), task, repeat=3, min_repeat_ms=5)
         assert timing.median_ms > 0
+
+
+def test_nhwc_kernels_and_the_transposes_between_layouts_build_and_time(target):
+    (nhwc,) = workload_tasks(Workload("depthwise", 24, 24, 6, 3, 1, "hswish"), target, layout="NHWC")
+    assert "conv2d_nhwc" in nhwc.mod.script() or "group_conv2d_nhwc" in nhwc.mod.script()
+    (residual,) = workload_tasks(Workload("conv", 24, 8, 3, 1, 1, "none", residual=True), target, layout="NHWC")
+    assert "T_transpose" not in residual.mod.script(), "the block input arrives NHWC: no transpose inside"
+    for task in (nhwc, residual, transpose_task(24, 6, target), transpose_task(24, 6, target, to_layout="NCHW")):
+        assert time_kernel(build_kernel(task, target), task, repeat=3, min_repeat_ms=5).median_ms > 0
+    with pytest.raises(ValueError, match="unknown layout"):
+        transpose_task(24, 6, target, to_layout="NCHW8c")

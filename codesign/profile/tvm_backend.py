@@ -47,14 +47,19 @@ def host_llvm_target(num_cores: int | None = None) -> dict[str, Any]:
 
 
 class _ResidualProject(nn.Module):
-    """Project conv + BN whose output is added to the block input (fused into one kernel by TVM)."""
+    """Project conv + BN whose output is added to the block input (fused into one kernel by TVM).
 
-    def __init__(self, mid: int, out: int) -> None:
+    With ``skip_nhwc`` the block input arrives NHWC, as it does inside a network whose previous
+    kernel ran NHWC; converted to NHWC, the kernel then reads it without a transpose.
+    """
+
+    def __init__(self, mid: int, out: int, *, skip_nhwc: bool = False) -> None:
         super().__init__()
         self.conv = ConvBNAct(mid, out, 1, 1, 1, None)
+        self.skip_nhwc = skip_nhwc
 
     def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv(y)
+        return (x.permute(0, 3, 1, 2) if self.skip_nhwc else x) + self.conv(y)
 
 
 class _PoolClassifier(nn.Module):
@@ -67,8 +72,11 @@ class _PoolClassifier(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-def layer_module(workload: Workload) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """A one-layer torch module computing ``workload`` and example inputs (batch 1)."""
+def layer_module(workload: Workload, *, layout: str = "NCHW") -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """A one-layer torch module computing ``workload`` and example inputs (batch 1).
+
+    ``layout`` is the layout the kernel will run in: a residual kernel's block input arrives in it.
+    """
     w = workload
     act = None if w.activation == "none" else w.activation
     x = torch.randn(1, w.in_channels, w.resolution, w.resolution)
@@ -78,7 +86,9 @@ def layer_module(workload: Workload) -> tuple[nn.Module, tuple[torch.Tensor, ...
         return ConvBNAct(w.in_channels, w.out_channels, w.kernel_size, w.stride, w.in_channels, act).eval(), (x,)
     if w.residual:
         skip = torch.randn(1, w.out_channels, w.out_resolution, w.out_resolution)
-        return _ResidualProject(w.in_channels, w.out_channels).eval(), (x, skip)
+        if layout == "NHWC":
+            skip = skip.permute(0, 2, 3, 1).contiguous()
+        return _ResidualProject(w.in_channels, w.out_channels, skip_nhwc=layout == "NHWC").eval(), (x, skip)
     return ConvBNAct(w.in_channels, w.out_channels, w.kernel_size, w.stride, 1, act).eval(), (x,)
 
 
@@ -105,16 +115,53 @@ class KernelTask:
     weight: int
 
 
-def workload_tasks(workload: Workload, target: dict[str, Any]) -> list[KernelTask]:
-    """The fused kernels TVM builds for ``workload`` on ``target`` (one for convolutions)."""
+def workload_tasks(workload: Workload, target: dict[str, Any], *, layout: str = "NCHW") -> list[KernelTask]:
+    """The fused kernels TVM builds for ``workload`` on ``target`` (one for convolutions).
+
+    ``layout="NHWC"`` gives the kernel the workload compiles to when its convolution runs NHWC
+    (see :mod:`codesign.compiler.layouts`); the transposes at the one-layer module's own input
+    and output are not part of the workload and are left out.
+    """
     tvm = require_tvm()
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
-    module, inputs = layer_module(workload)
-    fused = relax.get_pipeline("zero")(relax_module(module, inputs))
+    from codesign.compiler.layouts import apply_layouts, conv_calls
+
+    module, inputs = layer_module(workload, layout=layout)
+    mod = relax_module(module, inputs)
+    if layout != "NCHW":
+        mod = apply_layouts(mod, [layout] * len(conv_calls(mod)))
+    fused = relax.get_pipeline("zero")(mod)
     tasks = ms.relax_integration.extract_tasks(fused, tvm.target.Target(target))
-    return [KernelTask(t.task_name, t.dispatched[0], int(t.weight)) for t in tasks]
+    kept = [t for t in tasks if layout == "NCHW" or not _is_transpose(t.dispatched[0])]
+    return [KernelTask(t.task_name, t.dispatched[0], int(t.weight)) for t in kept]
+
+
+def transpose_task(channels: int, resolution: int, target: dict[str, Any], *, to_layout: str = "NHWC") -> KernelTask:
+    """The kernel a change of layout compiles to: one activation (batch 1) transposed to ``to_layout``."""
+    tvm = require_tvm()
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    if to_layout not in ("NHWC", "NCHW"):
+        raise ValueError(f"unknown layout {to_layout!r}; use NCHW or NHWC")
+    shape = (1, channels, resolution, resolution) if to_layout == "NHWC" else (1, resolution, resolution, channels)
+    axes = [0, 2, 3, 1] if to_layout == "NHWC" else [0, 3, 1, 2]
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    builder = relax.BlockBuilder()
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            out = builder.emit_output(relax.op.permute_dims(x, axes))
+        builder.emit_func_output(out)
+    fused = relax.get_pipeline("zero")(builder.get())
+    (task,) = ms.relax_integration.extract_tasks(fused, tvm.target.Target(target))
+    return KernelTask(task.task_name, task.dispatched[0], 1)
+
+
+def _is_transpose(mod: Any) -> bool:
+    """Whether a fused kernel only transposes (the boundary of a one-layer module in another layout)."""
+    return "T_transpose" in mod.script() and "conv2d" not in mod.script()
 
 
 def fast_build(mod: Any, target: Any, _params: Any) -> Any:

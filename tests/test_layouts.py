@@ -1,0 +1,78 @@
+"""Per-kernel data layouts: compiled for real on this CPU, checked against the all-NCHW model."""
+
+import numpy as np
+import pytest
+
+from codesign.compiler.layouts import apply_layouts, conv_calls, layout_transforms
+from codesign.compiler.tvm_compile import subnet_relax_module
+from codesign.latency.workloads import subnet_workloads
+from codesign.profile.tvm_backend import host_llvm_target, workload_tasks
+from codesign.space import Genome
+
+
+@pytest.fixture(scope="module")
+def small_subnet(default_space):
+    genome = Genome.smallest(default_space)
+    return default_space, genome, subnet_relax_module(default_space, genome)
+
+
+def _run(mod, x):
+    import tvm
+    from tvm import relax
+
+    executable = tvm.compile(mod, target=tvm.target.Target(host_llvm_target(1)))
+    return relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def _layouts(space, genome, nhwc_kinds):
+    convs = [w for w in subnet_workloads(space, genome) if w.kind != "pool_fc"]
+    return convs, ["NHWC" if w.kind in nhwc_kinds else "NCHW" for w in convs]
+
+
+def test_layouts_change_speed_not_values_and_transpose_only_where_they_change(small_subnet):
+    from tvm import relax
+
+    space, genome, raw = small_subnet
+    x = np.random.default_rng(0).standard_normal((1, space.in_channels, genome.resolution, genome.resolution))
+    x = x.astype("float32")
+    reference = _run(raw, x)
+    assert apply_layouts(raw, ["NCHW"] * len(conv_calls(raw))) is raw
+    assert layout_transforms(relax.transform.FoldConstant()(raw)) == 0  # the classifier's transpose is folded
+    convs, everything = _layouts(space, genome, {"conv", "depthwise"})
+    all_nhwc = apply_layouts(raw, everything)
+    assert layout_transforms(all_nhwc) == 2  # the image into the stem, the pooled vector (1x1) back
+    _, depthwise_only = _layouts(space, genome, {"depthwise"})
+    mixed = apply_layouts(raw, depthwise_only)
+    assert layout_transforms(mixed) == 2 * depthwise_only.count("NHWC")  # into and out of each
+    for mod in (all_nhwc, mixed):
+        np.testing.assert_allclose(_run(mod, x), reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("nhwc_kinds", [{"conv", "depthwise"}, {"depthwise"}])
+def test_every_kernel_of_a_mixed_network_is_the_profiled_kernel_of_its_layout(small_subnet, nhwc_kinds):
+    """What makes tuning records of one-layer kernels apply to whole networks in any layout mix."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    space, genome, raw = small_subnet
+    target = host_llvm_target(1)
+    convs, layouts = _layouts(space, genome, nhwc_kinds)
+    whole = ms.relax_integration.extract_tasks(
+        relax.get_pipeline("zero")(apply_layouts(raw, layouts)), tvm.target.Target(target)
+    )
+    database = ms.database.MemoryDatabase()
+    for task in whole:
+        database.commit_workload(task.dispatched[0])
+    for workload, layout in zip(convs, layouts, strict=True):
+        (kernel,) = workload_tasks(workload, target, layout=layout)
+        assert database.has_workload(kernel.mod), f"{workload.key()} in {layout} compiles differently in the network"
+
+
+def test_bad_layouts_are_clear_errors(small_subnet):
+    _, _, raw = small_subnet
+    count = len(conv_calls(raw))
+    with pytest.raises(ValueError, match=f"1 layouts given for {count} convolutions"):
+        apply_layouts(raw, ["NHWC"])
+    with pytest.raises(ValueError, match="unknown layout 'NCHW8c'"):
+        apply_layouts(raw, ["NCHW8c"] * count)
