@@ -66,6 +66,7 @@ def main() -> int:
     parser.add_argument("--whole-trials", type=int, default=16, help="trials per kernel and layout in part 2")
     parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--skip-whole", action="store_true", help="part 1 only")
+    parser.add_argument("--skip-kernels", action="store_true", help="part 2 only")
     parser.add_argument("--out", default=None, help="write every measurement as JSON here")
     args = parser.parse_args()
 
@@ -91,6 +92,8 @@ def main() -> int:
     for w in sorted(set(workloads), key=lambda w: -w.macs):
         representatives.setdefault(kernel_family(w), w)
     rows = []
+    if args.skip_kernels:
+        representatives = {}
     header = ("kernel", "NCHW tuned", "NHWC tuned", "NHWC/NCHW", "NCHW dflt", "NHWC dflt")
     print(f"{header[0]:42s} " + " ".join(f"{h:>11s}" for h in header[1:]))
     for family, w in sorted(representatives.items()):
@@ -108,13 +111,14 @@ def main() -> int:
             f"{1e3 * row['NCHW']['default_ms']:9.1f}us {1e3 * row['NHWC']['default_ms']:9.1f}us",
             flush=True,
         )
-    shapes = sorted({(w.in_channels, w.resolution) for w in workloads})
+    shapes = [] if args.skip_kernels else sorted({(w.in_channels, w.resolution) for w in workloads})
     transposes = {f"c{c}_r{r}": transpose_ms(c, r, target, args.repeat) for c, r in shapes}
-    transpose_us = 1e3 * float(np.median(list(transposes.values())))
-    print(
-        f"transpose NCHW->NHWC of the subnet's {len(shapes)} activation shapes: median {transpose_us:.1f}us "
-        f"(range {1e3 * min(transposes.values()):.1f}-{1e3 * max(transposes.values()):.1f}us)"
-    )
+    transpose_us = 1e3 * float(np.median(list(transposes.values()))) if transposes else float("nan")
+    if transposes:
+        print(
+            f"transpose NCHW->NHWC of the subnet's {len(shapes)} activation shapes: median {transpose_us:.1f}us "
+            f"(range {1e3 * min(transposes.values()):.1f}-{1e3 * max(transposes.values()):.1f}us)"
+        )
     ratios = [r["ratio"] for r in rows if r["ratio"]]
     depthwise = [r["ratio"] for r in rows if r["ratio"] and r["workload"].startswith("depthwise")]
     pointwise = [
