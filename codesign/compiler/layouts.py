@@ -11,6 +11,13 @@ convolution follow its layout, and a transpose is inserted exactly where the lay
 and consumer differ (and at the graph's input and output). ``R.clip`` has no layout rule in
 TVM 0.27, so ONNX HardSwish would be wrapped in a transpose pair: :func:`clip_to_min_max` rewrites
 it first into ``minimum(maximum(x, lo), hi)``, which follows its input's layout.
+
+TVM 0.27 facts (read from its source and tried on small graphs, 2026-11-28):
+``layout_cb`` is called for every layout-aware call and must return ``{}`` for anything but a
+convolution; returning ``{}`` for a convolution makes it inherit its input's layout, so NCHW is
+asked for explicitly. Packed layouts (``NCHW8c``) pass ``ConvertLayout`` but ``LegalizeOps``
+leaves such convolutions unlowered and compilation then fails; ``topi.nn.conv2d_NCHWc`` covers
+dense convolutions only (no depthwise), so NCHWc needs a legalization of its own.
 """
 
 from __future__ import annotations
