@@ -161,7 +161,8 @@ def transpose_task(channels: int, resolution: int, target: dict[str, Any], *, to
 
 def _is_transpose(mod: Any) -> bool:
     """Whether a fused kernel only transposes (the boundary of a one-layer module in another layout)."""
-    return "T_transpose" in mod.script() and "conv2d" not in mod.script()
+    text = mod.script()
+    return "T_transpose" in text and "conv2d" not in text
 
 
 def fast_build(mod: Any, target: Any, _params: Any) -> Any:
