@@ -54,53 +54,84 @@ def conv_calls(mod: Any) -> list[Any]:
     return calls
 
 
-def _conv_of_each_clip(mod: Any) -> list[int]:
-    """For every ``R.clip`` of ``mod["main"]`` in program order, the convolution it follows (-1: none).
-
-    A clip follows the convolution reached by walking back through the first argument of each call.
-    """
+def _is_op(expr: Any, name: str) -> bool:
     import tvm
 
     relax = _relax()
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
+
+
+def _clip_bound(call: Any) -> tuple[str, Any] | None:
+    """``("maximum" | "minimum", x)`` for a ``call_tir`` of ONNX Clip's TE max/min with a scalar bound, else None."""
+    import tvm
+
+    relax = _relax()
+    if not _is_op(call, "relax.call_tir"):
+        return None
+    name = call.args[0].name_hint
+    kind = next((k for k in ("maximum", "minimum") if name.startswith(k)), None)
+    arguments = call.args[1]
+    if kind is None or not isinstance(arguments, relax.Tuple) or len(arguments.fields) != 2:
+        return None
+    bound = arguments.fields[1]
+    if not isinstance(bound, tvm.ir.expr.Constant) or bound.value.numpy().size != 1:
+        return None
+    return kind, arguments.fields[0]
+
+
+def _activations(mod: Any) -> list[tuple[Any, Any]]:
+    """Every layout-blind activation step of ``mod["main"]`` and the convolution it follows (None: none).
+
+    The steps are ``R.clip`` (ONNX HardSwish) and the ``call_tir`` TE ``maximum``/``minimum`` that
+    ONNX Clip (ReLU6) imports to. A step follows the convolution reached by walking back through
+    the first tensor argument of each call.
+    """
+    relax = _relax()
     bound: dict[Any, Any] = {}
-    convs: list[Any] = []
-    clips: list[Any] = []
-
-    def visit(expr: Any) -> None:
-        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
-            if expr.op.name == "relax.nn.conv2d":
-                convs.append(expr)
-            elif expr.op.name == "relax.clip":
-                clips.append(expr)
-
     for block in mod["main"].body.blocks:
         for binding in block.bindings:
             bound[binding.var] = binding.value
+    steps: list[Any] = []
+
+    def visit(expr: Any) -> None:
+        if _is_op(expr, "relax.clip") or _clip_bound(expr) is not None:
+            steps.append(expr)
+
     relax.analysis.post_order_visit(mod["main"], visit)
     out = []
-    for clip in clips:
-        expr = clip.args[0]
-        while isinstance(expr, relax.Var) and expr in bound:
-            expr = bound[expr]
-            if isinstance(expr, relax.Call) and any(expr.same_as(c) for c in convs):
+    for step in steps:
+        expr = step
+        while True:
+            found = _clip_bound(expr)
+            if found is not None:
+                expr = found[1]
+            elif isinstance(expr, relax.Call) and expr.args:
+                expr = expr.args[0]
+            else:
+                expr = None
                 break
-            expr = expr.args[0] if isinstance(expr, relax.Call) and expr.args else None
-        out.append(next((i for i, c in enumerate(convs) if expr is not None and expr.same_as(c)), -1))
+            if isinstance(expr, relax.Var) and expr in bound:
+                expr = bound[expr]
+            if _is_op(expr, "relax.nn.conv2d") or not isinstance(expr, relax.Call):
+                break
+        out.append((step, expr if _is_op(expr, "relax.nn.conv2d") else None))
     return out
 
 
 def clip_to_min_max(mod: Any, convolutions: Sequence[int] | None = None) -> Any:
-    """``mod`` with ``R.clip(x, lo, hi)`` as ``minimum(maximum(x, lo), hi)`` (same values, layout-aware).
+    """``mod`` with its clips as ``minimum(maximum(x, lo), hi)`` Relax ops (same values, layout-aware).
 
+    Both ``R.clip`` (ONNX HardSwish) and ONNX Clip's ``call_tir`` TE functions (ReLU6) have no
+    layout rule in TVM 0.27, so ``ConvertLayout`` would wrap them in a transpose pair.
     ``convolutions``: rewrite only the clips that follow these convolutions (indices into
     :func:`conv_calls`); the others keep the fused kernel the NCHW profile measured.
     """
-    import tvm
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
     relax = _relax()
-    follows = _conv_of_each_clip(mod)
-    rewrite = [convolutions is None or f in set(convolutions) for f in follows]
+    convs = conv_calls(mod)
+    chosen = [convs[i] for i in (range(len(convs)) if convolutions is None else convolutions)]
+    rewrite = [conv is not None and any(conv.same_as(c) for c in chosen) for _step, conv in _activations(mod)]
 
     @mutator
     class _ClipToMinMax(PyExprMutator):  # type: ignore[misc]
@@ -108,21 +139,28 @@ def clip_to_min_max(mod: Any, convolutions: Sequence[int] | None = None) -> Any:
 
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
-            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.clip":
-                index, self.seen = self.seen, self.seen + 1
-                if rewrite[index]:
-                    x, lo, hi = call.args
-                    dtype = x.ty.dtype
-                    low = relax.const(float(lo.value), dtype)
-                    high = relax.const(float(hi.value), dtype)
-                    return relax.op.minimum(relax.op.maximum(x, low), high)
-            return call
+            te_bound = _clip_bound(call)
+            if not (_is_op(call, "relax.clip") or te_bound is not None):
+                return call
+            index, self.seen = self.seen, self.seen + 1
+            if not rewrite[index]:
+                return call
+            if te_bound is not None:
+                kind, x = te_bound
+                value = float(call.args[1].fields[1].value.numpy())
+                op = relax.op.maximum if kind == "maximum" else relax.op.minimum
+                return op(x, relax.const(value, x.ty.dtype))
+            x, lo, hi = call.args
+            dtype = x.ty.dtype
+            low = relax.const(float(lo.value), dtype)
+            high = relax.const(float(hi.value), dtype)
+            return relax.op.minimum(relax.op.maximum(x, low), high)
 
     rewriter = _ClipToMinMax(mod)
     rewriter.builder_.update_func(mod.get_global_var("main"), rewriter.visit_expr(mod["main"]))
     if rewriter.seen != len(rewrite):
         raise AssertionError(f"visited {rewriter.seen} clips, found {len(rewrite)} before")
-    return rewriter.builder_.finalize()
+    return relax.transform.DeadCodeElimination()(rewriter.builder_.finalize())
 
 
 def simplify_transposes(mod: Any) -> Any:
@@ -160,6 +198,72 @@ def simplify_transposes(mod: Any) -> Any:
     return relax.transform.DeadCodeElimination()(simplify(mod))
 
 
+def swap_residual_adds(mod: Any) -> Any:
+    """``mod`` with the operands of every add of two activations (a residual add) swapped.
+
+    ``ConvertLayout`` runs an add in the layout of its first operand. The exported graph adds
+    ``skip + conv(y)``, so the add would follow the skip and leave the projection's kernel without
+    its residual; swapped, the add follows the convolution and the skip is transposed instead.
+    Swapping again after the conversion restores the operand order the profiled kernels have.
+    """
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    relax = _relax()
+
+    def activation(expr: Any) -> bool:
+        return isinstance(expr, relax.Var) and len(getattr(expr.ty, "shape", None) or ()) == 4
+
+    @mutator
+    class _Swap(PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            if _is_op(call, "relax.add") and activation(call.args[0]) and activation(call.args[1]):
+                return relax.op.add(call.args[1], call.args[0])
+            return call
+
+    rewriter = _Swap(mod)
+    rewriter.builder_.update_func(mod.get_global_var("main"), rewriter.visit_expr(mod["main"]))
+    return rewriter.builder_.finalize()
+
+
+OPAQUE_PATTERN = 8  # TVM's kOpaque: FuseOps fuses nothing into or out of such a kernel
+
+
+def emit_isolated_transpose(builder: Any, x: Any, axes: Sequence[int]) -> Any:
+    """A transpose of ``x`` as its own kernel: a ``call_tir`` that FuseOps never fuses with a neighbour.
+
+    Left to itself, FuseOps folds a transpose feeding a residual add into the convolution kernel,
+    which then differs from every profiled kernel; as an opaque kernel it is the one
+    :func:`codesign.profile.tvm_backend.transpose_task` times.
+    """
+    from tvm import topi
+
+    return builder.call_te(
+        topi.transpose,
+        x,
+        [int(a) for a in axes],
+        primfunc_name_hint="layout_transpose",
+        primfunc_attrs={"op_pattern": OPAQUE_PATTERN},
+    )
+
+
+def isolate_transposes(mod: Any) -> Any:
+    """``mod`` with every ``permute_dims`` of ``main`` as an isolated transpose kernel (see above)."""
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Isolate(PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            if _is_op(call, "relax.permute_dims"):
+                return emit_isolated_transpose(self.builder_, call.args[0], call.attrs.axes)
+            return call
+
+    rewriter = _Isolate(mod)
+    rewriter.builder_.update_func(mod.get_global_var("main"), rewriter.visit_expr(mod["main"]))
+    return rewriter.builder_.finalize()
+
+
 def apply_layouts(mod: Any, layouts: Sequence[str]) -> Any:
     """``mod`` with its i-th convolution in ``layouts[i]`` (``NCHW`` or ``NHWC``); constants folded.
 
@@ -176,7 +280,8 @@ def apply_layouts(mod: Any, layouts: Sequence[str]) -> Any:
         raise ValueError(f"unknown layout {unknown[0]!r}; use one of {', '.join(LAYOUTS)}")
     if all(layout == "NCHW" for layout in layouts):
         return mod
-    mod = clip_to_min_max(mod, [i for i, layout in enumerate(layouts) if layout != "NCHW"])
+    # constants first: bias terms must not look like activations to swap, clip bounds must be constants
+    mod = clip_to_min_max(relax.transform.FoldConstant()(mod), [i for i, lay in enumerate(layouts) if lay != "NCHW"])
     chosen = list(zip(conv_calls(mod), layouts, strict=True))  # the rewrite made new call objects
 
     def desired(call: Any) -> dict[str, list[str]]:
@@ -187,20 +292,19 @@ def apply_layouts(mod: Any, layouts: Sequence[str]) -> Any:
                 return {"relax.nn.conv2d": [layout, KERNEL_LAYOUTS[layout]]}
         raise ValueError("ConvertLayout visited a convolution that conv_calls did not find")
 
-    converted = relax.transform.ConvertLayout({}, desired)(mod)
-    return simplify_transposes(relax.transform.FoldConstant()(converted))
+    converted = swap_residual_adds(relax.transform.ConvertLayout({}, desired)(swap_residual_adds(mod)))
+    return isolate_transposes(simplify_transposes(relax.transform.FoldConstant()(converted)))
 
 
 def layout_transforms(mod: Any) -> int:
-    """Transpose calls left in ``mod["main"]`` (each one a kernel at run time)."""
-    import tvm
-
+    """Transposes left in ``mod["main"]``, as ops or as isolated kernels (each one a kernel at run time)."""
     relax = _relax()
     count = 0
 
     def visit(expr: Any) -> None:
         nonlocal count
-        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.permute_dims":
+        isolated = _is_op(expr, "relax.call_tir") and expr.args[0].name_hint.startswith("layout_transpose")
+        if _is_op(expr, "relax.permute_dims") or isolated:
             count += 1
 
     relax.analysis.post_order_visit(mod["main"], visit)

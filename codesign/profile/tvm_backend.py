@@ -144,6 +144,8 @@ def transpose_task(channels: int, resolution: int, target: dict[str, Any], *, to
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
+    from codesign.compiler.layouts import emit_isolated_transpose
+
     if to_layout not in ("NHWC", "NCHW"):
         raise ValueError(f"unknown layout {to_layout!r}; use NCHW or NHWC")
     shape = (1, channels, resolution, resolution) if to_layout == "NHWC" else (1, resolution, resolution, channels)
@@ -152,7 +154,7 @@ def transpose_task(channels: int, resolution: int, target: dict[str, Any], *, to
     builder = relax.BlockBuilder()
     with builder.function("main", [x]):
         with builder.dataflow():
-            out = builder.emit_output(relax.op.permute_dims(x, axes))
+            out = builder.emit_output(emit_isolated_transpose(builder, x, axes))
         builder.emit_func_output(out)
     fused = relax.get_pipeline("zero")(builder.get())
     (task,) = ms.relax_integration.extract_tasks(fused, tvm.target.Target(target))
