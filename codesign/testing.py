@@ -55,15 +55,20 @@ def random_genomes(space: SearchSpace, count: int, seed: int = 0) -> list[Genome
     return [Genome.largest(space), Genome.smallest(space)] + [Genome.random(space, rng) for _ in range(count)]
 
 
-def synthetic_profile(space: SearchSpace, *, candidates: int = 3, seed: int = 0, calibration: bool = True) -> object:
+def synthetic_profile(
+    space: SearchSpace, *, candidates: int = 3, seed: int = 0, calibration: bool = True, layouts: bool = False
+) -> object:
     """A hardware profile with *invented* kernel latencies, for unit tests of the latency model and search.
 
     Kernel latency grows with MACs and memory traffic; schedule candidate 0 (the default lowering)
     is 3x slower, tuned candidates are faster on channel counts divisible by 16 and slower
-    otherwise, so schedules and pruning interact. Every kernel of ``space`` is "measured"; there
-    are no traces (nothing can be compiled from it) and the device says it is synthetic.
+    otherwise, so schedules and pruning interact. With ``layouts`` every family also has NHWC
+    candidates (default and one tuned: depthwise kernels faster than NCHW, dense ones slower) and
+    the profile has transpose timings. Every kernel of ``space`` is "measured"; there are no
+    traces (nothing can be compiled from it) and the device says it is synthetic.
     """
     from codesign.latency.positions import PositionTable
+    from codesign.latency.transposes import activation_shapes, transpose_key
     from codesign.latency.workloads import kernel_family
     from codesign.profile.profile_file import DeviceInfo, HardwareProfile, SoftwareInfo
 
@@ -74,14 +79,21 @@ def synthetic_profile(space: SearchSpace, *, candidates: int = 3, seed: int = 0,
         if w.kind != "pool_fc":
             schedules: list[dict[str, object]] = [{"source": "default", "trace": None}]
             schedules += [{"source": f"synthetic#{i}", "trace": None} for i in range(candidates)]
+            if layouts:
+                schedules += [
+                    {"source": "default", "trace": None, "layout": "NHWC"},
+                    {"source": "synthetic-nhwc#0", "trace": None, "layout": "NHWC"},
+                ]
             families.setdefault(kernel_family(w), schedules)
     measurements = []
     for w in positions.workloads:
         base = 2e-6 * w.macs + 1e-6 * (w.in_channels * w.resolution**2 + w.out_channels * w.out_resolution**2) + 0.002
-        count = 1 if w.kind == "pool_fc" else 1 + candidates
+        count = 1 if w.kind == "pool_fc" else 1 + candidates + (2 if layouts else 0)
         results = []
         for c in range(count):
-            if c == 0:
+            if c > candidates:  # NHWC: the default, then one tuned
+                factor = (0.5 if w.kind == "depthwise" else 1.15) * (3.0 if c == candidates + 1 else 0.7)
+            elif c == 0:
                 factor = 3.0
             else:
                 fits = w.out_channels % (8 * c) == 0
@@ -98,6 +110,21 @@ def synthetic_profile(space: SearchSpace, *, candidates: int = 3, seed: int = 0,
                 "results": results,
             }
         )
+    transposes = []
+    for channels, resolution in activation_shapes(positions.workloads) if layouts else []:
+        for to_layout in ("NCHW", "NHWC"):
+            ms = 1e-6 * channels * resolution**2 + 0.001
+            transposes.append(
+                {
+                    "key": transpose_key(channels, resolution, to_layout),
+                    "channels": channels,
+                    "resolution": resolution,
+                    "to_layout": to_layout,
+                    "status": "ok",
+                    "timing": {"median_ms": ms, "mean_ms": ms, "std_ms": 0.0, "repeats": 5},
+                    "error": None,
+                }
+            )
     terms = {"layer_scale": 1.1, "per_kernel_ms": 0.004, "constant_ms": 0.02} if calibration else {}
     return HardwareProfile(
         target={"kind": "llvm", "mcpu": "synthetic", "num-cores": 1},
@@ -109,6 +136,7 @@ def synthetic_profile(space: SearchSpace, *, candidates: int = 3, seed: int = 0,
         measurements=measurements,
         tuning_records={"families": families},
         predictor={"calibration": {"terms": terms, "models": 0}} if terms else None,
+        transposes=transposes,
     )
 
 

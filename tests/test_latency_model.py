@@ -105,3 +105,80 @@ def test_profile_file_round_trip(profile, model, tmp_path, default_space):
     genomes = [Genome.largest(default_space), Genome.smallest(default_space)]
     np.testing.assert_array_equal(again.predict(genomes), model.predict(genomes))
     assert load_profile(path).profile.device.name.startswith("synthetic")
+
+
+@pytest.fixture(scope="module")
+def layout_model(tiny_space):
+    return LatencyModel.from_profile(synthetic_profile(tiny_space, layouts=True))
+
+
+def _best_genes_for_layouts(model, vector, layouts):
+    """``vector`` with each active kernel at its fastest candidate of the given layout (0 NCHW, 1 NHWC)."""
+    ids = model.positions.workload_ids(vector[None, :])[0]
+    out = vector.copy()
+    for p, lay in layouts.items():
+        out[model.arch_length + p] = model.best_gene[ids[p], lay]
+    return out
+
+
+def test_fastest_schedules_with_layouts_are_the_exact_optimum(layout_model, tiny_space):
+    """The dynamic program against every layout assignment of every kernel (2^kernels subnets)."""
+    import itertools
+
+    model = layout_model
+    assert model.has_layouts
+    genomes = [Genome.random(tiny_space, np.random.default_rng(seed)) for seed in range(4)]
+    vectors = model.vectors(genomes)
+    fastest = vectors.copy()
+    fastest[:, model.arch_length :] = model.fastest_schedule_genes(vectors)
+    predicted = model.predict(fastest)
+    mixed = 0
+    for i, vector in enumerate(vectors):
+        active = np.flatnonzero(model.positions.active(vector[None, :])[0])
+        convs = [p for p in active if model.roles[p] != "pool_fc"]
+        batch = np.stack(
+            [
+                _best_genes_for_layouts(model, vector, dict(zip(convs, combo, strict=True)))
+                for combo in itertools.product((0, 1), repeat=len(convs))
+            ]
+        )
+        brute = model.predict(batch)
+        assert predicted[i] == pytest.approx(brute.min(), rel=1e-12)
+        layouts = model.layouts_by_position(fastest[i : i + 1, model.arch_length :].T)[:, 0]
+        mixed += len(set(layouts[convs].tolist())) == 2
+    assert mixed, "the synthetic profile should make some optimum mix layouts"
+
+
+def test_layout_changes_cost_their_measured_transposes(layout_model, tiny_space):
+    model = layout_model
+    genome = Genome.smallest(tiny_space)
+    vector = model.vectors([genome])[0]
+    active = np.flatnonzero(model.positions.active(vector[None, :])[0])
+    convs = [p for p in active if model.roles[p] != "pool_fc"]
+    nchw = _best_genes_for_layouts(model, vector, {p: 0 for p in convs})
+    nhwc = _best_genes_for_layouts(model, vector, {p: 1 for p in convs})
+    one = _best_genes_for_layouts(model, vector, {**{p: 0 for p in convs}, convs[2]: 1})  # first depthwise
+    sums, kernels, transposes = model.terms(np.stack([nchw, nhwc, one]))
+    assert transposes.tolist() == [0, 2, 2]  # all NHWC: the image and the pooled vector; one kernel: in and out
+    assert kernels.tolist() == [len(active), len(active) + 2, len(active) + 2]
+    explained = model.explain(Genome.from_vector(tiny_space, one))
+    assert explained["transposes"] == 2 and explained["transpose_ms"] > 0
+    assert [layer["layout"] for layer in explained["layers"]].count("NHWC") == 1
+
+
+def test_nhwc_candidates_without_transpose_timings_fail_clearly(tiny_space):
+    profile = synthetic_profile(tiny_space, layouts=True)
+    stripped = type(profile)(**{**profile.__dict__, "transposes": []})
+    with pytest.raises(CodesignError, match="no transpose timings"):
+        LatencyModel.from_profile(stripped)
+
+
+def test_calibration_fits_a_transpose_term():
+    rng = np.random.default_rng(0)
+    sums = rng.uniform(0.5, 3.0, 40)
+    kernels = rng.integers(10, 40, 40).astype(float)
+    transposes = rng.integers(0, 12, 40).astype(float)
+    measured = 1.1 * sums + 0.002 * kernels + 0.01 * transposes + 0.05
+    fitted = Calibration.fit(sums, kernels, measured, transposes)
+    assert fitted.per_transpose_ms == pytest.approx(0.01, rel=1e-6)
+    assert fitted.layer_scale == pytest.approx(1.1, rel=1e-6)

@@ -25,7 +25,11 @@ def _run(mod, x):
 
 
 def _layouts(space, genome, nhwc_kinds):
+    """The subnet's convolutions and their layouts: NHWC for ``nhwc_kinds`` (``"random"``: a seeded coin each)."""
     convs = [w for w in subnet_workloads(space, genome) if w.kind != "pool_fc"]
+    if nhwc_kinds == "random":
+        coins = np.random.default_rng(5).random(len(convs))
+        return convs, ["NHWC" if coin < 0.5 else "NCHW" for coin in coins]
     return convs, ["NHWC" if w.kind in nhwc_kinds else "NCHW" for w in convs]
 
 
@@ -48,7 +52,7 @@ def test_layouts_change_speed_not_values_and_transpose_only_where_they_change(sm
         np.testing.assert_allclose(_run(mod, x), reference, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("nhwc_kinds", [{"conv", "depthwise"}, {"depthwise"}])
+@pytest.mark.parametrize("nhwc_kinds", [{"conv", "depthwise"}, {"depthwise"}, "random"])
 def test_every_kernel_of_a_mixed_network_is_the_profiled_kernel_of_its_layout(small_subnet, nhwc_kinds):
     """What makes tuning records of one-layer kernels apply to whole networks in any layout mix."""
     import tvm
@@ -76,3 +80,31 @@ def test_bad_layouts_are_clear_errors(small_subnet):
         apply_layouts(raw, ["NHWC"])
     with pytest.raises(ValueError, match="unknown layout 'NCHW8c'"):
         apply_layouts(raw, ["NCHW8c"] * count)
+
+
+def test_the_latency_model_counts_the_transposes_the_compiled_graph_has(tiny_space):
+    """Random subnets with random layout genes: the model's transposes are the graph's, and values stay."""
+    from codesign.compiler.tvm_compile import compiled_choices
+    from codesign.latency.model import LatencyModel
+    from codesign.testing import synthetic_profile
+
+    profile = synthetic_profile(tiny_space, layouts=True)
+    model = LatencyModel.from_profile(profile)
+    families = profile.tuning_records["families"]
+    rng = np.random.default_rng(3)
+    for i in range(5):
+        genome = Genome.random(tiny_space, rng)
+        vector = model.vectors([genome])
+        vector[0, model.arch_length :] = rng.integers(0, model.candidate_counts)
+        genome = Genome.from_vector(tiny_space, vector[0])
+        choices = compiled_choices(tiny_space, genome, families)
+        assert len(set(choices.layouts)) == 2, choices.layouts  # a mix (random genes make one all but surely)
+        raw = subnet_relax_module(tiny_space, genome)
+        converted = apply_layouts(raw, choices.layouts)
+        assert layout_transforms(converted) == model.terms(vector)[2][0], choices.layouts
+        if i == 0:
+            x = np.random.default_rng(0).standard_normal(
+                (1, tiny_space.in_channels, genome.resolution, genome.resolution)
+            )
+            x = x.astype("float32")
+            np.testing.assert_allclose(_run(converted, x), _run(raw, x), rtol=1e-5, atol=1e-5)

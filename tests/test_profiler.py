@@ -1,5 +1,7 @@
 """The profiling run, for real on this CPU with a tiny space and budget (TVM, MetaSchedule)."""
 
+import numpy as np
+
 from codesign.latency.workloads import kernel_family
 from codesign.profile.journal import read_journal
 from codesign.profile.profiler import ProfileConfig, Profiler, rank_workloads
@@ -89,6 +91,70 @@ def test_tune_measure_and_resume(tiny_space, tmp_path):
     from codesign.space import Genome
 
     assert 0 < latency.predict([Genome.largest(tiny_space)])[0] < 1e3
+
+
+def test_profiling_in_two_layouts_gives_mixed_layout_candidates_and_transposes(tiny_space, tmp_path):
+    """NHWC tuned next to NCHW: candidates carry their layout, transposes are timed, models mix layouts."""
+    from codesign.compiler.tvm_compile import compile_subnet, compiled_choices, time_executable
+    from codesign.latency.model import LatencyModel
+    from codesign.profile.profiler import profile_from_journal
+    from codesign.space import Genome
+
+    config = ProfileConfig(
+        target=host_llvm_target(1),
+        budget_minutes=10,
+        tune_trials=2,
+        representatives=1,
+        top_k=1,
+        repeat=3,
+        min_repeat_ms=2,
+        cost_model="random",
+        ranking_samples=200,
+        max_tuned_families=2,
+        max_workloads=8,
+        calibration_models=2,
+        full_fraction=1.0,
+        layouts=("NCHW", "NHWC"),
+    )
+    Profiler(tiny_space, config, tmp_path).run()
+    records = read_journal(tmp_path / "journal.jsonl").records
+    tuned = [r for r in records if r["type"] == "tuned"]
+    assert sorted(r["layout"] for r in tuned) == ["NCHW", "NCHW", "NHWC", "NHWC"]
+    assert all(r["error"] is None and r["traces"] for r in tuned)
+    profile = profile_from_journal(tiny_space, config, tmp_path)
+    families = profile.tuning_records["families"]
+    for family in {r["family"] for r in tuned}:
+        layouts = [c["layout"] for c in families[family]]
+        assert layouts == ["NCHW", "NCHW", "NHWC", "NHWC"], layouts  # default + trace, per layout
+        assert families[family][2]["trace"] is None  # NHWC's default lowering
+    nhwc_timed = [
+        r
+        for m in profile.measurements
+        if m["family"] in families
+        for r in m["results"]
+        if families[m["family"]][r["candidate"]]["layout"] == "NHWC" and r["status"] == "ok"
+    ]
+    assert nhwc_timed and all(r["timing"]["median_ms"] > 0 for r in nhwc_timed)
+    assert {t["to_layout"] for t in profile.transposes} == {"NCHW", "NHWC"}
+    assert all(t["status"] == "ok" and t["timing"]["median_ms"] > 0 for t in profile.transposes)
+    assert all(m["status"] == "ok" for m in profile.models), profile.models
+    model = LatencyModel.from_profile(profile)
+    assert model.has_layouts
+    # the fastest schedules of a subnet compile, in the layouts their candidates fix
+    genome = model.fastest_schedules(Genome.largest(tiny_space))
+    nhwc_genes = Genome(
+        **{
+            **genome.__dict__,
+            "schedules": tuple(
+                2 if model.positions.positions[p].family in families else 0 for p in range(model.num_positions)
+            ),
+        }
+    )
+    assert "NHWC" in compiled_choices(tiny_space, nhwc_genes, families).layouts
+    timing = time_executable(
+        compile_subnet(tiny_space, nhwc_genes, config.target, families), tiny_space, nhwc_genes.resolution
+    )
+    assert timing.median_ms > 0 and np.isfinite(model.predict([nhwc_genes])[0])
 
 
 def ranked_first(space):

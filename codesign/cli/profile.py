@@ -20,6 +20,8 @@ class ProfileCommand(Command):
         "After the kernels, --calibration-models whole random subnets are compiled with TVM under the\n"
         "schedules their genes choose and measured; a gradient-boosted kernel predictor (JSON) fills the\n"
         "kernels the budget left unmeasured, and a calibration learns what the per-kernel sum misses.\n"
+        "On CPUs kernels are tuned in NCHW and NHWC (--layouts): a candidate fixes its kernel's layout,\n"
+        "and the transposes a change of layout compiles to are timed too, so the search can mix layouts.\n"
         "With --rpc-tracker/--rpc-key everything is compiled here and timed on the remote device (a\n"
         "board or server running `python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY`).\n"
         "\n"
@@ -94,6 +96,13 @@ class ProfileCommand(Command):
             help="measure on the device registered at this TVM RPC tracker (build here, run there)",
         )
         parser.add_argument("--rpc-key", default=None, metavar="KEY", help="the device's key at the tracker")
+        parser.add_argument(
+            "--layouts",
+            default=None,
+            metavar="NCHW[,NHWC]",
+            help="data layouts to tune kernels in; each becomes schedule candidates the search may mix, "
+            "with measured transposes between them (default: NCHW,NHWC on CPUs, NCHW otherwise)",
+        )
         bundle = parser.add_argument_group("measurement bundles (build here, measure on a device without TVM)")
         bundle.add_argument("--build-only", action="store_true", help="compile a measurement bundle into -o DIR")
         bundle.add_argument("--measure", metavar="BUNDLE", help="measure BUNDLE on this machine (runs its measure.py)")
@@ -166,6 +175,7 @@ class ProfileCommand(Command):
             rpc_tracker=args.rpc_tracker,
             rpc_key=args.rpc_key,
             calibration_minutes=min(args.calibration_minutes, args.budget_minutes),
+            layouts=_layouts(args.layouts, target),
         )
         summary = Profiler(space, config, work_dir).run(progress=print)
         profile = profile_from_journal(space, config, work_dir)
@@ -176,6 +186,21 @@ class ProfileCommand(Command):
         )
         _print_validation(profile)
         return 0
+
+
+def _layouts(spec: str | None, target: dict[str, Any]) -> tuple[str, ...]:
+    """The ``--layouts`` to tune in: validated, NCHW first (candidate 0 is always NCHW's default lowering)."""
+    from codesign.errors import CodesignError
+    from codesign.latency.transposes import LAYOUT_NAMES, layout_id
+
+    if spec is None:
+        return LAYOUT_NAMES if target.get("kind") == "llvm" else ("NCHW",)
+    names = [name.strip().upper() for name in spec.split(",") if name.strip()]
+    for name in names:
+        layout_id(name)
+    if "NCHW" not in names:
+        raise CodesignError("--layouts must include NCHW (every kernel's first candidate is NCHW's default)")
+    return tuple(sorted(set(names), key=layout_id))
 
 
 def _profile_target(spec: str, cores: int | None) -> dict[str, Any]:

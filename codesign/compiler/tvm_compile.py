@@ -1,8 +1,9 @@
 """Whole subnets compiled by TVM Relax under per-layer schedules, and timed.
 
 The schedules a genome chooses (per kernel position, an index into its kernel family's candidates
-in a hardware profile) become a MetaSchedule database: one tuning record per distinct kernel,
-holding the chosen trace replayed onto that kernel. ``compile_relax`` then applies exactly those
+in a hardware profile) fix each convolution's data layout, applied to the Relax module first, and
+become a MetaSchedule database: one tuning record per distinct kernel, holding the chosen trace
+replayed onto that kernel in its layout. ``compile_relax`` then applies exactly those
 records to the whole model's fused kernels (matched by structure) and leaves every other kernel
 (candidate 0, pooling, classifier) to TVM's default lowering, as the profile measured them.
 """
@@ -11,25 +12,74 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from codesign.latency.positions import PositionTable
+from codesign.compiler.layouts import apply_layouts
+from codesign.latency.positions import PositionTable, candidate_layouts
 from codesign.latency.workloads import Workload
 from codesign.profile import tvm_backend as tb
 from codesign.space import Genome, SearchSpace
 
-_TASK_CACHE: dict[tuple[Workload, str], list[tb.KernelTask]] = {}
+_TASK_CACHE: dict[tuple[Workload, str, str], list[tb.KernelTask]] = {}
 
 
-def _tasks(workload: Workload, target: dict[str, Any]) -> list[tb.KernelTask]:
-    key = (workload, repr(sorted(target.items())))
+def _tasks(workload: Workload, target: dict[str, Any], layout: str = "NCHW") -> list[tb.KernelTask]:
+    key = (workload, repr(sorted(target.items())), layout)
     if key not in _TASK_CACHE:
-        _TASK_CACHE[key] = tb.workload_tasks(workload, target)
+        _TASK_CACHE[key] = tb.workload_tasks(workload, target, layout=layout)
     return _TASK_CACHE[key]
+
+
+@dataclass(frozen=True)
+class CompiledChoices:
+    """What a genome's schedule genes decide at compile time.
+
+    ``traces``: the JSON trace each distinct (kernel, layout) compiles with (kernels left at their
+    layout's default lowering omitted); ``layouts``: the layout of every convolution of the
+    subnet, in program order (what :func:`codesign.compiler.layouts.apply_layouts` takes).
+    """
+
+    traces: dict[tuple[Workload, str], Any]
+    layouts: list[str]
+
+
+def compiled_choices(
+    space: SearchSpace,
+    genome: Genome,
+    families: dict[str, list[dict[str, Any]]],
+    *,
+    positions: PositionTable | None = None,
+) -> CompiledChoices:
+    """The traces and layouts ``genome``'s schedule genes choose among ``families``' candidates."""
+    table = positions or PositionTable(space)
+    vector = genome.to_vector(space)[None, :]
+    ids = table.workload_ids(vector)
+    active = table.active(vector)
+    genes = np.zeros((1, table.num_positions), dtype=np.int64)
+    genes[0, : len(genome.schedules)] = genome.schedules[: table.num_positions]
+    layout_of = candidate_layouts(table, families)
+    effective = table.effective_schedules(ids, active, genes, layout_of)[0]
+    traces: dict[tuple[Workload, str], Any] = {}
+    layouts: list[str] = []
+    for p, position in enumerate(table.positions):
+        if not active[0, p]:
+            continue
+        workload = table.workloads[int(ids[0, p])]
+        options = families.get(position.family, [])
+        c = int(effective[p])
+        if c and c >= len(options):
+            raise ValueError(f"schedule gene {c} at {position.name} exceeds the {len(options)} candidates")
+        layout = str(options[c].get("layout", "NCHW")) if options else "NCHW"
+        if workload.kind != "pool_fc":
+            layouts.append(layout)
+        if c and options[c]["trace"] is not None:
+            traces.setdefault((workload, layout), options[c]["trace"])
+    return CompiledChoices(traces, layouts)
 
 
 def chosen_traces(
@@ -38,28 +88,12 @@ def chosen_traces(
     families: dict[str, list[dict[str, Any]]],
     *,
     positions: PositionTable | None = None,
-) -> dict[Workload, Any]:
-    """The JSON trace each distinct kernel of ``genome`` compiles with (kernels left at candidate 0 omitted)."""
-    table = positions or PositionTable(space)
-    vector = genome.to_vector(space)[None, :]
-    ids = table.workload_ids(vector)
-    active = table.active(vector)
-    genes = np.zeros((1, table.num_positions), dtype=np.int64)
-    genes[0, : len(genome.schedules)] = genome.schedules[: table.num_positions]
-    effective = table.effective_schedules(ids, active, genes)[0]
-    chosen: dict[Workload, Any] = {}
-    for p, position in enumerate(table.positions):
-        if not active[0, p] or effective[p] == 0:
-            continue
-        workload = table.workloads[int(ids[0, p])]
-        options = families.get(position.family, [])
-        if effective[p] >= len(options):
-            raise ValueError(f"schedule gene {effective[p]} at {position.name} exceeds the {len(options)} candidates")
-        chosen.setdefault(workload, options[int(effective[p])]["trace"])
-    return chosen
+) -> dict[tuple[Workload, str], Any]:
+    """The JSON trace each distinct (kernel, layout) of ``genome`` compiles with (default lowerings omitted)."""
+    return compiled_choices(space, genome, families, positions=positions).traces
 
 
-def schedule_database(chosen: dict[Workload, Any], target: dict[str, Any]) -> Any:
+def schedule_database(chosen: dict[tuple[Workload, str], Any], target: dict[str, Any]) -> Any:
     """A MetaSchedule in-memory database with one record per kernel: its chosen trace."""
     tvm = tb.require_tvm()
     from tvm.s_tir import meta_schedule as ms
@@ -67,12 +101,12 @@ def schedule_database(chosen: dict[Workload, Any], target: dict[str, Any]) -> An
 
     database = ms.database.MemoryDatabase()
     tvm_target = tvm.target.Target(target)
-    for workload, trace_json in chosen.items():
-        for task in _tasks(workload, target):
+    for (workload, layout), trace_json in chosen.items():
+        for task in _tasks(workload, target, layout):
             try:
                 sch = tb.replay_json(task, trace_json)
             except Exception as exc:
-                raise ValueError(f"the chosen schedule does not replay on {workload.key()}: {exc}") from None
+                raise ValueError(f"the chosen schedule does not replay on {workload.key()} ({layout}): {exc}") from None
             entry = database.commit_workload(task.mod)
             database.commit_tuning_record(
                 ms.database.TuningRecord(
@@ -125,9 +159,10 @@ def compile_subnet(
     tvm = tb.require_tvm()
     from tvm.s_tir import meta_schedule as ms
 
-    raw = subnet_relax_module(space, genome)
-    database = schedule_database(chosen_traces(space, genome, families, positions=positions), target)
-    # compile_relax needs the raw (unfused) module, or it silently applies nothing.
+    choices = compiled_choices(space, genome, families, positions=positions)
+    raw = apply_layouts(subnet_relax_module(space, genome), choices.layouts)
+    database = schedule_database(choices.traces, target)
+    # compile_relax needs the unfused module, or it silently applies nothing.
     return ms.relax_integration.compile_relax(database, raw, tvm.target.Target(target), params=None)
 
 

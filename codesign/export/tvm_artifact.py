@@ -36,7 +36,8 @@ def compile_onnx(
     MetaSchedule trials (0: they get TVM's default lowering). Returns the executable and the
     keys of the kernels tuned here.
     """
-    from codesign.compiler.tvm_compile import chosen_traces, schedule_database
+    from codesign.compiler.layouts import apply_layouts
+    from codesign.compiler.tvm_compile import compiled_choices, schedule_database
     from codesign.profile.tvm_backend import require_tvm
 
     tvm = require_tvm()
@@ -46,7 +47,9 @@ def compile_onnx(
 
     raw = from_onnx(onnx.load(str(onnx_path)), keep_params_in_input=False)
     try:
-        database = schedule_database(chosen_traces(space, genome, families), target)
+        choices = compiled_choices(space, genome, families)
+        raw = apply_layouts(raw, choices.layouts)
+        database = schedule_database(choices.traces, target)
     except ValueError as exc:
         raise ExportError(f"the genome's schedule genes do not fit the profile: {exc}") from None
     tuned = _tune_missing(database, space, genome, target, families, tune_trials) if tune_trials > 0 else []

@@ -2,7 +2,8 @@
 
 ``LatencyModel.from_profile(path)`` reads a hardware profile. A subnet's latency is
 
-    layer_scale * sum(kernel latency under its schedule) + per_kernel_ms * kernels + constant_ms
+    layer_scale * (sum(kernel latency under its schedule) + sum(transpose latency))
+        + per_kernel_ms * (kernels + transposes) + per_transpose_ms * transposes + constant_ms
 
 where kernel latencies come from the profile's measurements (median), or, for kernel/schedule
 pairs the budget did not measure, from the profile's fitted kernel predictor; and the three
@@ -12,12 +13,17 @@ per-layer sum misses: VM dispatch per kernel, graph-level overhead, cache effect
 Genes interact as the compiled model does: a kernel that is structurally equal to an earlier one
 in the same subnet is compiled once, with the earlier one's schedule; a schedule that failed to
 build for a kernel makes any subnet choosing it infinitely slow (never feasible); a pruning ratio
-changes the kernel's shape and so its measured latency under each schedule.
+changes the kernel's shape and so its measured latency under each schedule. A schedule candidate
+also fixes its kernel's data layout (NCHW, or NHWC where the profile tuned it): wherever
+neighbouring kernels differ in layout, the compiled model transposes the activation between them,
+and the model adds that transpose's measured latency (see :func:`LatencyModel.transposes_by_position`
+for exactly where the compiled graph puts them).
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from codesign.errors import CodesignError
-from codesign.latency.positions import PositionTable
+from codesign.latency.positions import PositionTable, candidate_layouts
+from codesign.latency.transposes import LAYOUT_NAMES, TransposeCosts
 from codesign.latency.workloads import Workload, kernel_family
 from codesign.space import Genome, SearchSpace
 
@@ -35,34 +42,56 @@ MEASURED, PREDICTED, FAILED, UNVERIFIED = 1, 2, 3, 4
 
 @dataclass(frozen=True)
 class Calibration:
-    """Whole-model correction of the per-kernel sum (fitted on compiled, measured subnets)."""
+    """Whole-model correction of the per-kernel sum (fitted on compiled, measured subnets).
+
+    ``per_transpose_ms`` is what a transpose costs inside a network beyond its time measured alone.
+    """
 
     layer_scale: float = 1.0
     per_kernel_ms: float = 0.0
     constant_ms: float = 0.0
+    per_transpose_ms: float = 0.0
 
-    def apply(self, layer_sum_ms: np.ndarray, kernels: np.ndarray) -> np.ndarray:
-        """Calibrated latency from per-kernel sums and kernel counts."""
-        return self.layer_scale * layer_sum_ms + self.per_kernel_ms * kernels + self.constant_ms
+    def apply(self, layer_sum_ms: np.ndarray, kernels: np.ndarray, transposes: np.ndarray | float = 0.0) -> np.ndarray:
+        """Calibrated latency from per-kernel sums, kernel counts (transposes included) and transpose counts."""
+        return (
+            self.layer_scale * layer_sum_ms
+            + self.per_kernel_ms * kernels
+            + self.per_transpose_ms * np.asarray(transposes)
+            + self.constant_ms
+        )
 
     @classmethod
-    def fit(cls, layer_sum_ms: np.ndarray, kernels: np.ndarray, measured_ms: np.ndarray) -> Calibration:
-        """Least squares in relative error with non-negative terms (the best of every sign-feasible subset)."""
+    def fit(
+        cls,
+        layer_sum_ms: np.ndarray,
+        kernels: np.ndarray,
+        measured_ms: np.ndarray,
+        transposes: np.ndarray | None = None,
+    ) -> Calibration:
+        """Least squares in relative error with non-negative terms (the best of every sign-feasible subset).
+
+        The transpose term is fitted only when some of the models have transposes.
+        """
         s = np.asarray(layer_sum_ms, dtype=np.float64)
         k = np.asarray(kernels, dtype=np.float64)
         m = np.asarray(measured_ms, dtype=np.float64)
+        t = np.zeros_like(s) if transposes is None else np.asarray(transposes, dtype=np.float64)
         if len(m) == 0:
             return cls()
-        columns = [s, k, np.ones_like(s)]
+        columns = [s, k, np.ones_like(s), t]
+        usable = [0, 1, 2] + ([3] if np.any(t > 0) else [])
         best, best_err = cls(), np.inf
-        for subset in itertools.chain.from_iterable(itertools.combinations(range(3), r) for r in (1, 2, 3)):
+        for subset in itertools.chain.from_iterable(
+            itertools.combinations(usable, r) for r in range(1, len(usable) + 1)
+        ):
             a = np.stack([columns[j] / m for j in subset], axis=1)
             coef, *_ = np.linalg.lstsq(a, np.ones_like(m), rcond=None)
             if np.any(coef < 0):
                 continue
             err = float(np.sum((a @ coef - 1.0) ** 2))
             if err < best_err:
-                full = [0.0, 0.0, 0.0]
+                full = [0.0, 0.0, 0.0, 0.0]
                 for j, c in zip(subset, coef, strict=True):
                     full[j] = float(c)
                 best, best_err = cls(*full), err
@@ -81,6 +110,7 @@ class LayerContribution:
     source: str
     shares_schedule_with: str | None
     default_ms: float  # the same kernel under TVM's default lowering: what its schedule buys
+    layout: str = "NCHW"
 
 
 def _median(result: dict[str, Any]) -> float | None:
@@ -102,6 +132,7 @@ class LatencyModel:
         calibration: Calibration,
         *,
         name: str = "",
+        transposes: TransposeCosts | None = None,
     ) -> None:
         self.space = space
         self.name = name
@@ -132,6 +163,48 @@ class LatencyModel:
                 f"(e.g. {missing[0]}); re-run `codesign profile` for this space"
             )
         self.arch_length = table.arch_length
+        self.layout_of = candidate_layouts(table, families)
+        if self.layout_of.shape[1] < width:
+            self.layout_of = np.pad(self.layout_of, ((0, 0), (0, width - self.layout_of.shape[1])))
+        self.has_layouts = bool(self.layout_of.any())
+        self.transposes = transposes
+        if self.has_layouts:
+            self._prepare_layouts(transposes)
+
+    def _prepare_layouts(self, transposes: TransposeCosts | None) -> None:
+        """Per workload: transpose costs of its input and output into each layout, best kernel per layout."""
+        if not transposes:
+            raise CodesignError(
+                "the profile offers NHWC schedules but holds no transpose timings; re-run `codesign profile`"
+            )
+        table = self.positions
+        count = len(table.workloads)
+        self.transpose_in = np.zeros((count, len(LAYOUT_NAMES)))
+        self.transpose_out = np.zeros((count, len(LAYOUT_NAMES)))
+        for i, w in enumerate(table.workloads):
+            for lay, name in enumerate(LAYOUT_NAMES):
+                if w.kind == "pool_fc":  # an NHWC head's pooled vector, back to NCHW for the classifier
+                    self.transpose_in[i, lay] = transposes.ms(w.in_channels, 1, "NCHW")
+                    continue
+                self.transpose_in[i, lay] = transposes.ms(w.in_channels, w.resolution, name)
+                self.transpose_out[i, lay] = transposes.ms(w.out_channels, w.out_resolution, name)
+        self.residual = np.asarray([w.residual for w in table.workloads], dtype=bool)
+        # layouts of each workload's candidates (the family is a property of the workload)
+        by_workload = np.zeros((count, self.table.shape[1]), dtype=np.int64)
+        first_position: dict[int, int] = {}
+        for p in range(table.num_positions):
+            for wid in set(table.lookup[p].tolist()):
+                first_position.setdefault(wid, p)
+        for wid, p in first_position.items():
+            by_workload[wid] = self.layout_of[p]
+        self.best_ms = np.full((count, len(LAYOUT_NAMES)), np.inf)
+        self.best_gene = np.zeros((count, len(LAYOUT_NAMES)), dtype=np.int64)
+        for lay in range(len(LAYOUT_NAMES)):
+            masked = np.where(by_workload == lay, self.table, np.inf)
+            self.best_gene[:, lay] = np.argmin(masked, axis=1)
+            self.best_ms[:, lay] = masked[np.arange(count), self.best_gene[:, lay]]
+        roles = [p.name.rsplit(".", 1)[-1] for p in table.positions]
+        self.roles = roles
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -152,7 +225,8 @@ class LatencyModel:
         table, sources = kernel_table_from_profile(profile)
         fitted = profile.predictor or {}
         calibration = Calibration(**fitted.get("calibration", {}).get("terms", {}))
-        return cls(space, families, table, sources, calibration, name=profile.device.name)
+        transposes = TransposeCosts.from_records(profile.transposes)
+        return cls(space, families, table, sources, calibration, name=profile.device.name, transposes=transposes)
 
     # ------------------------------------------------------------------ encodings
     @property
@@ -182,6 +256,11 @@ class LatencyModel:
 
     def layer_latencies_by_position(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Latency, active mask and workload ids laid out ``(positions, N)`` (the fast layout)."""
+        latency, active, ids, _ = self._by_position(vectors)
+        return latency, active, ids
+
+    def _by_position(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`layer_latencies_by_position` plus the effective schedule genes, all ``(positions, N)``."""
         v = np.asarray(vectors, dtype=np.int64)
         if v.ndim != 2 or v.shape[1] < self.arch_length:
             raise CodesignError(f"genome vectors must be (N, >= {self.arch_length}), got {v.shape}")
@@ -191,16 +270,75 @@ class LatencyModel:
         given = min(v.shape[1] - self.arch_length, self.num_positions)
         if given:
             genes[:given] = v[:, self.arch_length : self.arch_length + given].T
-        genes = self.positions.effective_schedules_by_position(ids, active, genes)
+        layout_of = self.layout_of if self.has_layouts else None
+        genes = self.positions.effective_schedules_by_position(ids, active, genes, layout_of)
         valid = (genes >= 0) & (genes < self.candidate_counts[:, None])
         latency = self.table[ids, np.clip(genes, 0, self.table.shape[1] - 1)]
         latency = np.where(valid & active, latency, np.where(active, np.inf, 0.0))
-        return latency, active, ids
+        return latency, active, ids, genes
+
+    def layouts_by_position(self, genes: np.ndarray) -> np.ndarray:
+        """``(positions, N)`` layout ids (0 NCHW, 1 NHWC) the schedule genes choose."""
+        chosen = np.clip(genes, 0, self.layout_of.shape[1] - 1)
+        return np.take_along_axis(self.layout_of, chosen, axis=1)
+
+    def transposes_by_position(
+        self, ids: np.ndarray, active: np.ndarray, layouts: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Transposes the compiled subnets contain: their summed latency (ms) and count, each ``(N,)``.
+
+        As :func:`codesign.compiler.layouts.apply_layouts` builds the graph (a test compares the
+        counts on random subnets): a transpose wherever a convolution's input arrives in the
+        other layout (the image arrives NCHW), one of the block input wherever a residual
+        projection's layout differs from it, and one of the pooled vector after an NHWC head.
+        """
+        n = ids.shape[1]
+        total = np.zeros(n)
+        count = np.zeros(n, dtype=np.int64)
+        current = np.zeros(n, dtype=np.int64)
+        block_input = current
+        for p, role in enumerate(self.roles):
+            on = active[p]
+            if role == "pool_fc":
+                needed = on & (current == 1)
+                total += np.where(needed, self.transpose_in[ids[p], 0], 0.0)
+                count += needed
+                continue
+            lay = layouts[p]
+            if role == "expand":
+                block_input = current
+            needed = on & (lay != current)
+            total += np.where(needed, self.transpose_in[ids[p], lay], 0.0)
+            count += needed
+            if role == "project":
+                skip = on & self.residual[ids[p]] & (block_input != lay)
+                total += np.where(skip, self.transpose_out[ids[p], lay], 0.0)
+                count += skip
+            current = np.where(on, lay, current)
+        return total, count
+
+    def terms(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Uncalibrated latency sum (kernels and transposes), kernel count (transposes included), transposes."""
+        return self._terms(*self._by_position(vectors))
+
+    def predict_by_position(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Calibrated latency ``(N,)`` with the active mask and workload ids ``(positions, N)`` (for cost lookups)."""
+        latency, active, ids, genes = self._by_position(vectors)
+        return self.calibration.apply(*self._terms(latency, active, ids, genes)), active, ids
+
+    def _terms(
+        self, latency: np.ndarray, active: np.ndarray, ids: np.ndarray, genes: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        layer_sum = latency.sum(axis=0)
+        kernels = active.sum(axis=0)
+        if not self.has_layouts:
+            return layer_sum, kernels, np.zeros_like(kernels)
+        transpose_ms, transposes = self.transposes_by_position(ids, active, self.layouts_by_position(genes))
+        return layer_sum + transpose_ms, kernels + transposes, transposes
 
     def predict_vectors(self, vectors: np.ndarray) -> np.ndarray:
         """Calibrated latency (ms) of each genome vector: the search's fast path."""
-        latency, active, _ = self.layer_latencies_by_position(vectors)
-        return self.calibration.apply(latency.sum(axis=0), active.sum(axis=0))
+        return self.calibration.apply(*self.terms(vectors))
 
     def predict(self, genomes: Sequence[Genome] | np.ndarray) -> np.ndarray:
         """Calibrated latency (ms) of each genome (or of each row of a vector array)."""
@@ -208,18 +346,22 @@ class LatencyModel:
             return self.predict_vectors(genomes)
         return self.predict_vectors(self.vectors(list(genomes)))
 
-    def layer_sum(self, genomes: Sequence[Genome]) -> tuple[np.ndarray, np.ndarray]:
-        """Uncalibrated per-kernel sums and kernel counts (what calibration is fitted on)."""
-        latency, active = self.layer_latencies(self.vectors(list(genomes)))
-        return latency.sum(axis=1), active.sum(axis=1)
+    def layer_sum(self, genomes: Sequence[Genome]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Uncalibrated sums, kernel counts and transpose counts (what calibration is fitted on)."""
+        return self.terms(self.vectors(list(genomes)))
 
     def fastest_schedule_genes(self, vectors: np.ndarray) -> np.ndarray:
-        """``(N, positions)`` schedule genes putting every kernel of each vector at its fastest candidate.
+        """``(N, positions)`` schedule genes minimizing each vector's predicted latency.
 
-        Predicted latency is a non-negatively weighted sum over kernels, so for given architecture and
-        pruning genes these genes are the exact optimum of the schedule genes.
+        For given architecture and pruning genes the predicted latency is a non-negatively weighted
+        sum over kernels and transposes. With one layout every kernel takes its fastest candidate;
+        with several, a dynamic program over the blocks (state: the layout of the block's output)
+        picks the layouts, and each kernel the fastest candidate of its layout. Both are exact.
         """
         ids = self.positions.workload_ids_by_position(np.asarray(vectors, dtype=np.int64))
+        if self.has_layouts:
+            active = np.ascontiguousarray(self.positions.active(np.asarray(vectors, dtype=np.int64)).T)
+            return np.ascontiguousarray(self._layout_program(ids, active).T)
         genes = np.empty_like(ids)
         for count in np.unique(self.candidate_counts):
             best = np.argmin(self.table[:, :count], axis=1)
@@ -227,31 +369,102 @@ class LatencyModel:
             genes[rows] = best[ids[rows]]
         return np.ascontiguousarray(genes.T)
 
+    def _layout_program(self, ids: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """The dynamic program of :meth:`fastest_schedule_genes`; returns ``(positions, N)`` genes.
+
+        Per block the state is (layout of the block input, layout of the last kernel): the input's
+        layout decides whether the residual skip needs a transpose. Costs are in calibrated ms.
+        """
+        c = self.calibration
+        n = ids.shape[1]
+        rows = np.arange(n)
+        both = range(len(LAYOUT_NAMES))
+
+        def kernel(p: int, lay: int) -> np.ndarray:
+            ms = self.best_ms[ids[p], lay]  # inf: no candidate of this layout (0 x inf would be nan)
+            return np.where(np.isfinite(ms), c.layer_scale * np.where(np.isfinite(ms), ms, 0.0), np.inf)
+
+        def transpose(ms: np.ndarray, needed: np.ndarray | bool) -> np.ndarray:
+            return np.where(needed, c.layer_scale * ms + c.per_kernel_ms + c.per_transpose_ms, 0.0)
+
+        def enter(p: int, before: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """Cost and argmin over the previous layout of running position ``p`` in each layout."""
+            options = np.stack(
+                [
+                    np.stack([before[a] + transpose(self.transpose_in[ids[p], lay], a != lay) for a in both])
+                    for lay in both
+                ]
+            )  # (layout of p, previous layout, N)
+            came = np.argmin(options, axis=1)
+            return options[np.arange(2)[:, None], came, rows[None, :]] + np.stack(
+                [kernel(p, lay) for lay in both]
+            ), came
+
+        chosen = np.zeros((len(self.roles), n), dtype=np.int64)
+        image = np.stack([np.zeros(n), np.full(n, np.inf)])  # the image arrives NCHW
+        cost, _ = enter(0, image)
+        blocks: list[tuple[int, np.ndarray, list[np.ndarray], np.ndarray]] = []
+        p = 1
+        while self.roles[p] == "expand":
+            on = active[p]
+            # per block input layout a: the chain expand -> depthwise -> project
+            track: list[np.ndarray] = []
+            ends = np.empty((2, 2, n))  # (input layout, project layout)
+            for a in both:
+                start = np.full((2, n), np.inf)
+                start[a] = cost[a]
+                after, came_e = enter(p, start)
+                after, came_d = enter(p + 1, after)
+                after, came_j = enter(p + 2, after)
+                residual = self.residual[ids[p + 2]]
+                skip = np.stack([transpose(self.transpose_out[ids[p + 2], lay], residual & (a != lay)) for lay in both])
+                ends[a] = after + skip
+                track.append(np.stack([came_d, came_j]))
+            came_input = np.argmin(ends, axis=0)  # (project layout, N)
+            new_cost = ends[came_input, np.arange(2)[:, None], rows[None, :]]
+            cost = np.where(on[None, :], new_cost, cost)
+            blocks.append((p, on, track, came_input))
+            p += 3
+        head, pool = p, p + 1
+        head_cost, head_came = enter(head, cost)
+        final = head_cost + np.stack([np.zeros(n), transpose(self.transpose_in[ids[pool], 0], True)])
+        state = np.argmin(final, axis=0)
+        chosen[head] = state
+        state = head_came[state, rows]
+        for first, on, track, came_input in reversed(blocks):
+            project = state
+            a = came_input[project, rows]
+            came_d = np.stack([t[0] for t in track])  # (input layout, depthwise layout, N): expand layout
+            came_j = np.stack([t[1] for t in track])  # (input layout, project layout, N): depthwise layout
+            depthwise = came_j[a, project, rows]
+            expand = came_d[a, depthwise, rows]
+            for q, lay in ((first, expand), (first + 1, depthwise), (first + 2, project)):
+                chosen[q] = np.where(on, lay, 0)
+            state = np.where(on, a, state)
+        chosen[0] = state
+        genes = self.best_gene[ids, chosen]
+        return np.where(active, genes, 0)
+
     def fastest_schedules(self, genome: Genome) -> Genome:
         """``genome`` with every kernel's schedule set to its fastest candidate in the profile."""
         genes = self.fastest_schedule_genes(self.vectors([genome]))[0]
         return Genome(**{**_fields(genome), "schedules": tuple(int(g) for g in genes)})
 
     def explain(self, genome: Genome) -> dict[str, Any]:
-        """Per-kernel contributions to ``genome``'s predicted latency, plus the calibration terms."""
+        """Per-kernel contributions to ``genome``'s predicted latency, its transposes and the calibration terms."""
         v = self.vectors([genome])
-        ids = self.positions.workload_ids(v)[0]
-        active = self.positions.active(v)
-        genes = np.zeros((1, self.num_positions), dtype=np.int64)
-        genes[0, : v.shape[1] - self.arch_length] = v[0, self.arch_length :]
-        effective = self.positions.effective_schedules(ids[None, :], active, genes)[0]
-        latency, _ = self.layer_latencies(v)
+        latency_p, active_p, ids_p, effective_p = self._by_position(v)
+        latency, active, ids, effective = latency_p[:, 0], active_p[:, 0], ids_p[:, 0], effective_p[:, 0]
+        layouts = self.layouts_by_position(effective_p)[:, 0]
         names = {0: "default", MEASURED: "measured", PREDICTED: "predicted", FAILED: "failed", UNVERIFIED: "unverified"}
         layers = []
         for p, position in enumerate(self.positions.positions):
-            if not active[0, p]:
+            if not active[p]:
                 continue
-            shared = None
-            if effective[p] != genes[0, p] or any(
-                active[0, q] and ids[q] == ids[p] for q in self.positions.may_share[p]
-            ):
-                first = next((q for q in self.positions.may_share[p] if active[0, q] and ids[q] == ids[p]), None)
-                shared = self.positions.positions[first].name if first is not None else None
+            same = [
+                q for q in self.positions.may_share[p] if active[q] and ids[q] == ids[p] and layouts[q] == layouts[p]
+            ]
+            shared = self.positions.positions[same[0]].name if same else None
             c = int(effective[p])
             options = self.families.get(position.family, [])
             layers.append(
@@ -260,20 +473,22 @@ class LatencyModel:
                     workload=self.positions.workloads[ids[p]].key(),
                     schedule=c,
                     schedule_source=str(options[c]["source"]) if c < len(options) else "invalid",
-                    latency_ms=float(latency[0, p]),
+                    latency_ms=float(latency[p]),
                     source=names.get(int(self.sources[ids[p], min(c, self.sources.shape[1] - 1)]), "?"),
                     shares_schedule_with=shared,
                     default_ms=float(self.table[ids[p], 0]),
+                    layout=LAYOUT_NAMES[int(layouts[p])],
                 )
             )
-        layer_sum = float(latency.sum())
-        kernels = int(active.sum())
+        layer_sum, kernels, transposes = (float(x[0]) for x in self.terms(v))
         return {
             "layers": [asdict(layer) for layer in layers],
             "layer_sum_ms": layer_sum,
-            "kernels": kernels,
+            "kernels": int(kernels),
+            "transposes": int(transposes),
+            "transpose_ms": layer_sum - float(latency.sum()),
             "calibration": asdict(self.calibration),
-            "predicted_ms": float(self.calibration.apply(np.asarray(layer_sum), np.asarray(kernels))),
+            "predicted_ms": float(self.calibration.apply(np.asarray(layer_sum), np.asarray(kernels), transposes)),
         }
 
 
@@ -288,12 +503,24 @@ def _fields(genome: Genome) -> dict[str, Any]:
     }
 
 
+_KEY = re.compile(r"^(?P<kind>.+?)_i\d+_o\d+_r\d+_k\d+_s\d+_(?P<activation>.+?)(?P<residual>_res)?$")
+
+
+def _family_of_key(key: str) -> str:
+    """The kernel family of a workload key (see :meth:`Workload.key`), without the workload."""
+    match = _KEY.match(key)
+    if match is None:
+        return ""
+    residual = "residual" if match["residual"] else "plain"
+    return f"{match['kind']}/{match['activation']}/{residual}"
+
+
 def kernel_table_from_profile(profile: Any) -> tuple[dict[str, list[float | None]], dict[str, list[int]]]:
     """Per kernel key, latency (ms) per schedule candidate and where each value came from.
 
     Measured medians win; the profile's filled predictions cover what was not measured. A tuned
     schedule of a kernel the profiler never visited is UNVERIFIED (it may not replay on that
-    shape), so it is never offered; the default lowering always compiles.
+    shape), so it is never offered; a default lowering (in any layout) always compiles.
     """
     families = dict(profile.tuning_records.get("families", {}))
     fitted = profile.predictor or {}
@@ -302,7 +529,12 @@ def kernel_table_from_profile(profile: Any) -> tuple[dict[str, list[float | None
     sources: dict[str, list[int]] = {}
     for key, filled_row in filled.items():
         table[key] = [float(x) for x in filled_row]
-        sources[key] = [PREDICTED] + [UNVERIFIED] * (len(filled_row) - 1)
+        options = families.get(_family_of_key(key), [])
+        # a default lowering (of any layout) always compiles; a tuned trace may not replay on this shape
+        sources[key] = [
+            PREDICTED if c == 0 or (c < len(options) and options[c].get("trace") is None) else UNVERIFIED
+            for c in range(len(filled_row))
+        ]
     for record in profile.measurements:
         workload = Workload.from_dict(record["workload"])
         count = max(1, len(families.get(kernel_family(workload), [None])))

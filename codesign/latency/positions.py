@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -137,21 +138,50 @@ class PositionTable:
         out[:, blocks] = self.position_block[blocks][None, :] < depth_values[:, self.position_stage[blocks]]
         return out
 
-    def effective_schedules(self, workload_ids: np.ndarray, active: np.ndarray, genes: np.ndarray) -> np.ndarray:
+    def effective_schedules(
+        self,
+        workload_ids: np.ndarray,
+        active: np.ndarray,
+        genes: np.ndarray,
+        layout_of: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Schedule genes as compiled: a kernel equal to an earlier active one gets that one's schedule.
 
         TVM compiles structurally equal kernels once, with one schedule, so the first occurrence wins.
-        Arrays are ``(N, positions)``.
+        A kernel in another data layout is another kernel: with ``layout_of`` (``(positions,
+        candidates)`` layout ids, see :func:`candidate_layouts`) only equal workloads whose genes
+        choose the same layout share. Arrays are ``(N, positions)``.
         """
-        return self.effective_schedules_by_position(workload_ids.T, active.T, genes.T).T
+        return self.effective_schedules_by_position(workload_ids.T, active.T, genes.T, layout_of).T
 
-    def effective_schedules_by_position(self, ids: np.ndarray, active: np.ndarray, genes: np.ndarray) -> np.ndarray:
+    def effective_schedules_by_position(
+        self, ids: np.ndarray, active: np.ndarray, genes: np.ndarray, layout_of: np.ndarray | None = None
+    ) -> np.ndarray:
         """:meth:`effective_schedules` on ``(positions, N)`` arrays."""
         effective = np.array(genes, dtype=np.int64, order="C", copy=True)
         ids = np.ascontiguousarray(ids)
+        if layout_of is not None and layout_of.any():
+            chosen = np.clip(effective, 0, layout_of.shape[1] - 1)
+            layouts = np.take_along_axis(layout_of, chosen, axis=1)
+            ids = ids * 2 + layouts
         active = np.ascontiguousarray(active)
         for p, earlier in enumerate(self.may_share):
             for q in reversed(earlier):
                 same = active[q] & (ids[q] == ids[p])
                 np.copyto(effective[p], effective[q], where=same)
         return effective
+
+
+def candidate_layouts(table: PositionTable, families: dict[str, list[dict[str, Any]]]) -> np.ndarray:
+    """``(positions, max candidates)`` layout ids (0 NCHW, 1 NHWC) of every position's schedule candidates.
+
+    A candidate without a ``layout`` field (profiles made before layouts were candidates) is NCHW.
+    """
+    from codesign.latency.transposes import layout_id
+
+    width = max([1, *(len(families.get(p.family, [])) for p in table.positions)])
+    out = np.zeros((table.num_positions, width), dtype=np.int64)
+    for p, position in enumerate(table.positions):
+        for c, option in enumerate(families.get(position.family, [])):
+            out[p, c] = layout_id(str(option.get("layout", "NCHW")))
+    return out

@@ -18,6 +18,7 @@ import numpy as np
 from codesign.latency.model import Calibration, LatencyModel
 from codesign.latency.positions import PositionTable
 from codesign.latency.predictor import KernelLatencyPredictor, error_summary, grouped_cross_validation
+from codesign.latency.transposes import TransposeCosts
 from codesign.latency.workloads import Workload, kernel_family
 from codesign.space import Genome, SearchSpace
 
@@ -40,6 +41,7 @@ def fit_predictor(
     models: list[dict[str, Any]],
     *,
     seed: int = 0,
+    transposes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any] | None:
     """The ``predictor`` section of a profile, or None when there is too little to fit on."""
     rows = measurement_rows(measurements)
@@ -80,7 +82,7 @@ def fit_predictor(
         },
         "calibration": {"terms": asdict(Calibration()), "models": 0},
     }
-    section.update(fit_calibration(space, families, measurements, models, section))
+    section.update(fit_calibration(space, families, measurements, models, section, transposes or []))
     return section
 
 
@@ -90,6 +92,7 @@ def fit_calibration(
     measurements: list[dict[str, Any]],
     models: list[dict[str, Any]],
     section: dict[str, Any],
+    transposes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Calibration terms and their leave-one-out validation on the measured whole models."""
     from codesign.latency.model import kernel_table_from_profile
@@ -104,21 +107,27 @@ def fit_calibration(
 
     _Partial.measurements = measurements  # type: ignore[attr-defined]
     table, sources = kernel_table_from_profile(_Partial)
-    model = LatencyModel(space, families, table, sources, Calibration())
+    model = LatencyModel(
+        space, families, table, sources, Calibration(), transposes=TransposeCosts.from_records(transposes or [])
+    )
     genomes = [Genome.from_dict(m["genome"]) for m in ok]
-    sums, kernels = model.layer_sum(genomes)
+    sums, kernels, swaps = model.layer_sum(genomes)
     measured = np.asarray([m["timing"]["median_ms"] for m in ok], dtype=np.float64)
-    calibration = Calibration.fit(sums, kernels, measured)
+    calibration = Calibration.fit(sums, kernels, measured, swaps)
+    transposes_per_model = swaps.astype(float)
     loo = np.empty_like(measured)
     for i in range(len(ok)):
         keep = np.arange(len(ok)) != i
-        fitted = Calibration.fit(sums[keep], kernels[keep], measured[keep]) if keep.sum() >= 3 else calibration
-        loo[i] = fitted.apply(sums[i : i + 1], kernels[i : i + 1])[0]
+        fitted = (
+            Calibration.fit(sums[keep], kernels[keep], measured[keep], swaps[keep]) if keep.sum() >= 3 else calibration
+        )
+        loo[i] = fitted.apply(sums[i : i + 1], kernels[i : i + 1], swaps[i : i + 1])[0]
     return {
         "calibration": {"terms": asdict(calibration), "models": len(ok)},
         "model_validation": {
             "method": "leave-one-out over the measured whole models",
             "calibrated": error_summary(loo, measured),
             "layer_sum_only": error_summary(sums, measured),
+            "transposes_per_model": float(transposes_per_model.mean()),
         },
     }

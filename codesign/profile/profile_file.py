@@ -68,6 +68,7 @@ class HardwareProfile:
     tuning_records: dict[str, Any] = field(default_factory=dict)
     predictor: dict[str, Any] | None = None
     validation: dict[str, Any] = field(default_factory=dict)
+    transposes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form with format and schema version."""
@@ -99,6 +100,7 @@ class HardwareProfile:
                 tuning_records=dict(data.get("tuning_records", {})),
                 predictor=data.get("predictor"),
                 validation=dict(data.get("validation", {})),
+                transposes=list(data.get("transposes", [])),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProfileError(f"{source}: missing or malformed field ({exc})") from None

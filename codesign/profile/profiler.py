@@ -5,8 +5,10 @@ Method (budgeted, resumable):
 1. Rank the space's workloads by how much of a random subnet's cost they carry (frequency over
    sampled subnets x MACs): what matters most is measured first.
 2. Per kernel family (same fused operators: kind, activation, residual) tune the top
-   ``representatives`` workloads with MetaSchedule and keep each one's ``top_k`` distinct traces.
-   A family's schedule candidates are: 0 = TVM's default lowering, then those traces.
+   ``representatives`` workloads with MetaSchedule, in every data layout of ``layouts``, and keep
+   each one's ``top_k`` distinct traces. A family's schedule candidates are: 0 = TVM's default
+   lowering, then the NCHW traces; then, per further layout, its default lowering and its traces.
+   A candidate fixes the kernel's layout as well as its schedule.
 3. Time the most important workloads (``full_fraction`` of the kernel time, rank order) under
    every candidate of their family (a trace tuned on one shape replays onto another of its
    family), recording mean, median, spread and repeat count, or the failure and its reason.
@@ -15,8 +17,10 @@ Method (budgeted, resumable):
    does not fit a shape is recorded as failed, so no subnet is ever predicted with it).
 5. Adaptive: with the time left, fully time workloads of the family where the kernel predictor's
    cross-validated error is largest (nn-Meter's adaptive sampling, at family granularity).
-6. Whole models: compile ``calibration_models`` random subnets under their schedule genes and time
-   them; they calibrate and judge the per-kernel sum.
+6. Layouts: with more than one, time the transpose kernel a change of layout compiles to, for
+   every activation shape of the space, in both directions.
+7. Whole models: compile ``calibration_models`` random subnets under their schedule genes (mixed
+   layouts included) and time them; they calibrate and judge the per-kernel sum.
 
 Every finished step is appended to a journal first, so a killed run resumes where it stopped.
 """
@@ -63,6 +67,7 @@ class ProfileConfig:
     coverage_min_repeat_ms: int = 10
     rpc_tracker: str | None = None
     rpc_key: str | None = None
+    layouts: tuple[str, ...] = ("NCHW",)
 
 
 def rank_workloads(space: SearchSpace, samples: int, seed: int) -> list[tuple[Workload, float]]:
@@ -90,12 +95,32 @@ def describe_record(verb: str, record: dict[str, Any]) -> str:
 
 
 def families_from_records(tuned: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Schedule candidates per kernel family from tuning records: 0 = default lowering, then the traces."""
+    """Schedule candidates per kernel family from tuning records.
+
+    0 = the NCHW default lowering, then the NCHW traces; then per further layout (in the order of
+    :data:`~codesign.latency.transposes.LAYOUT_NAMES`) its default lowering and its traces. The
+    order does not depend on the order tuning ran in, so a resumed run numbers candidates alike.
+    """
+    from codesign.latency.transposes import LAYOUT_NAMES
+
     out: dict[str, list[dict[str, Any]]] = {}
-    for record in tuned:
-        fam = out.setdefault(record["family"], [{"source": "default", "trace": None}])
-        fam.extend({"source": f"{record['key']}#{i}", "trace": t} for i, t in enumerate(record.get("traces", [])))
+    for layout in LAYOUT_NAMES:
+        for record in tuned:
+            if record.get("layout", "NCHW") != layout:
+                continue
+            fam = out.setdefault(record["family"], [{"source": "default", "trace": None, "layout": "NCHW"}])
+            if layout != "NCHW" and not any(c["layout"] == layout for c in fam):
+                fam.append({"source": "default", "trace": None, "layout": layout})
+            fam.extend(
+                {"source": f"{record['key']}#{i}", "trace": t, "layout": layout}
+                for i, t in enumerate(record.get("traces", []))
+            )
     return out
+
+
+def tuning_key(workload: Workload, layout: str) -> str:
+    """Journal key of one tuning run: the workload key, with ``@LAYOUT`` for layouts other than NCHW."""
+    return workload.key() if layout == "NCHW" else f"{workload.key()}@{layout}"
 
 
 class Profiler:
@@ -160,39 +185,45 @@ class Profiler:
         for w, share in ranked:
             family_share[kernel_family(w)] += share
         families = sorted(by_family, key=lambda f: -family_share[f])[: cfg.max_tuned_families]
-        for family in families:
-            members = by_family[family]
-            for rep in members[: cfg.representatives]:
-                if rep.key() in tuned or time.monotonic() > kernel_deadline:
-                    continue
-                say(f"tuning {rep.key()} ({cfg.tune_trials} trials)")
-                started = time.monotonic()
+        runs = [
+            (family, rep, layout)
+            for family in families
+            for layout in cfg.layouts
+            for rep in by_family[family][: cfg.representatives]
+        ]
+        for family, rep, layout in runs:
+            key = tuning_key(rep, layout)
+            if key in tuned or time.monotonic() > kernel_deadline:
+                continue
+            say(f"tuning {key} ({cfg.tune_trials} trials)")
+            started = time.monotonic()
 
-                def tune(rep: Workload = rep) -> list[Any]:
-                    (task,) = tb.workload_tasks(rep, cfg.target)
-                    db = tb.tune_task(
-                        task,
-                        cfg.target,
-                        self.work_dir / "ms" / rep.key(),
-                        trials=cfg.tune_trials,
-                        seed=cfg.seed,
-                        cost_model=cfg.cost_model,
-                        runner=self._tuning_runner(),
-                    )
-                    return [tb.trace_to_json(r.trace) for r in tb.distinct_top_records(db, task, cfg.top_k)]
-
-                traces, error = with_retries(tune, attempts=cfg.attempts)
-                self.journal.append(
-                    {
-                        "type": "tuned",
-                        "key": rep.key(),
-                        "family": family,
-                        "workload": rep.to_dict(),
-                        "traces": traces or [],
-                        "error": error,
-                        "seconds": round(time.monotonic() - started, 2),
-                    }
+            def tune(rep: Workload = rep, layout: str = layout, key: str = key) -> list[Any]:
+                (task,) = tb.workload_tasks(rep, cfg.target, layout=layout)
+                db = tb.tune_task(
+                    task,
+                    cfg.target,
+                    self.work_dir / "ms" / key,
+                    trials=cfg.tune_trials,
+                    seed=cfg.seed,
+                    cost_model=cfg.cost_model,
+                    runner=self._tuning_runner(),
                 )
+                return [tb.trace_to_json(r.trace) for r in tb.distinct_top_records(db, task, cfg.top_k)]
+
+            traces, error = with_retries(tune, attempts=cfg.attempts)
+            self.journal.append(
+                {
+                    "type": "tuned",
+                    "key": key,
+                    "layout": layout,
+                    "family": family,
+                    "workload": rep.to_dict(),
+                    "traces": traces or [],
+                    "error": error,
+                    "seconds": round(time.monotonic() - started, 2),
+                }
+            )
         candidates = self.candidates()
         from codesign.profile.session import open_session
 
@@ -240,6 +271,8 @@ class Profiler:
         self._cover_kernels(ranked, candidates, kernel_deadline, say)
         self._measure_kernels(ranked, candidates, kernel_deadline, say, adaptive=True)
         self._check_replays(ranked, candidates, say)
+        if len(cfg.layouts) > 1:
+            self._measure_transposes(ranked, kernel_deadline, say)
         if cfg.calibration_models:
             self._measure_models(candidates, deadline, say)
 
@@ -258,11 +291,19 @@ class Profiler:
         from codesign.profile import tvm_backend as tb
 
         cfg = self.config
-        tasks, error = with_retries(lambda: tb.workload_tasks(w, cfg.target), attempts=cfg.attempts)
+        by_layout: dict[str, tuple[Any, str | None]] = {}
         results = []
         for index, option in enumerate(options):
             if w.kind == "pool_fc" and index > 0:
                 break
+            layout = str(option.get("layout", "NCHW"))
+            if layout not in by_layout:
+
+                def extract(layout: str = layout) -> list[Any]:
+                    return tb.workload_tasks(w, cfg.target, layout=layout)
+
+                by_layout[layout] = with_retries(extract, attempts=cfg.attempts)
+            tasks, error = by_layout[layout]
             if only is not None and index not in only:
                 problem = None
                 if tasks and option["trace"] is not None:
@@ -282,7 +323,9 @@ class Profiler:
                 )
                 continue
 
-            def measure(option: dict[str, Any] = option) -> dict[str, Any]:
+            def measure(
+                option: dict[str, Any] = option, tasks: Any = tasks, error: str | None = error
+            ) -> dict[str, Any]:
                 timings = [
                     tb.time_kernel(
                         self._session.load(tb.build_from_json(t, cfg.target, option["trace"])),
@@ -432,6 +475,55 @@ class Profiler:
             options = candidates.get(kernel_family(w), [{"source": "default", "trace": None}])
             self._measure_one(w, share, options, only=set())
 
+    def _measure_transposes(
+        self, ranked: list[tuple[Workload, float]], deadline: float, say: Callable[[str], None]
+    ) -> None:
+        """Time the transpose kernel of every activation shape, both directions (largest and smallest first).
+
+        Past the deadline only the first few shapes are timed: the latency model fits the rest.
+        """
+        from codesign.latency.transposes import activation_shapes, transpose_key
+        from codesign.profile import tvm_backend as tb
+
+        cfg = self.config
+        done = self._done("transpose")
+        shapes = activation_shapes(w for w, _ in ranked[: cfg.max_workloads])
+        order = [shape for pair in zip(shapes, reversed(shapes), strict=True) for shape in pair]
+        order = list(dict.fromkeys(order))
+        pending = [(c, r, t) for c, r in order for t in cfg.layouts if transpose_key(c, r, t) not in done]
+        if pending:
+            say(f"timing {len(pending)} transposes (a change of layout between kernels)")
+        timed = len(done)
+        for channels, resolution, to_layout in pending:
+            if time.monotonic() > deadline and timed >= 4 * len(cfg.layouts):
+                say("transpose budget spent; the latency model fits the shapes left")
+                return
+
+            def measure(channels: int = channels, resolution: int = resolution, to_layout: str = to_layout) -> Any:
+                task = tb.transpose_task(channels, resolution, cfg.target, to_layout=to_layout)
+                return tb.time_kernel(
+                    self._session.load(tb.build_kernel(task, cfg.target)),
+                    task,
+                    device=self._session.device,
+                    repeat=cfg.coverage_repeat,
+                    min_repeat_ms=cfg.coverage_min_repeat_ms,
+                ).to_dict()
+
+            timing, error = with_retries(measure, attempts=cfg.attempts)
+            self.journal.append(
+                {
+                    "type": "transpose",
+                    "key": transpose_key(channels, resolution, to_layout),
+                    "channels": channels,
+                    "resolution": resolution,
+                    "to_layout": to_layout,
+                    "status": "ok" if timing else "failed",
+                    "timing": timing,
+                    "error": error,
+                }
+            )
+            timed += 1
+
     def measurement_rows(self) -> list[tuple[Workload, int, float]]:
         """Every successful kernel measurement as ``(workload, candidate, median_ms)``."""
         from codesign.profile.fitting import measurement_rows
@@ -545,6 +637,7 @@ def profile_from_journal(space: SearchSpace, config: ProfileConfig, work_dir: st
     measurements = [r for r in journal if r.get("type") == "measured"]
     tuned = [r for r in journal if r.get("type") == "tuned"]
     models = [r for r in journal if r.get("type") == "model"]
+    transposes = [r for r in journal if r.get("type") == "transpose"]
     invocations = [r for r in journal if r.get("type") == "invocation"]
     candidates = families_from_records(tuned)
     failed = sum(1 for m in measurements for r in m["results"] if r["status"] == "failed")
@@ -569,11 +662,12 @@ def profile_from_journal(space: SearchSpace, config: ProfileConfig, work_dir: st
         created=now_utc(),
         measurements=measurements,
         models=models,
-        predictor=fit_predictor(space, candidates, measurements, models, seed=config.seed),
+        predictor=fit_predictor(space, candidates, measurements, models, seed=config.seed, transposes=transposes),
         tuning_records={
             "families": candidates,
             "tuning_runs": [{k: v for k, v in r.items() if k != "traces"} for r in tuned],
         },
+        transposes=transposes,
         validation={
             "workloads_total": len(enumerate_workloads(space)),
             "workloads_measured": len(measurements),

@@ -154,13 +154,23 @@ def _breakdown(inputs: ReportInputs) -> str:
     chosen = sum(layer["latency_ms"] for layer in explanation["layers"])
     default = sum(layer["default_ms"] for layer in explanation["layers"])
     calibration = explanation["calibration"]
+    transposes = int(explanation.get("transposes", 0))
+    nhwc = sum(layer.get("layout") == "NHWC" for layer in explanation["layers"])
+    layouts = (
+        f" ({nhwc} of them NHWC) and {transposes} transposes between layouts, measured at "
+        f"{explanation.get('transpose_ms', 0.0) * 1e3:.1f} us in all"
+        if nhwc or transposes
+        else ""
+    )
+    per_transpose = calibration.get("per_transpose_ms", 0.0)
+    transpose_term = f" + {per_transpose * 1e3:.2f} us per transpose" if per_transpose else ""
     text = (
-        f"<p>{explanation['kernels']} fused kernels. Their measured (or kernel-model) latencies under the "
-        f"chosen schedules sum to {chosen:.3f} ms; under TVM's default lowering the same kernels sum to "
-        f"{default:.3f} ms ({default / chosen:.1f}x). The whole-model calibration fitted on compiled subnets "
+        f"<p>{len(explanation['layers'])} fused kernels{layouts}. Their measured (or kernel-model) latencies "
+        f"under the chosen schedules sum to {chosen:.3f} ms; under TVM's default lowering the same kernels sum "
+        f"to {default:.3f} ms ({default / chosen:.1f}x). The whole-model calibration fitted on compiled subnets "
         f"turns the sum into the prediction: {calibration['layer_scale']:.3f} x sum + "
-        f"{calibration['per_kernel_ms'] * 1e3:.2f} us per kernel + {calibration['constant_ms'] * 1e3:.2f} us = "
-        f"<b>{explanation['predicted_ms']:.3f} ms</b>.</p>"
+        f"{calibration['per_kernel_ms'] * 1e3:.2f} us per kernel{transpose_term} + "
+        f"{calibration['constant_ms'] * 1e3:.2f} us = <b>{explanation['predicted_ms']:.3f} ms</b>.</p>"
     )
     return text + _img(figures.layers_png(explanation), "per-kernel latency of the recommended subnet")
 

@@ -106,8 +106,7 @@ class SearchProblem:
         """Accuracy, latency, parameters, memory and constraint violation of each vector."""
         v = np.asarray(vectors, dtype=np.int64)
         self.scored += len(v)
-        layer_ms, active, ids = self.latency_model.layer_latencies_by_position(v)
-        latency = self.latency_model.calibration.apply(layer_ms.sum(axis=0), active.sum(axis=0))
+        latency, active, ids = self.latency_model.predict_by_position(v)
         params = self.costs.parameter_counts(ids, active)
         memory = self.costs.peak_memory_bytes(ids, active)
         accuracy = self.accuracy_predictor.predict_features(self.encoding.arch_features(v))
