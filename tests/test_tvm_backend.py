@@ -6,6 +6,7 @@ import pytest
 
 from codesign.latency import Workload
 from codesign.profile.tvm_backend import (
+    build_in_child,
     build_kernel,
     distinct_top_records,
     host_llvm_target,
@@ -62,3 +63,18 @@ def test_nhwc_kernels_and_the_transposes_between_layouts_build_and_time(target):
         assert time_kernel(build_kernel(task, target), task, repeat=3, min_repeat_ms=5).median_ms > 0
     with pytest.raises(ValueError, match="unknown layout"):
         transpose_task(24, 6, target, to_layout="NCHW8c")
+
+
+def test_builds_run_in_a_child_with_a_time_limit(target):
+    """A build that never ends is killed at its deadline; errors come back with their message."""
+    import time
+
+    task = transpose_task(8, 4, target)
+    module = build_in_child(lambda: build_kernel(task, target), timeout_s=60)
+    assert time_kernel(module, task, repeat=2, min_repeat_ms=1).median_ms > 0
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="did not finish within 0.5 s"):
+        build_in_child(lambda: time.sleep(30), timeout_s=0.5)
+    assert time.monotonic() - started < 10
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        build_in_child(lambda: 1 / 0, timeout_s=60)

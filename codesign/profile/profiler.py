@@ -68,6 +68,8 @@ class ProfileConfig:
     rpc_tracker: str | None = None
     rpc_key: str | None = None
     layouts: tuple[str, ...] = ("NCHW",)
+    kernel_build_timeout_s: float = 20.0
+    model_build_timeout_s: float = 180.0
 
 
 def rank_workloads(space: SearchSpace, samples: int, seed: int) -> list[tuple[Workload, float]]:
@@ -326,9 +328,14 @@ class Profiler:
             def measure(
                 option: dict[str, Any] = option, tasks: Any = tasks, error: str | None = error
             ) -> dict[str, Any]:
+                def build(task: Any) -> Any:
+                    return self._build(
+                        lambda: tb.build_from_json(task, cfg.target, option["trace"]), cfg.kernel_build_timeout_s
+                    )
+
                 timings = [
                     tb.time_kernel(
-                        self._session.load(tb.build_from_json(t, cfg.target, option["trace"])),
+                        build(t),
                         t,
                         device=self._session.device,
                         repeat=repeat or cfg.repeat,
@@ -524,6 +531,14 @@ class Profiler:
             )
             timed += 1
 
+    def _build(self, make: Callable[[], Any], timeout_s: float) -> Any:
+        """A kernel built and loaded where it is timed: here in a child process with a time limit, or remotely."""
+        from codesign.profile import tvm_backend as tb
+
+        if self._rpc() is None:
+            return tb.build_in_child(make, timeout_s=timeout_s)
+        return self._session.load(make())
+
     def measurement_rows(self) -> list[tuple[Workload, int, float]]:
         """Every successful kernel measurement as ``(workload, candidate, median_ms)``."""
         from codesign.profile.fitting import measurement_rows
@@ -587,6 +602,7 @@ class Profiler:
     ) -> None:
         from codesign.compiler.tvm_compile import compile_subnet, time_executable
         from codesign.latency.positions import PositionTable
+        from codesign.profile import tvm_backend as tb
 
         cfg = self.config
         done = self._done("model")
@@ -601,9 +617,16 @@ class Profiler:
             started = time.monotonic()
 
             def run(genome: Genome = genome) -> dict[str, Any]:
-                executable = compile_subnet(self.space, genome, cfg.target, candidates, positions=positions)
+                def compile_it() -> Any:
+                    return compile_subnet(self.space, genome, cfg.target, candidates, positions=positions)
+
+                if self._rpc() is None:
+                    executable = tb.build_in_child(compile_it, timeout_s=cfg.model_build_timeout_s)
+                    return time_executable(
+                        executable, self.space, genome.resolution, repeat=max(cfg.repeat, 10)
+                    ).to_dict()
                 return time_executable(
-                    executable, self.space, genome.resolution, repeat=max(cfg.repeat, 10), session=self._session
+                    compile_it(), self.space, genome.resolution, repeat=max(cfg.repeat, 10), session=self._session
                 ).to_dict()
 
             timing, error = with_retries(run, attempts=cfg.attempts)

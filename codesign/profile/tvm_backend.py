@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -310,6 +311,49 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)) or type(obj).__name__ == "Array":
         return [_plain(x) for x in obj]
     return str(obj)
+
+
+def build_in_child(make: Callable[[], Any], *, timeout_s: float) -> Any:
+    """``make()`` (a TVM build) run in a forked child with a time limit; its exported library loaded here.
+
+    Some schedules replayed onto other shapes send LLVM into code generation that runs for hours
+    (seen on 2026-11-29: an NHWC trace whose 108-wide vectorized loop LLVM never finished); a
+    thread cannot be interrupted inside TVM's C++ code, so the build runs in a child process that
+    is killed at the deadline (:class:`TimeoutError`). Forking costs about 20 ms and re-imports
+    nothing. POSIX only, and for targets this machine's C compiler can link (local measurement).
+    """
+    import signal
+    import time
+
+    tvm = require_tvm()
+    with tempfile.TemporaryDirectory(prefix="codesign-build-") as tmp:
+        library, error = Path(tmp) / "built.so", Path(tmp) / "error.txt"
+        pid = os.fork()
+        if pid == 0:  # the child: build, export, leave without running the parent's cleanup
+            code = 0
+            try:
+                make().export_library(str(library))
+            except BaseException as exc:  # reported to the parent through the file
+                error.write_text(
+                    f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                )
+                code = 1
+            os._exit(code)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise TimeoutError(f"compilation did not finish within {timeout_s:g} s")
+            time.sleep(0.002)
+        if status != 0:
+            raise RuntimeError(
+                error.read_text() if error.is_file() else f"the build process ended with status {status}"
+            )
+        return tvm.runtime.load_module(str(library))
 
 
 def build_from_json(task: KernelTask, target: dict[str, Any], trace_json: Any | None) -> Any:
