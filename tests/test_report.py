@@ -27,7 +27,7 @@ BUDGET_MS = 0.3
 @pytest.fixture(scope="module")
 def search_dir(tmp_path_factory):
     """What `codesign search --latency-ms 0.3 -o DIR` writes, searched in-process (no finalist evaluation)."""
-    (profile_path,) = [p for p in shipped_profiles() if "llvm" in p.name]
+    profile_path = [p for p in shipped_profiles() if "llvm" in p.name][0]
     model = LatencyModel.from_profile(profile_path)
     predictor = AccuracyPredictor.load(default_predictor_path(None))
     problem = SearchProblem(SearchEncoding(model.space, model), model, predictor, Budget(latency_ms=BUDGET_MS))

@@ -79,6 +79,7 @@ def main() -> int:
         genomes.append(g)
 
     predicted = model.predict(genomes)
+    transposes = model.terms(model.vectors(genomes))[2]  # layout changes in each compiled subnet
     rows = []
     executables = []
     started = time.perf_counter()
@@ -95,13 +96,15 @@ def main() -> int:
                 "predicted_ms": float(predicted[i]),
                 "flops_ms": k * macs,
                 "macs": macs,
+                "transposes": int(transposes[i]),
             }
         )
         r = rows[-1]
         print(
             f"[{i + 1:3d}/{len(genomes)}] measured {r['first_ms']:.3f} ms (+-{r['std_ms']:.3f})  "
             f"model {r['predicted_ms']:.3f} ({(r['predicted_ms'] / r['first_ms'] - 1) * 100:+.1f}%)  "
-            f"flops {r['flops_ms']:.3f} ({(r['flops_ms'] / r['first_ms'] - 1) * 100:+.1f}%)  {r['schedules']}",
+            f"flops {r['flops_ms']:.3f} ({(r['flops_ms'] / r['first_ms'] - 1) * 100:+.1f}%)  {r['schedules']}"
+            f"  transposes {r['transposes']}",
             flush=True,
         )
     print("second pass, reverse order (the machine's repeatability):", flush=True)

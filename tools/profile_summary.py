@@ -20,10 +20,12 @@ def main() -> int:
     profile = load_profile(args.profile).profile
     statuses = collections.Counter(r["status"] for m in profile.measurements for r in m["results"])
     print(f"{profile.device.name}: {len(profile.measurements)} kernels, result statuses {dict(statuses)}")
+    families = profile.tuning_records.get("families", {})
     ratios, spreads = [], []
     for m in profile.measurements:
         ok = {r["candidate"]: r["timing"]["median_ms"] for r in m["results"] if r["status"] == "ok"}
-        tuned = [v for c, v in ok.items() if c > 0]
+        options = families.get(m["family"], [])
+        tuned = [v for c, v in ok.items() if c < len(options) and options[c].get("trace") is not None]
         if 0 in ok and tuned:
             ratios.append(ok[0] / min(tuned))
         if len(tuned) >= 2:
@@ -36,12 +38,44 @@ def main() -> int:
     )
     s = np.asarray(spreads)
     print(f"slowest / fastest tuned schedule of one kernel: median {np.median(s):.1f}x, largest {s.max():.0f}x")
+    print_layouts(profile, families)
     models = [m for m in profile.models if m.get("status") == "ok"]
     minutes = profile.validation.get("measurement_minutes")
     print(f"{len(models)} of {len(profile.models)} whole subnets measured; {minutes} minutes of measurement")
     print_model_validation(profile.predictor or {})
     print_torch_comparison(models)
     return 0
+
+
+def print_layouts(profile: object, families: dict) -> None:
+    """Per family, the fastest NHWC candidate against the fastest NCHW one, and what transposes cost."""
+    if not any(c.get("layout", "NCHW") != "NCHW" for options in families.values() for c in options):
+        print("one data layout (NCHW): no layout candidates in this profile")
+        return
+    by_family: dict[str, list[float]] = collections.defaultdict(list)
+    for m in profile.measurements:  # type: ignore[attr-defined]
+        options = families.get(m["family"], [])
+        best: dict[str, float] = {}
+        for r in m["results"]:
+            if r["status"] == "ok" and r["candidate"] < len(options):
+                layout = options[r["candidate"]].get("layout", "NCHW")
+                best[layout] = min(best.get(layout, np.inf), r["timing"]["median_ms"])
+        if len(best) == 2:
+            by_family[m["family"]].append(best["NHWC"] / best["NCHW"])
+    for family, ratios in sorted(by_family.items()):
+        r = np.asarray(ratios)
+        print(
+            f"  {family}: fastest NHWC / fastest NCHW candidate over {len(r)} kernels: median {np.median(r):.2f}x, "
+            f"NHWC faster on {np.mean(r < 1):.0%}"
+        )
+    timed = [t["timing"]["median_ms"] * 1e3 for t in profile.transposes if t.get("status") == "ok"]  # type: ignore[attr-defined]
+    if timed:
+        print(
+            f"transposes: {len(timed)} timed, median {np.median(timed):.1f} us "
+            f"(range {min(timed):.1f}-{max(timed):.1f} us)"
+        )
+    terms = ((profile.predictor or {}).get("calibration") or {}).get("terms", {})  # type: ignore[attr-defined]
+    print(f"calibration: {terms}")
 
 
 def print_model_validation(predictor: dict) -> None:

@@ -59,7 +59,7 @@ def _tvm_artifact(
     tune_trials: int,
     schedules_from: str,
 ) -> dict[str, Any]:
-    from codesign.compiler.tvm_compile import time_executable
+    from codesign.compiler.tvm_compile import compiled_choices, time_executable
     from codesign.export.tvm_artifact import LIBRARY_NAME, check_tvm_parity, compile_onnx
     from codesign.latency.model import LatencyModel
     from codesign.profile.profile_file import target_mismatch
@@ -76,6 +76,7 @@ def _tvm_artifact(
         "device": profile.device.name if profile is not None else None,
         "schedules": list(genome.schedules) if profile is not None else "TVM default (no profile for this target)",
         "schedules_from": schedules_from,
+        "layouts": compiled_choices(space, genome, families).layouts,
         "parity_images": len(images),
         "tuned_here": tuned,
         "latency": {"predicted_ms": predicted, "measured": None},
