@@ -182,3 +182,32 @@ def test_calibration_fits_a_transpose_term():
     fitted = Calibration.fit(sums, kernels, measured, transposes)
     assert fitted.per_transpose_ms == pytest.approx(0.01, rel=1e-6)
     assert fitted.layer_scale == pytest.approx(1.1, rel=1e-6)
+
+
+def test_nhwc_traces_only_checked_to_replay_are_never_offered(tiny_space):
+    """Such replays have hung LLVM's code generation; an NHWC trace is offered only where it was built and timed."""
+    import copy
+
+    profile = synthetic_profile(tiny_space, layouts=True)
+    families = copy.deepcopy(profile.tuning_records["families"])
+    for options in families.values():
+        options[5]["trace"] = ["a trace"]  # the tuned NHWC candidate (3 NCHW traces, then NHWC default, NHWC #0)
+    measurements = copy.deepcopy(profile.measurements)
+    record = next(m for m in measurements if m["workload"]["kind"] == "depthwise")
+    for r in record["results"]:
+        if r["candidate"] in (3, 5):  # an NCHW and an NHWC trace, each only checked to replay
+            r.update(status="unmeasured", timing=None)
+    filled = {m["key"]: [1.0] * len(m["results"]) for m in measurements}
+    changed = type(profile)(
+        **{
+            **profile.__dict__,
+            "measurements": measurements,
+            "tuning_records": {"families": families},
+            "predictor": {**(profile.predictor or {}), "filled": filled},
+        }
+    )
+    model = LatencyModel.from_profile(changed)
+    row = model.positions.workloads.index(next(w for w in model.positions.workloads if w.key() == record["key"]))
+    assert np.isfinite(model.table[row, 3]) and model.table[row, 3] == 1.0  # NCHW: the predictor's value
+    assert np.isinf(model.table[row, 5])  # NHWC: not offered
+    assert np.isfinite(model.table[row, 4])  # NHWC's default lowering always compiles

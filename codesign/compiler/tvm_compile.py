@@ -156,14 +156,34 @@ def compile_subnet(
     positions: PositionTable | None = None,
 ) -> Any:
     """Compile ``genome``'s subnet for ``target`` with the schedules its genes choose; returns the executable."""
+    return compile_prepared(*prepare_subnet(space, genome, target, families, positions=positions), target)
+
+
+def prepare_subnet(
+    space: SearchSpace,
+    genome: Genome,
+    target: dict[str, Any],
+    families: dict[str, list[dict[str, Any]]],
+    *,
+    positions: PositionTable | None = None,
+) -> tuple[Any, Any]:
+    """The unfused Relax module of ``genome`` in its layouts and the database of its schedules.
+
+    Everything that needs torch (ONNX export) happens here, so :func:`compile_prepared` can run in a
+    forked child (GNU OpenMP, which torch uses, deadlocks in a child forked after its threads ran).
+    """
+    choices = compiled_choices(space, genome, families, positions=positions)
+    raw = apply_layouts(subnet_relax_module(space, genome), choices.layouts)
+    return raw, schedule_database(choices.traces, target)
+
+
+def compile_prepared(mod: Any, database: Any, target: dict[str, Any]) -> Any:
+    """Compile a module prepared by :func:`prepare_subnet` under its schedule database."""
     tvm = tb.require_tvm()
     from tvm.s_tir import meta_schedule as ms
 
-    choices = compiled_choices(space, genome, families, positions=positions)
-    raw = apply_layouts(subnet_relax_module(space, genome), choices.layouts)
-    database = schedule_database(choices.traces, target)
     # compile_relax needs the unfused module, or it silently applies nothing.
-    return ms.relax_integration.compile_relax(database, raw, tvm.target.Target(target), params=None)
+    return ms.relax_integration.compile_relax(database, mod, tvm.target.Target(target), params=None)
 
 
 def time_executable(

@@ -535,6 +535,11 @@ def kernel_table_from_profile(profile: Any) -> tuple[dict[str, list[float | None
             PREDICTED if c == 0 or (c < len(options) and options[c].get("trace") is None) else UNVERIFIED
             for c in range(len(filled_row))
         ]
+
+    def options_of(family: str, candidate: int) -> dict[str, Any]:
+        options = families.get(family, [])
+        return options[candidate] if candidate < len(options) else {}
+
     for record in profile.measurements:
         workload = Workload.from_dict(record["workload"])
         count = max(1, len(families.get(kernel_family(workload), [None])))
@@ -550,6 +555,12 @@ def kernel_table_from_profile(profile: Any) -> tuple[dict[str, list[float | None
                 row[c], src[c] = median, MEASURED
             elif result.get("status") == "failed":
                 src[c] = FAILED
+            elif options_of(record["family"], c).get("layout", "NCHW") != "NCHW" and options_of(
+                record["family"], c
+            ).get("trace"):
+                # an NHWC trace seen to replay but never built here: such replays have sent LLVM into
+                # code generation that never ended, so only NHWC traces built and timed are offered
+                src[c] = UNVERIFIED
             else:  # "unmeasured": seen to replay, not timed; the filled prediction stands
                 src[c] = PREDICTED
         table[record["key"]] = row

@@ -9,16 +9,16 @@ Method (budgeted, resumable):
    each one's ``top_k`` distinct traces. A family's schedule candidates are: 0 = TVM's default
    lowering, then the NCHW traces; then, per further layout, its default lowering and its traces.
    A candidate fixes the kernel's layout as well as its schedule.
-3. Time the most important workloads (``full_fraction`` of the kernel time, rank order) under
+3. Layouts: with more than one, time the transpose kernel a change of layout compiles to,
+   for every activation shape of the space, in both directions (about a second per shape).
+4. Time the most important workloads (``full_fraction`` of the kernel time, rank order) under
    every candidate of their family (a trace tuned on one shape replays onto another of its
    family), recording mean, median, spread and repeat count, or the failure and its reason.
-4. Coverage: every other workload is timed under the default and the family's ``coverage_candidates``
+5. Coverage: every other workload is timed under the default and the family's ``coverage_candidates``
    most often fastest candidates; every other candidate is checked to replay on it (a trace that
    does not fit a shape is recorded as failed, so no subnet is ever predicted with it).
-5. Adaptive: with the time left, fully time workloads of the family where the kernel predictor's
+6. Adaptive: with the time left, fully time workloads of the family where the kernel predictor's
    cross-validated error is largest (nn-Meter's adaptive sampling, at family granularity).
-6. Layouts: with more than one, time the transpose kernel a change of layout compiles to, for
-   every activation shape of the space, in both directions.
 7. Whole models: compile ``calibration_models`` random subnets under their schedule genes (mixed
    layouts included) and time them; they calibrate and judge the per-kernel sum.
 
@@ -267,14 +267,14 @@ class Profiler:
         cfg = self.config
         # most important kernels fully, then every kernel under its likely-best schedules, then full
         # measurements where the predictor errs most
+        if len(cfg.layouts) > 1:  # cheap, and every layout change the model prices depends on them
+            self._measure_transposes(ranked, kernel_deadline, say)
         now = time.monotonic()
         full_deadline = now + max(0.0, kernel_deadline - now) * cfg.full_fraction
         self._measure_kernels(ranked, candidates, full_deadline, say, adaptive=False)
         self._cover_kernels(ranked, candidates, kernel_deadline, say)
         self._measure_kernels(ranked, candidates, kernel_deadline, say, adaptive=True)
         self._check_replays(ranked, candidates, say)
-        if len(cfg.layouts) > 1:
-            self._measure_transposes(ranked, kernel_deadline, say)
         if cfg.calibration_models:
             self._measure_models(candidates, deadline, say)
 
@@ -587,8 +587,16 @@ class Profiler:
                 count = max(1, len(candidates.get(position.family, [None])))
                 record = measured.get(positions.workloads[ids[p]].key())
                 results = {r["candidate"]: r for r in record["results"]} if record else {}
-                # a candidate is usable once it was seen to replay on this kernel (timed or checked)
-                valid = [c for c in range(count) if c == 0 or results.get(c, {}).get("status") in ("ok", "unmeasured")]
+                # usable: a default lowering, or a schedule seen to build and run on this kernel (a schedule
+                # only checked to replay may send code generation into a build that never ends)
+                options = candidates.get(position.family, [])
+                valid = [
+                    c
+                    for c in range(count)
+                    if c == 0
+                    or (c < len(options) and options[c]["trace"] is None)
+                    or results.get(c, {}).get("status") == "ok"
+                ]
                 timed = {c: r["timing"]["median_ms"] for c, r in results.items() if r["status"] == "ok"}
                 if i % 2 == 0 and timed:
                     genes.append(int(min(timed, key=timed.__getitem__)))
@@ -600,7 +608,7 @@ class Profiler:
     def _measure_models(
         self, candidates: dict[str, list[dict[str, Any]]], deadline: float, say: Callable[[str], None]
     ) -> None:
-        from codesign.compiler.tvm_compile import compile_subnet, time_executable
+        from codesign.compiler.tvm_compile import compile_prepared, compile_subnet, prepare_subnet, time_executable
         from codesign.latency.positions import PositionTable
         from codesign.profile import tvm_backend as tb
 
@@ -617,16 +625,17 @@ class Profiler:
             started = time.monotonic()
 
             def run(genome: Genome = genome) -> dict[str, Any]:
-                def compile_it() -> Any:
-                    return compile_subnet(self.space, genome, cfg.target, candidates, positions=positions)
-
-                if self._rpc() is None:
-                    executable = tb.build_in_child(compile_it, timeout_s=cfg.model_build_timeout_s)
+                if self._rpc() is None:  # torch runs here, only TVM's compilation in the child
+                    mod, database = prepare_subnet(self.space, genome, cfg.target, candidates, positions=positions)
+                    executable = tb.build_in_child(
+                        lambda: compile_prepared(mod, database, cfg.target), timeout_s=cfg.model_build_timeout_s
+                    )
                     return time_executable(
                         executable, self.space, genome.resolution, repeat=max(cfg.repeat, 10)
                     ).to_dict()
+                executable = compile_subnet(self.space, genome, cfg.target, candidates, positions=positions)
                 return time_executable(
-                    compile_it(), self.space, genome.resolution, repeat=max(cfg.repeat, 10), session=self._session
+                    executable, self.space, genome.resolution, repeat=max(cfg.repeat, 10), session=self._session
                 ).to_dict()
 
             timing, error = with_retries(run, attempts=cfg.attempts)
