@@ -196,3 +196,12 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
     assert profile.command[:2] == ["codesign", "profile"] or profile.command[1] == "profile"
     bad = run_cli("profile", "--target", "tpu", "-o", str(out), cwd=tmp_path)
     assert bad.returncode == 1 and "unknown target" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_bad_layouts_are_one_line_errors_before_any_work(tmp_path):
+    out = tmp_path / "p.json"
+    for spec, message in (("NHWC", "must include NCHW"), ("NCHW,NCHW8c", "unknown data layout 'NCHW8C'")):
+        result = run_cli("profile", "--space", "tiny", "--layouts", spec, "-o", str(out))
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "p.json.work").exists()
