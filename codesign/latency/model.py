@@ -203,8 +203,7 @@ class LatencyModel:
             masked = np.where(by_workload == lay, self.table, np.inf)
             self.best_gene[:, lay] = np.argmin(masked, axis=1)
             self.best_ms[:, lay] = masked[np.arange(count), self.best_gene[:, lay]]
-        roles = [p.name.rsplit(".", 1)[-1] for p in table.positions]
-        self.roles = roles
+        self.roles = [p.name.rsplit(".", 1)[-1] for p in table.positions]
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -555,9 +554,7 @@ def kernel_table_from_profile(profile: Any) -> tuple[dict[str, list[float | None
                 row[c], src[c] = median, MEASURED
             elif result.get("status") == "failed":
                 src[c] = FAILED
-            elif options_of(record["family"], c).get("layout", "NCHW") != "NCHW" and options_of(
-                record["family"], c
-            ).get("trace"):
+            elif (option := options_of(record["family"], c)).get("layout", "NCHW") != "NCHW" and option.get("trace"):
                 # an NHWC trace seen to replay but never built here: such replays have sent LLVM into
                 # code generation that never ended, so only NHWC traces built and timed are offered
                 src[c] = UNVERIFIED

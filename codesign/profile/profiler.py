@@ -10,7 +10,7 @@ Method (budgeted, resumable):
    lowering, then the NCHW traces; then, per further layout, its default lowering and its traces.
    A candidate fixes the kernel's layout as well as its schedule.
 3. Layouts: with more than one, time the transpose kernel a change of layout compiles to,
-   for every activation shape of the space, in both directions (about a second per shape).
+   for every activation shape of the space, in both directions.
 4. Time the most important workloads (``full_fraction`` of the kernel time, rank order) under
    every candidate of their family (a trace tuned on one shape replays onto another of its
    family), recording mean, median, spread and repeat count, or the failure and its reason.
