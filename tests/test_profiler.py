@@ -1,5 +1,7 @@
 """The profiling run, for real on this CPU with a tiny space and budget (TVM, MetaSchedule)."""
 
+import json
+
 import numpy as np
 
 from codesign.latency.workloads import kernel_family
@@ -75,6 +77,16 @@ def test_tune_measure_and_resume(tiny_space, tmp_path):
     models = [r for r in read_journal(tmp_path / "journal.jsonl").records if r["type"] == "model"]
     assert all(m["status"] == "ok" and m["timing"]["median_ms"] > 0 for m in models), models
     assert any(any(s > 0 for s in m["genome"]["schedules"]) for m in models)  # tuned schedules compiled in
+    # even calibration models are scheduled as the search schedules: fastest under the model of the kernels
+    from codesign.profile.fitting import provisional_model
+    from codesign.space import Genome
+
+    profiler = Profiler(tiny_space, more, tmp_path)
+    provisional = provisional_model(tiny_space, profiler.candidates(), list(profiler._done("measured").values()), [])
+    assert provisional is not None
+    for m in models[::2]:
+        genome = Genome.from_dict(m["genome"])
+        assert provisional.fastest_schedules(genome) == genome
     invocations = [r for r in read_journal(tmp_path / "journal.jsonl").records if r["type"] == "invocation"]
     assert len(invocations) == 2 and all(r["seconds"] > 0 for r in invocations)
 
@@ -88,8 +100,6 @@ def test_tune_measure_and_resume(tiny_space, tmp_path):
     assert fitted["calibration"]["models"] == 3 and "model_validation" in fitted
     assert profile.validation["measurement_minutes"] > 0 and len(profile.models) == 3
     latency = LatencyModel.from_profile(profile)
-    from codesign.space import Genome
-
     assert 0 < latency.predict([Genome.largest(tiny_space)])[0] < 1e3
 
 
@@ -165,7 +175,9 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
     import subprocess
     import sys
 
+    from codesign.latency.model import LatencyModel
     from codesign.profile.profile_file import load_profile
+    from codesign.space import Genome
 
     out = tmp_path / "cpu.json"
     cmd = [
@@ -196,6 +208,36 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
     assert profile.command[:2] == ["codesign", "profile"] or profile.command[1] == "profile"
     bad = run_cli("profile", "--target", "tpu", "-o", str(out), cwd=tmp_path)
     assert bad.returncode == 1 and "unknown target" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+    # --recalibrate: more whole models measured here, scheduled as the search would, calibration re-fitted
+    again = tmp_path / "recalibrated.json"
+    recalibrate = ("profile", "--recalibrate", str(out), "--calibration-models", "2", "--cores", "1", "-o", str(again))
+    result = run_cli(*recalibrate, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    recalibrated = load_profile(again, target=host_llvm_target(1)).profile
+    assert recalibrated.measurements == profile.measurements and recalibrated.models[:2] == profile.models
+    added = recalibrated.models[2:]
+    assert len(added) == 2 and all(m["status"] == "ok" and m["key"].startswith("recalibration") for m in added)
+    model = LatencyModel.from_profile(profile)
+    for m in added:
+        genome = Genome.from_dict(m["genome"])
+        assert model.fastest_schedules(genome) == genome
+    calibration = recalibrated.predictor["calibration"]
+    assert calibration["models"] == 4 and calibration["recalibrations"][-1]["models_added"] == 2
+    rerun = run_cli(*recalibrate, cwd=tmp_path)  # resumes from the journal: nothing measured twice
+    assert rerun.returncode == 0 and "whole model recalibration" not in rerun.stdout
+    assert load_profile(again).profile.models == recalibrated.models
+    # a profile of another CPU is not recalibrated here
+    foreign = json.loads(out.read_text())
+    foreign["target"]["mcpu"] = "cortex-a72"
+    (tmp_path / "foreign.json").write_text(json.dumps(foreign))
+    bad = run_cli("profile", "--recalibrate", str(tmp_path / "foreign.json"), "-o", str(tmp_path / "f2.json"))
+    assert (
+        bad.returncode == 1
+        and "not measured with this machine" in bad.stderr
+        and len(bad.stderr.strip().splitlines()) == 1
+    )
+    assert not (tmp_path / "f2.json").exists()
 
 
 def test_bad_layouts_are_one_line_errors_before_any_work(tmp_path):

@@ -103,6 +103,12 @@ class ProfileCommand(Command):
             help="data layouts to tune kernels in; each becomes schedule candidates the search may mix, "
             "with measured transposes between them (default: NCHW,NHWC on CPUs, NCHW otherwise)",
         )
+        parser.add_argument(
+            "--recalibrate",
+            metavar="PROFILE.json",
+            help="measure --calibration-models more whole subnets of PROFILE here, scheduled as the search "
+            "schedules them, and re-fit its calibration on all its models into -o (kernels are kept)",
+        )
         bundle = parser.add_argument_group("measurement bundles (build here, measure on a device without TVM)")
         bundle.add_argument("--build-only", action="store_true", help="compile a measurement bundle into -o DIR")
         bundle.add_argument("--measure", metavar="BUNDLE", help="measure BUNDLE on this machine (runs its measure.py)")
@@ -144,6 +150,8 @@ class ProfileCommand(Command):
             raise CodesignError("give -o FILE.json (or -o DIR with --build-only)")
         if args.merge:
             return _merge_bundle(args.merge, args.results, args.out, args.seed)
+        if args.recalibrate:
+            return _recalibrate(args)
         if args.rpc_tracker and not args.rpc_key:
             raise CodesignError("--rpc-tracker needs --rpc-key (the key the device's RPC server registered with)")
         if args.target == "llvm" and args.rpc_tracker:
@@ -186,6 +194,48 @@ class ProfileCommand(Command):
         )
         _print_validation(profile)
         return 0
+
+
+def _recalibrate(args: argparse.Namespace) -> int:
+    """``--recalibrate``: whole subnets measured on this CPU, the profile's calibration re-fitted."""
+    from pathlib import Path
+
+    from codesign.errors import CodesignError
+    from codesign.profile.profile_file import load_profile, save_profile
+    from codesign.profile.profiler import recalibrate_profile
+    from codesign.profile.tvm_backend import host_llvm_target, software_versions
+
+    if args.rpc_tracker:
+        raise CodesignError("--recalibrate measures on this machine; it does not take --rpc-tracker")
+    if args.calibration_models < 1:
+        raise CodesignError("--recalibrate needs --calibration-models of at least 1")
+    target = host_llvm_target(args.cores)
+    loaded = load_profile(args.recalibrate, target=target, tvm_version=software_versions()["tvm"], allow_mismatch=True)
+    if loaded.warnings:
+        raise CodesignError(
+            f"{args.recalibrate} was not measured with this machine and TVM ({'; '.join(loaded.warnings)}): "
+            "recalibrate a profile on the device and software it measured"
+        )
+    out = Path(args.out)
+    work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".work")
+    before = (loaded.profile.predictor or {}).get("model_validation", {}).get("calibrated")
+    profile = recalibrate_profile(
+        loaded.profile,
+        models=args.calibration_models,
+        work_dir=work_dir,
+        seed=args.seed,
+        budget_minutes=args.budget_minutes,
+        progress=print,
+    )
+    save_profile(out, profile)
+    models = sum(1 for m in profile.models if m.get("status") == "ok")
+    print(f"profile written to {out}: calibration re-fitted on {models} whole models (journal in {work_dir})")
+    if before:
+        print(
+            f"before: whole models (leave-one-out) {before['within10']:.1%} within +-10%, RMSPE {before['rmspe']:.3f}"
+        )
+    _print_validation(profile)
+    return 0
 
 
 def _layouts(spec: str | None, target: dict[str, Any]) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from codesign.latency.model import Calibration, LatencyModel
+from codesign.latency.model import Calibration, LatencyModel, kernel_table_from_profile
 from codesign.latency.positions import PositionTable
 from codesign.latency.predictor import KernelLatencyPredictor, error_summary, grouped_cross_validation
 from codesign.latency.transposes import TransposeCosts
@@ -60,25 +60,20 @@ def fit_predictor(
             f: error_summary(predicted[idx][ok[idx]], measured[idx][ok[idx]]) for f, idx in sorted(by_family.items())
         },
     }
-    positions = PositionTable(space)
     measured_pairs = {(w, c) for w, c, _ in rows}
-    pairs = []
-    for w in positions.workloads:
-        count = max(1, len(families.get(kernel_family(w), [None])))
-        if w.kind == "pool_fc":
-            count = 1
-        pairs += [(w, c) for c in range(count)]
-    values = predictor.predict(pairs)
-    filled: dict[str, list[float]] = {}
-    for (w, _candidate), value in zip(pairs, values, strict=True):
-        filled.setdefault(w.key(), []).append(float(value))
+    filled = filled_table(space, families, predictor)
     section: dict[str, Any] = {
         "kernel_model": predictor.to_dict(),
         "filled": filled,
         "kernel_validation": kernel_validation,
         "coverage": {
-            "pairs_total": len(pairs),
-            "pairs_measured": sum(1 for p in pairs if p in measured_pairs),
+            "pairs_total": sum(len(row) for row in filled.values()),
+            "pairs_measured": sum(
+                1
+                for w in PositionTable(space).workloads
+                for c in range(len(filled[w.key()]))
+                if (w, c) in measured_pairs
+            ),
         },
         "calibration": {"terms": asdict(Calibration()), "models": 0},
     }
@@ -95,21 +90,10 @@ def fit_calibration(
     transposes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Calibration terms and their leave-one-out validation on the measured whole models."""
-    from codesign.latency.model import kernel_table_from_profile
-
     ok = [m for m in models if m.get("status") == "ok"]
     if not ok:
         return {}
-
-    class _Partial:  # the slice of a profile kernel_table_from_profile reads
-        tuning_records = {"families": families}
-        predictor = section
-
-    _Partial.measurements = measurements  # type: ignore[attr-defined]
-    table, sources = kernel_table_from_profile(_Partial)
-    model = LatencyModel(
-        space, families, table, sources, Calibration(), transposes=TransposeCosts.from_records(transposes or [])
-    )
+    model = uncalibrated_model(space, families, measurements, section, transposes or [])
     genomes = [Genome.from_dict(m["genome"]) for m in ok]
     sums, kernels, swaps = model.layer_sum(genomes)
     measured = np.asarray([m["timing"]["median_ms"] for m in ok], dtype=np.float64)
@@ -131,3 +115,55 @@ def fit_calibration(
             "transposes_per_model": float(transposes_per_model.mean()),
         },
     }
+
+
+def filled_table(
+    space: SearchSpace, families: dict[str, list[dict[str, Any]]], predictor: KernelLatencyPredictor
+) -> dict[str, list[float]]:
+    """The predictor's latency (ms) of every kernel of ``space`` under every candidate of its family."""
+    pairs = []
+    for w in PositionTable(space).workloads:
+        count = 1 if w.kind == "pool_fc" else max(1, len(families.get(kernel_family(w), [None])))
+        pairs += [(w, c) for c in range(count)]
+    filled: dict[str, list[float]] = {}
+    for (w, _candidate), value in zip(pairs, predictor.predict(pairs), strict=True):
+        filled.setdefault(w.key(), []).append(float(value))
+    return filled
+
+
+def uncalibrated_model(
+    space: SearchSpace,
+    families: dict[str, list[dict[str, Any]]],
+    measurements: list[dict[str, Any]],
+    section: dict[str, Any],
+    transposes: list[dict[str, Any]],
+) -> LatencyModel:
+    """The latency model of a profile's parts, before any calibration (its per-kernel and transpose sum)."""
+
+    class _Partial:  # the slice of a profile kernel_table_from_profile reads
+        tuning_records = {"families": families}
+        predictor = section
+
+    _Partial.measurements = measurements  # type: ignore[attr-defined]
+    table, sources = kernel_table_from_profile(_Partial)
+    return LatencyModel(
+        space, families, table, sources, Calibration(), transposes=TransposeCosts.from_records(transposes)
+    )
+
+
+def provisional_model(
+    space: SearchSpace,
+    families: dict[str, list[dict[str, Any]]],
+    measurements: list[dict[str, Any]],
+    transposes: list[dict[str, Any]],
+) -> LatencyModel | None:
+    """The uncalibrated model of the kernels measured so far (no validation), or None with too few to fit.
+
+    The profiler draws calibration subnets with it the way the search will: each kernel at the
+    schedule and layout this model finds fastest.
+    """
+    rows = measurement_rows(measurements)
+    if len({w for w, _, _ in rows}) < 4:
+        return None
+    section = {"filled": filled_table(space, families, KernelLatencyPredictor.fit(rows))}
+    return uncalibrated_model(space, families, measurements, section, transposes)

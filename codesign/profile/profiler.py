@@ -571,15 +571,29 @@ class Profiler:
 
     # ------------------------------------------------------------------ whole models
     def calibration_genomes(self, candidates: dict[str, list[dict[str, Any]]]) -> list[Genome]:
-        """Random subnets; schedule genes at each kernel's fastest timed candidate (even) or random valid ones (odd)."""
+        """Random subnets: half scheduled the way the search will schedule them, half at random valid schedules.
+
+        Even ones take, per kernel, the schedule and layout a provisional model of the kernels measured
+        so far finds fastest (:meth:`LatencyModel.fastest_schedules`): the subnets the search returns,
+        whose latency the calibration must get right, including whatever optimism choosing the fastest
+        of predicted candidates brings. Odd ones take a random schedule seen to build and run on each
+        kernel, or a default lowering, so the calibration also sees schedules the search explores.
+        """
         from codesign.latency.positions import PositionTable
+        from codesign.profile.fitting import provisional_model
 
         positions = PositionTable(self.space)
         measured = self._done("measured")
+        model = provisional_model(
+            self.space, candidates, list(measured.values()), list(self._done("transpose").values())
+        )
         rng = np.random.default_rng(self.config.seed + 1)
         genomes = []
         for i in range(self.config.calibration_models):
             g = Genome.random(self.space, rng).canonical(self.space)
+            if i % 2 == 0 and model is not None:
+                genomes.append(model.fastest_schedules(g))
+                continue
             v = g.to_vector(self.space)[None, :]
             ids = positions.workload_ids(v)[0]
             genes = []
@@ -597,17 +611,25 @@ class Profiler:
                     or (c < len(options) and options[c]["trace"] is None)
                     or results.get(c, {}).get("status") == "ok"
                 ]
-                timed = {c: r["timing"]["median_ms"] for c, r in results.items() if r["status"] == "ok"}
-                if i % 2 == 0 and timed:
-                    genes.append(int(min(timed, key=timed.__getitem__)))
-                else:
-                    genes.append(int(valid[int(rng.integers(len(valid)))]) if valid else 0)
+                genes.append(int(valid[int(rng.integers(len(valid)))]) if valid else 0)
             genomes.append(Genome(**{**g.__dict__, "schedules": tuple(genes)}))
         return genomes
 
     def _measure_models(
         self, candidates: dict[str, list[dict[str, Any]]], deadline: float, say: Callable[[str], None]
     ) -> None:
+        self.measure_models(self.calibration_genomes(candidates), candidates, deadline=deadline, say=say)
+
+    def measure_models(
+        self,
+        genomes: list[Genome],
+        candidates: dict[str, list[dict[str, Any]]],
+        *,
+        deadline: float,
+        say: Callable[[str], None],
+        prefix: str = "model",
+    ) -> None:
+        """Compile each genome whole under its schedule genes and time it; journaled as ``prefix000``, ..."""
         from codesign.compiler.tvm_compile import compile_prepared, compile_subnet, prepare_subnet, time_executable
         from codesign.latency.positions import PositionTable
         from codesign.profile import tvm_backend as tb
@@ -615,8 +637,8 @@ class Profiler:
         cfg = self.config
         done = self._done("model")
         positions = PositionTable(self.space)
-        for i, genome in enumerate(self.calibration_genomes(candidates)):
-            key = f"model{i:03d}"
+        for i, genome in enumerate(genomes):
+            key = f"{prefix}{i:03d}"
             if key in done:
                 continue
             if time.monotonic() > deadline:
@@ -650,7 +672,10 @@ class Profiler:
                     "seconds": round(time.monotonic() - started, 2),
                 }
             )
-            say(f"whole model {key}: " + (f"{timing['median_ms']:.3f} ms" if timing else f"failed: {error}"))
+            say(
+                f"whole model {key} ({i + 1}/{len(genomes)}): "
+                + (f"{timing['median_ms']:.3f} ms" if timing else f"failed: {error}")
+            )
 
 
 def profile_from_journal(space: SearchSpace, config: ProfileConfig, work_dir: str | Path) -> Any:
@@ -709,3 +734,64 @@ def profile_from_journal(space: SearchSpace, config: ProfileConfig, work_dir: st
             "config": asdict(config),
         },
     )
+
+
+def recalibrate_profile(
+    profile: Any,
+    *,
+    models: int,
+    work_dir: str | Path,
+    seed: int = 0,
+    budget_minutes: float = 30.0,
+    model_build_timeout_s: float = 180.0,
+    progress: Callable[[str], None] | None = None,
+) -> Any:
+    """``profile`` with ``models`` more whole subnets measured here and its calibration re-fitted on all.
+
+    The new subnets are scheduled the way the search schedules them (each kernel at the candidate
+    the profile's model finds fastest), so the calibration learns what the per-kernel sum misses on
+    the subnets the search returns. The kernel measurements and predictor are kept as they are.
+    Measurements are journaled in ``work_dir``: rerunning resumes.
+    """
+    from dataclasses import replace
+
+    from codesign.latency.model import LatencyModel
+    from codesign.profile.fitting import fit_calibration, uncalibrated_model
+    from codesign.profile.profile_file import current_command, now_utc
+
+    say = progress or (lambda _msg: None)
+    if not profile.predictor or "filled" not in profile.predictor:
+        from codesign.profile.profile_file import ProfileError
+
+        raise ProfileError("the profile has no fitted kernel predictor to recalibrate; re-run `codesign profile`")
+    space = SearchSpace.from_dict(profile.space)
+    families = profile.tuning_records.get("families", {})
+    model: LatencyModel = uncalibrated_model(
+        space, families, profile.measurements, profile.predictor, profile.transposes
+    )
+    rng = np.random.default_rng(seed + 7919)  # other subnets than the profile's own calibration models
+    genomes = [model.fastest_schedules(Genome.random(space, rng).canonical(space)) for _ in range(models)]
+    config = ProfileConfig(
+        target=dict(profile.target), calibration_models=models, model_build_timeout_s=model_build_timeout_s, seed=seed
+    )
+    profiler = Profiler(space, config, work_dir)
+    started = time.monotonic()
+    profiler.measure_models(
+        genomes, families, deadline=started + budget_minutes * 60.0, say=say, prefix=f"recalibration{seed}-"
+    )
+    added = [r for r in profiler.journal if r.get("type") == "model" and r["key"].startswith(f"recalibration{seed}-")]
+    added_keys = {r["key"] for r in added}
+    all_models = [m for m in profile.models if m.get("key") not in added_keys] + added
+    section = {**profile.predictor}
+    section.update(fit_calibration(space, families, profile.measurements, all_models, section, profile.transposes))
+    history = list(profile.predictor.get("calibration", {}).get("recalibrations", []))
+    history.append(
+        {
+            "created": now_utc(),
+            "command": current_command(),
+            "models_added": sum(1 for r in added if r["status"] == "ok"),
+            "seconds": round(time.monotonic() - started, 1),
+        }
+    )
+    section["calibration"] = {**section["calibration"], "recalibrations": history}
+    return replace(profile, models=all_models, predictor=section)
