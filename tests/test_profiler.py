@@ -86,7 +86,8 @@ def test_tune_measure_and_resume(tiny_space, tmp_path):
     assert provisional is not None
     for m in models[::2]:
         genome = Genome.from_dict(m["genome"])
-        assert provisional.fastest_schedules(genome) == genome
+        assert provisional.fastest_schedules(genome) == genome and m["schedules"] == "fastest"
+    assert all(m["schedules"] == "random" for m in models[1::2])
     invocations = [r for r in read_journal(tmp_path / "journal.jsonl").records if r["type"] == "invocation"]
     assert len(invocations) == 2 and all(r["seconds"] > 0 for r in invocations)
 
@@ -224,6 +225,7 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
         assert model.fastest_schedules(genome) == genome
     calibration = recalibrated.predictor["calibration"]
     assert calibration["models"] == 4 and calibration["recalibrations"][-1]["models_added"] == 2
+    assert all(m["schedules"] == "fastest" for m in added) and "2 scheduled fastest" in result.stdout
     rerun = run_cli(*recalibrate, cwd=tmp_path)  # resumes from the journal: nothing measured twice
     assert rerun.returncode == 0 and "whole model recalibration" not in rerun.stdout
     assert load_profile(again).profile.models == recalibrated.models

@@ -325,3 +325,5 @@ def _print_validation(profile: Any) -> None:
     if "model_validation" in fitted:
         m = fitted["model_validation"]["calibrated"]
         print(f"whole models (leave-one-out): {m['within10']:.1%} within +-10%, RMSPE {m['rmspe']:.3f}")
+        for label, part in fitted["model_validation"].get("calibrated_by_schedules", {}).items():
+            print(f"  {part['n']} scheduled {label}: {part['within10']:.1%} within +-10%, RMSPE {part['rmspe']:.3f}")

@@ -111,6 +111,11 @@ def fit_calibration(
         "model_validation": {
             "method": "leave-one-out over the measured whole models",
             "calibrated": error_summary(loo, measured),
+            "calibrated_by_schedules": {
+                label: error_summary(loo[idx], measured[idx])
+                for label in sorted({m["schedules"] for m in ok if "schedules" in m})
+                for idx in [np.asarray([m.get("schedules") == label for m in ok])]
+            },
             "layer_sum_only": error_summary(sums, measured),
             "transposes_per_model": float(transposes_per_model.mean()),
         },

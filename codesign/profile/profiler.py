@@ -570,8 +570,8 @@ class Profiler:
         return next(i for i, (w, _) in enumerate(pending) if kernel_family(w) == worst)
 
     # ------------------------------------------------------------------ whole models
-    def calibration_genomes(self, candidates: dict[str, list[dict[str, Any]]]) -> list[Genome]:
-        """Random subnets: half scheduled the way the search will schedule them, half at random valid schedules.
+    def calibration_genomes(self, candidates: dict[str, list[dict[str, Any]]]) -> list[tuple[Genome, str]]:
+        """Random subnets, each with how it is scheduled: half as the search will ("fastest"), half "random".
 
         Even ones take, per kernel, the schedule and layout a provisional model of the kernels measured
         so far finds fastest (:meth:`LatencyModel.fastest_schedules`): the subnets the search returns,
@@ -592,7 +592,7 @@ class Profiler:
         for i in range(self.config.calibration_models):
             g = Genome.random(self.space, rng).canonical(self.space)
             if i % 2 == 0 and model is not None:
-                genomes.append(model.fastest_schedules(g))
+                genomes.append((model.fastest_schedules(g), "fastest"))
                 continue
             v = g.to_vector(self.space)[None, :]
             ids = positions.workload_ids(v)[0]
@@ -612,7 +612,7 @@ class Profiler:
                     or results.get(c, {}).get("status") == "ok"
                 ]
                 genes.append(int(valid[int(rng.integers(len(valid)))]) if valid else 0)
-            genomes.append(Genome(**{**g.__dict__, "schedules": tuple(genes)}))
+            genomes.append((Genome(**{**g.__dict__, "schedules": tuple(genes)}), "random"))
         return genomes
 
     def _measure_models(
@@ -622,14 +622,17 @@ class Profiler:
 
     def measure_models(
         self,
-        genomes: list[Genome],
+        genomes: list[tuple[Genome, str]],
         candidates: dict[str, list[dict[str, Any]]],
         *,
         deadline: float,
         say: Callable[[str], None],
         prefix: str = "model",
     ) -> None:
-        """Compile each genome whole under its schedule genes and time it; journaled as ``prefix000``, ..."""
+        """Compile each genome whole under its schedule genes and time it; journaled as ``prefix000``, ...
+
+        Each genome comes with how its schedules were chosen ("fastest", "random"), recorded with it.
+        """
         from codesign.compiler.tvm_compile import compile_prepared, compile_subnet, prepare_subnet, time_executable
         from codesign.latency.positions import PositionTable
         from codesign.profile import tvm_backend as tb
@@ -637,7 +640,7 @@ class Profiler:
         cfg = self.config
         done = self._done("model")
         positions = PositionTable(self.space)
-        for i, genome in enumerate(genomes):
+        for i, (genome, schedules) in enumerate(genomes):
             key = f"{prefix}{i:03d}"
             if key in done:
                 continue
@@ -666,6 +669,7 @@ class Profiler:
                     "type": "model",
                     "key": key,
                     "genome": genome.to_dict(),
+                    "schedules": schedules,
                     "status": "ok" if timing else "failed",
                     "timing": timing,
                     "error": error,
@@ -770,7 +774,7 @@ def recalibrate_profile(
         space, families, profile.measurements, profile.predictor, profile.transposes
     )
     rng = np.random.default_rng(seed + 7919)  # other subnets than the profile's own calibration models
-    genomes = [model.fastest_schedules(Genome.random(space, rng).canonical(space)) for _ in range(models)]
+    genomes = [(model.fastest_schedules(Genome.random(space, rng).canonical(space)), "fastest") for _ in range(models)]
     config = ProfileConfig(
         target=dict(profile.target), calibration_models=models, model_build_timeout_s=model_build_timeout_s, seed=seed
     )
