@@ -62,8 +62,16 @@ def runtime_library_dir(library_dir: str | Path | None = None) -> Path:
     )
 
 
-def load_runtime(*, cuda: bool = False, library_dir: str | Path | None = None) -> Any:
-    """Load tvm_ffi and the TVM runtime libraries into this process; returns the ``tvm_ffi`` module."""
+def load_runtime(*, cuda: bool = False, library_dir: str | Path | None = None, threads: int | None = None) -> Any:
+    """Load tvm_ffi and the TVM runtime libraries into this process; returns the ``tvm_ffi`` module.
+
+    CPU kernels run on ``threads`` threads (default: ``TVM_NUM_THREADS`` if set, else every core;
+    the TVM runtime alone would use one here). It takes effect before the first kernel runs.
+    """
+    if threads is not None:
+        os.environ["TVM_NUM_THREADS"] = str(max(1, int(threads)))
+    else:
+        os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
     try:
         import tvm_ffi
     except ImportError as exc:
@@ -178,11 +186,19 @@ def time_function(
 class CompiledModel:
     """A Relax VM over an exported library: call it with a (1, C, H, W) float32 array, get logits."""
 
-    def __init__(self, library: str | Path, *, device: str = "cpu", library_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        library: str | Path,
+        *,
+        device: str = "cpu",
+        library_dir: str | Path | None = None,
+        threads: int | None = None,
+    ) -> None:
         if device not in _DEVICE_TYPES:
             raise ValueError(f"device must be one of {sorted(_DEVICE_TYPES)}, got {device!r}")
         self.device = device
-        self.tvm_ffi = load_runtime(cuda=device == "cuda", library_dir=library_dir)
+        self.tvm_ffi = load_runtime(cuda=device == "cuda", library_dir=library_dir, threads=threads)
+        self.threads = int(os.environ["TVM_NUM_THREADS"])
         path = Path(library)
         if not path.is_file():
             raise FileNotFoundError(f"no compiled library at {path}")
@@ -211,22 +227,36 @@ class CompiledModel:
         )
 
 
-def load_artifact_library(path: str | Path, *, device: str = "cpu") -> Callable[[np.ndarray], np.ndarray]:
+def load_artifact_library(
+    path: str | Path, *, device: str = "cpu", threads: int | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
     """A function mapping a (1, C, H, W) float32 array to logits, backed by a compiled TVM library."""
-    return CompiledModel(path, device=device)
+    return CompiledModel(path, device=device, threads=threads)
+
+
+def artifact_threads(manifest: dict[str, Any]) -> int | None:
+    """The CPU threads an artifact was compiled and profiled for (its target's ``num-cores``), if recorded."""
+    cores = manifest.get("tvm", {}).get("target", {}).get("num-cores")
+    return int(cores) if cores else None
 
 
 def load_artifact(
-    directory: str | Path, *, device: str | None = None
+    directory: str | Path, *, device: str | None = None, threads: int | None = None
 ) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
-    """The artifact's predict function (TVM library if present, else onnxruntime) and its manifest."""
+    """The artifact's predict function (TVM library if present, else onnxruntime) and its manifest.
+
+    ``threads``: CPU threads for the TVM library (default: ``TVM_NUM_THREADS`` if set, else the
+    cores its target was profiled with).
+    """
     root = Path(directory)
     manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
     tvm_section = manifest.get("tvm", {})
     library = root / tvm_section.get("library", "model_tvm.so")
     if library.is_file():
         kind = device or ("cuda" if tvm_section.get("target", {}).get("kind") == "cuda" else "cpu")
-        return load_artifact_library(library, device=kind), manifest
+        if threads is None and "TVM_NUM_THREADS" not in os.environ:
+            threads = artifact_threads(manifest)
+        return load_artifact_library(library, device=kind, threads=threads), manifest
     from codesign.export.onnx_export import onnxruntime_logits
 
     def run(images: np.ndarray) -> np.ndarray:

@@ -84,11 +84,38 @@ def test_run_command_uses_the_artifact(shipped, fmnist_splits, tmp_path):
     classes = json.loads((tmp_path / "a" / "manifest.json").read_text())["output"]["classes"]
     predicted = [classes.index(line.split("\t")[1]) for line in lines]
     assert np.mean(np.asarray(predicted) == np.asarray(test.labels)) > 0.7
-    timed = run_cli("run", str(tmp_path / "a"), "--time", cwd=tmp_path)
+    timed = run_cli("run", str(tmp_path / "a"), "--time", "--threads", "1", cwd=tmp_path)
     assert timed.returncode == 0 and "latency: median" in timed.stdout and "predicted" in timed.stdout, timed.stderr
+    assert "30 repeats, 1 thread)" in timed.stdout
+    # TVM_NUM_THREADS is honoured; without it the artifact runs on the cores it was profiled for
+    # (the TVM runtime alone would use one thread here: half the speed the profile measured)
+    timed = run_cli("run", str(tmp_path / "a"), "--time", cwd=tmp_path, env={"TVM_NUM_THREADS": "2"})
+    assert timed.returncode == 0 and "30 repeats, 2 threads)" in timed.stdout, timed.stderr
+    bad = run_cli("run", str(tmp_path / "a"), "--time", "--threads", "0", cwd=tmp_path)
+    assert bad.returncode == 1 and "--threads must be at least 1" in bad.stderr
     check = run_cli("run", str(tmp_path / "a"), "--check", cwd=tmp_path)
     assert check.returncode == 0 and "check: max |artifact - onnxruntime|" in check.stdout, check.stderr
     assert check.stdout.strip().endswith("ok")
+
+
+def test_an_artifact_runs_on_the_cores_it_was_profiled_for(shipped, fmnist_splits, tmp_path, monkeypatch):
+    from codesign.runtime import artifact_threads, load_artifact
+
+    profile, model = shipped
+    loaded = load_supernet()
+    export_subnet(
+        loaded=loaded,
+        genome=model.fastest_schedules(Genome.smallest(loaded.supernet.space)),
+        splits=fmnist_splits,
+        out_dir=tmp_path / "a",
+        evaluate_test=False,
+        profile=profile,
+        measure_latency=False,
+    )
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    predict, manifest = load_artifact(tmp_path / "a")
+    assert artifact_threads(manifest) == profile.target["num-cores"]
+    assert predict.threads == profile.target["num-cores"]  # type: ignore[attr-defined]
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs the CUDA toolkit's nvcc (no GPU needed)")

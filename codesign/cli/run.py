@@ -40,6 +40,14 @@ class RunCommand(Command):
         parser.add_argument(
             "--device", choices=("cpu", "cuda"), default=None, help="default: the device the artifact targets"
         )
+        parser.add_argument(
+            "--threads",
+            type=int,
+            default=None,
+            metavar="N",
+            help="CPU threads (default: TVM_NUM_THREADS if set, else the cores the artifact's target was "
+            "profiled with, its num-cores)",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from pathlib import Path
@@ -55,7 +63,9 @@ class RunCommand(Command):
         if not (args.input or args.check or args.time):
             raise CodesignError("nothing to do: give --input FILE.npy, --check or --time")
         try:
-            predict, manifest = load_artifact(root, device=args.device)
+            if args.threads is not None and args.threads < 1:
+                raise CodesignError(f"--threads must be at least 1, got {args.threads}")
+            predict, manifest = load_artifact(root, device=args.device, threads=args.threads)
         except RuntimeUnavailable as exc:
             raise CodesignError(str(exc)) from None
         status = 0
@@ -104,7 +114,9 @@ def _time(root: Any, manifest: dict[str, Any], predict: Any) -> None:
     median = statistics.median(samples)
     spread = (np.percentile(samples, 90) - np.percentile(samples, 10)) / 2
     predicted = manifest.get("tvm", {}).get("latency", {}).get("predicted_ms")
-    line = f"latency: median {median:.4f} ms (+-{spread:.4f}, p10-p90 half-width, 30 repeats)"
+    threads = getattr(predict, "threads", None)
+    on = f", {threads} thread{'s' if threads != 1 else ''}" if threads and predict.device == "cpu" else ""
+    line = f"latency: median {median:.4f} ms (+-{spread:.4f}, p10-p90 half-width, 30 repeats{on})"
     if predicted:
         line += f"; predicted {predicted:.4f} ms ({(predicted - median) / median:+.1%})"
     print(line)
