@@ -225,10 +225,19 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
         assert model.fastest_schedules(genome) == genome
     calibration = recalibrated.predictor["calibration"]
     assert calibration["models"] == 4 and calibration["recalibrations"][-1]["models_added"] == 2
-    assert all(m["schedules"] == "fastest" for m in added) and "2 scheduled fastest" in result.stdout
+    assert all(m["schedules"] == "fastest" for m in added)
+    assert "3 scheduled fastest" in result.stdout and "1 scheduled random" in result.stdout  # 1 + 1 of the profile
     rerun = run_cli(*recalibrate, cwd=tmp_path)  # resumes from the journal: nothing measured twice
     assert rerun.returncode == 0 and "whole model recalibration" not in rerun.stdout
     assert load_profile(again).profile.models == recalibrated.models
+    twice = tmp_path / "twice.json"  # a second recalibration adds models of its own
+    result = run_cli(
+        "profile", "--recalibrate", str(again), "--calibration-models", "1", "--cores", "1", "-o", str(twice)
+    )
+    assert result.returncode == 0, result.stderr
+    models = load_profile(twice).profile.models
+    assert [m["key"] for m in models[:4]] == [m["key"] for m in recalibrated.models]
+    assert len(models) == 5 and models[4]["key"] == "recalibration1-000"
     # a profile of another CPU is not recalibrated here
     foreign = json.loads(out.read_text())
     foreign["target"]["mcpu"] = "cortex-a72"

@@ -753,14 +753,14 @@ def recalibrate_profile(
     """``profile`` with ``models`` more whole subnets measured here and its calibration re-fitted on all.
 
     The new subnets are scheduled the way the search schedules them (each kernel at the candidate
-    the profile's model finds fastest), so the calibration learns what the per-kernel sum misses on
+    the profile's calibrated model finds fastest), so the calibration learns what the per-kernel sum misses on
     the subnets the search returns. The kernel measurements and predictor are kept as they are.
     Measurements are journaled in ``work_dir``: rerunning resumes.
     """
     from dataclasses import replace
 
     from codesign.latency.model import LatencyModel
-    from codesign.profile.fitting import fit_calibration, uncalibrated_model
+    from codesign.profile.fitting import fit_calibration
     from codesign.profile.profile_file import current_command, now_utc
 
     say = progress or (lambda _msg: None)
@@ -770,25 +770,22 @@ def recalibrate_profile(
         raise ProfileError("the profile has no fitted kernel predictor to recalibrate; re-run `codesign profile`")
     space = SearchSpace.from_dict(profile.space)
     families = profile.tuning_records.get("families", {})
-    model: LatencyModel = uncalibrated_model(
-        space, families, profile.measurements, profile.predictor, profile.transposes
-    )
-    rng = np.random.default_rng(seed + 7919)  # other subnets than the profile's own calibration models
+    model = LatencyModel.from_profile(profile)  # its picks are the search's: calibration costs transposes too
+    history = list(profile.predictor.get("calibration", {}).get("recalibrations", []))
+    prefix = f"recalibration{len(history)}-"  # each recalibration of a profile adds models of its own
+    rng = np.random.default_rng(seed + 7919 + 1000 * len(history))  # not the profile's own calibration subnets
     genomes = [(model.fastest_schedules(Genome.random(space, rng).canonical(space)), "fastest") for _ in range(models)]
     config = ProfileConfig(
         target=dict(profile.target), calibration_models=models, model_build_timeout_s=model_build_timeout_s, seed=seed
     )
     profiler = Profiler(space, config, work_dir)
     started = time.monotonic()
-    profiler.measure_models(
-        genomes, families, deadline=started + budget_minutes * 60.0, say=say, prefix=f"recalibration{seed}-"
-    )
-    added = [r for r in profiler.journal if r.get("type") == "model" and r["key"].startswith(f"recalibration{seed}-")]
+    profiler.measure_models(genomes, families, deadline=started + budget_minutes * 60.0, say=say, prefix=prefix)
+    added = [r for r in profiler.journal if r.get("type") == "model" and r["key"].startswith(prefix)]
     added_keys = {r["key"] for r in added}
     all_models = [m for m in profile.models if m.get("key") not in added_keys] + added
     section = {**profile.predictor}
     section.update(fit_calibration(space, families, profile.measurements, all_models, section, profile.transposes))
-    history = list(profile.predictor.get("calibration", {}).get("recalibrations", []))
     history.append(
         {
             "created": now_utc(),
