@@ -175,8 +175,9 @@ def ranked_first(space):
 def test_profile_command_writes_a_valid_profile(tmp_path):
     import subprocess
     import sys
+    from dataclasses import replace
 
-    from codesign.latency.model import LatencyModel
+    from codesign.latency.model import MEASURED, PREDICTED, LatencyModel
     from codesign.profile.profile_file import load_profile
     from codesign.space import Genome
 
@@ -216,10 +217,26 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
     result = run_cli(*recalibrate, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     recalibrated = load_profile(again, target=host_llvm_target(1)).profile
-    assert recalibrated.measurements == profile.measurements and recalibrated.models[:2] == profile.models
+    assert recalibrated.models[:2] == profile.models
+    # first the kernel/schedule pairs the search's picks use at a predicted latency are timed
+    before = LatencyModel.from_profile(profile)
+    kept = len(profile.measurements)
+    assert recalibrated.measurements[:kept] == profile.measurements
+    timed = [(r["key"], x) for r in recalibrated.measurements[kept:] for x in r["results"]]
+    assert timed and all(x["status"] in ("ok", "failed") for _, x in timed)
+    index = {w.key(): i for i, w in enumerate(before.positions.workloads)}
+    assert all(before.sources[index[key], x["candidate"]] == PREDICTED for key, x in timed)
+    after = LatencyModel.from_profile(recalibrated)
+    assert all(after.sources[index[key], x["candidate"]] == MEASURED for key, x in timed if x["status"] == "ok")
+    # then the picks of the refined kernel table (under the calibration of the time) are measured whole
     added = recalibrated.models[2:]
     assert len(added) == 2 and all(m["status"] == "ok" and m["key"].startswith("recalibration") for m in added)
-    model = LatencyModel.from_profile(profile)
+    refined = replace(
+        recalibrated,
+        models=profile.models,
+        predictor={**recalibrated.predictor, "calibration": profile.predictor["calibration"]},
+    )
+    model = LatencyModel.from_profile(refined)
     for m in added:
         genome = Genome.from_dict(m["genome"])
         assert model.fastest_schedules(genome) == genome
@@ -230,11 +247,21 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
     rerun = run_cli(*recalibrate, cwd=tmp_path)  # resumes from the journal: nothing measured twice
     assert rerun.returncode == 0 and "whole model recalibration" not in rerun.stdout
     assert load_profile(again).profile.models == recalibrated.models
-    twice = tmp_path / "twice.json"  # a second recalibration adds models of its own
+    twice = tmp_path / "twice.json"  # a second recalibration adds models of its own (here whole models only)
     result = run_cli(
-        "profile", "--recalibrate", str(again), "--calibration-models", "1", "--cores", "1", "-o", str(twice)
+        "profile",
+        "--recalibrate",
+        str(again),
+        "--calibration-models",
+        "1",
+        "--models-only",
+        "--cores",
+        "1",
+        "-o",
+        str(twice),
     )
     assert result.returncode == 0, result.stderr
+    assert load_profile(twice).profile.measurements == recalibrated.measurements
     models = load_profile(twice).profile.models
     assert [m["key"] for m in models[:4]] == [m["key"] for m in recalibrated.models]
     assert len(models) == 5 and models[4]["key"] == "recalibration1-000"

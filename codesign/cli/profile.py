@@ -106,8 +106,15 @@ class ProfileCommand(Command):
         parser.add_argument(
             "--recalibrate",
             metavar="PROFILE.json",
-            help="measure --calibration-models more whole subnets of PROFILE here, scheduled as the search "
-            "schedules them, and re-fit its calibration on all its models into -o (kernels are kept)",
+            help="refine PROFILE here where the search goes: schedule --calibration-models random subnets as "
+            "the search does, time the kernel/schedule pairs they use that were only predicted, re-fit the "
+            "kernel predictor, then compile and time the subnets whole and re-fit the calibration on all "
+            "its subnets; written to -o, journaled in --work-dir",
+        )
+        parser.add_argument(
+            "--models-only",
+            action="store_true",
+            help="with --recalibrate: time no kernels, only the whole subnets (the kernel table is kept)",
         )
         bundle = parser.add_argument_group("measurement bundles (build here, measure on a device without TVM)")
         bundle.add_argument("--build-only", action="store_true", help="compile a measurement bundle into -o DIR")
@@ -225,11 +232,16 @@ def _recalibrate(args: argparse.Namespace) -> int:
         work_dir=work_dir,
         seed=args.seed,
         budget_minutes=args.budget_minutes,
+        time_kernels=not args.models_only,
         progress=print,
     )
     save_profile(out, profile)
     models = sum(1 for m in profile.models if m.get("status") == "ok")
-    print(f"profile written to {out}: calibration re-fitted on {models} whole models (journal in {work_dir})")
+    kernels = profile.predictor["calibration"]["recalibrations"][-1]["kernel_records_added"]
+    print(
+        f"profile written to {out}: {kernels} kernel records added, calibration re-fitted on {models} whole "
+        f"models (journal in {work_dir})"
+    )
     if before:
         print(
             f"before: whole models (leave-one-out) {before['within10']:.1%} within +-10%, RMSPE {before['rmspe']:.3f}"

@@ -43,8 +43,12 @@ def fit_predictor(
     seed: int = 0,
     transposes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any] | None:
-    """The ``predictor`` section of a profile, or None when there is too little to fit on."""
-    rows = measurement_rows(measurements)
+    """The ``predictor`` section of a profile, or None when there is too little to fit on.
+
+    The pooling + classifier kernels are left out of the kernel predictor: the profiler times them
+    (they have one schedule), and two such rows among convolutions only add their own error.
+    """
+    rows = [row for row in measurement_rows(measurements) if row[0].kind != "pool_fc"]
     if len({w for w, _, _ in rows}) < 4:
         return None
     predictor = KernelLatencyPredictor.fit(rows)
@@ -167,7 +171,7 @@ def provisional_model(
     The profiler draws calibration subnets with it the way the search will: each kernel at the
     schedule and layout this model finds fastest.
     """
-    rows = measurement_rows(measurements)
+    rows = [row for row in measurement_rows(measurements) if row[0].kind != "pool_fc"]
     if len({w for w, _, _ in rows}) < 4:
         return None
     section = {"filled": filled_table(space, families, KernelLatencyPredictor.fit(rows))}

@@ -288,8 +288,10 @@ class Profiler:
         only: set[int] | None = None,
         repeat: int | None = None,
         min_repeat_ms: int | None = None,
+        others: bool = True,
     ) -> dict[str, Any]:
-        """Time ``w`` under every candidate (or those in ``only``: the others are only checked to replay)."""
+        """Time ``w`` under every candidate (or those in ``only``: the others are only checked to replay,
+        or with ``others=False`` left out of the record)."""
         from codesign.profile import tvm_backend as tb
 
         cfg = self.config
@@ -298,6 +300,8 @@ class Profiler:
         for index, option in enumerate(options):
             if w.kind == "pool_fc" and index > 0:
                 break
+            if only is not None and index not in only and not others:
+                continue
             layout = str(option.get("layout", "NCHW"))
             if layout not in by_layout:
 
@@ -473,6 +477,9 @@ class Profiler:
 
         Without it, a tuned schedule of such a kernel is unverified and the latency model never
         offers it; with it, the schedules that replay are offered at the predictor's latency.
+        The pooling + classifier kernels are timed instead: they have no other schedule, run in
+        every subnet, and their few MACs rank them last, while the predictor, which has no kernel
+        like them to learn from, put them at 10x their time.
         """
         measured = self._done("measured")
         pending = [(w, share) for w, share in ranked[: self.config.max_workloads] if w.key() not in measured]
@@ -480,7 +487,12 @@ class Profiler:
             say(f"checking which schedules replay on the {len(pending)} kernels left untimed")
         for w, share in pending:
             options = candidates.get(kernel_family(w), [{"source": "default", "trace": None}])
-            self._measure_one(w, share, options, only=set())
+            if w.kind != "pool_fc":
+                self._measure_one(w, share, options, only=set())
+        for w, share in ranked[: self.config.max_workloads]:
+            record = self._done("measured").get(w.key())
+            if w.kind == "pool_fc" and not (record and any(r["status"] == "ok" for r in record["results"])):
+                say(describe_record("measured", self._measure_one(w, share, [{"source": "default", "trace": None}])))
 
     def _measure_transposes(
         self, ranked: list[tuple[Workload, float]], deadline: float, say: Callable[[str], None]
@@ -748,51 +760,100 @@ def recalibrate_profile(
     seed: int = 0,
     budget_minutes: float = 30.0,
     model_build_timeout_s: float = 180.0,
+    time_kernels: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> Any:
-    """``profile`` with ``models`` more whole subnets measured here and its calibration re-fitted on all.
+    """``profile`` refined where the search goes: its picks' kernels timed, whole subnets measured, all re-fitted.
 
-    The new subnets are scheduled the way the search schedules them (each kernel at the candidate
-    the profile's calibrated model finds fastest), so the calibration learns what the per-kernel sum misses on
-    the subnets the search returns. The kernel measurements and predictor are kept as they are.
-    Measurements are journaled in ``work_dir``: rerunning resumes.
+    ``models`` random architectures are scheduled the way the search schedules them (each kernel at
+    the candidate the profile's calibrated model finds fastest). With ``time_kernels``, every
+    kernel/schedule pair those picks use at a predicted latency is timed first and the kernel
+    predictor re-fitted, and the architectures are scheduled again with the refined model: the
+    fastest of several predictions is the most optimistic one, and the search picks exactly those.
+    Then each pick is compiled whole and timed, and the calibration is re-fitted on all the
+    profile's whole subnets. Everything measured is journaled in ``work_dir``: rerunning resumes.
     """
     from dataclasses import replace
 
-    from codesign.latency.model import LatencyModel
-    from codesign.profile.fitting import fit_calibration
-    from codesign.profile.profile_file import current_command, now_utc
+    from codesign.latency.model import PREDICTED, LatencyModel
+    from codesign.profile.fitting import fit_calibration, fit_predictor
+    from codesign.profile.profile_file import ProfileError, current_command, now_utc
+    from codesign.profile.session import open_session
 
     say = progress or (lambda _msg: None)
     if not profile.predictor or "filled" not in profile.predictor:
-        from codesign.profile.profile_file import ProfileError
-
         raise ProfileError("the profile has no fitted kernel predictor to recalibrate; re-run `codesign profile`")
     space = SearchSpace.from_dict(profile.space)
     families = profile.tuning_records.get("families", {})
-    model = LatencyModel.from_profile(profile)  # its picks are the search's: calibration costs transposes too
     history = list(profile.predictor.get("calibration", {}).get("recalibrations", []))
     prefix = f"recalibration{len(history)}-"  # each recalibration of a profile adds models of its own
     rng = np.random.default_rng(seed + 7919 + 1000 * len(history))  # not the profile's own calibration subnets
-    genomes = [(model.fastest_schedules(Genome.random(space, rng).canonical(space)), "fastest") for _ in range(models)]
+    architectures = [Genome.random(space, rng).canonical(space) for _ in range(models)]
     config = ProfileConfig(
         target=dict(profile.target), calibration_models=models, model_build_timeout_s=model_build_timeout_s, seed=seed
     )
     profiler = Profiler(space, config, work_dir)
     started = time.monotonic()
-    profiler.measure_models(genomes, families, deadline=started + budget_minutes * 60.0, say=say, prefix=prefix)
+    deadline = started + budget_minutes * 60.0
+    model = LatencyModel.from_profile(profile)  # its picks are the search's: calibration costs transposes too
+    measurements = list(profile.measurements)
+    predictor = dict(profile.predictor)
+    if time_kernels:
+        picks = [model.fastest_schedules(a) for a in architectures]
+        wanted: dict[str, tuple[Workload, set[int]]] = {}
+        vectors = model.vectors(picks)
+        _, active, ids, genes = model._by_position(vectors)
+        for p, n in zip(*np.nonzero(active), strict=True):
+            wid, c = int(ids[p, n]), int(genes[p, n])
+            if model.sources[wid, c] == PREDICTED:
+                w = model.positions.workloads[wid]
+                wanted.setdefault(w.key(), (w, set()))[1].add(c)
+        done = {
+            (r["key"], int(x["candidate"]))
+            for r in profiler.journal
+            if r.get("type") == "measured"
+            for x in r["results"]
+        }
+        pending = {k: (w, {c for c in cs if (k, c) not in done}) for k, (w, cs) in wanted.items()}
+        pending = {k: v for k, v in pending.items() if v[1]}
+        say(
+            f"timing {sum(len(cs) for _, cs in pending.values())} kernel/schedule pairs the search's picks use at a "
+            f"predicted latency ({sum(len(cs) for _, cs in wanted.values())} in all, on {len(wanted)} kernels)"
+        )
+        profiler._session = open_session(config.target, None)
+        try:
+            for _key, (w, cs) in sorted(pending.items()):
+                if time.monotonic() > deadline:
+                    say("budget spent before every picked kernel was timed")
+                    break
+                options = families.get(kernel_family(w), [{"source": "default", "trace": None}])
+                say(describe_record("measured", profiler._measure_one(w, 0.0, options, only=cs, others=False)))
+        finally:
+            profiler._session.close()
+        added_kernels = [r for r in profiler.journal if r.get("type") == "measured"]
+        if added_kernels:
+            measurements += added_kernels
+            refit = fit_predictor(
+                space, families, measurements, profile.models, seed=seed, transposes=profile.transposes
+            )
+            if refit is not None:
+                predictor = {**refit, "calibration": predictor.get("calibration", refit["calibration"])}
+                model = LatencyModel.from_profile(replace(profile, measurements=measurements, predictor=predictor))
+    genomes = [(model.fastest_schedules(a), "fastest") for a in architectures]
+    profiler.measure_models(genomes, families, deadline=deadline, say=say, prefix=prefix)
     added = [r for r in profiler.journal if r.get("type") == "model" and r["key"].startswith(prefix)]
     added_keys = {r["key"] for r in added}
     all_models = [m for m in profile.models if m.get("key") not in added_keys] + added
-    section = {**profile.predictor}
-    section.update(fit_calibration(space, families, profile.measurements, all_models, section, profile.transposes))
+    section = {**predictor}
+    section.update(fit_calibration(space, families, measurements, all_models, section, profile.transposes))
     history.append(
         {
             "created": now_utc(),
             "command": current_command(),
             "models_added": sum(1 for r in added if r["status"] == "ok"),
+            "kernel_records_added": len(measurements) - len(profile.measurements),
             "seconds": round(time.monotonic() - started, 1),
         }
     )
     section["calibration"] = {**section["calibration"], "recalibrations": history}
-    return replace(profile, models=all_models, predictor=section)
+    return replace(profile, measurements=measurements, models=all_models, predictor=section)
