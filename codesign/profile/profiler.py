@@ -627,6 +627,38 @@ class Profiler:
             genomes.append((Genome(**{**g.__dict__, "schedules": tuple(genes)}), "random"))
         return genomes
 
+    def time_candidates(
+        self,
+        wanted: dict[str, tuple[Workload, set[int]]],
+        candidates: dict[str, list[dict[str, Any]]],
+        *,
+        deadline: float,
+        say: Callable[[str], None],
+    ) -> None:
+        """Time the given schedule candidates of each kernel (by key), those not timed in the journal yet."""
+        from codesign.profile.session import open_session
+
+        done = {
+            (r["key"], int(x["candidate"])) for r in self.journal if r.get("type") == "measured" for x in r["results"]
+        }
+        pending = {k: (w, {c for c in cs if (k, c) not in done}) for k, (w, cs) in wanted.items()}
+        pending = {k: v for k, v in pending.items() if v[1]}
+        say(
+            f"timing {sum(len(cs) for _, cs in pending.values())} kernel/schedule pairs "
+            f"({sum(len(cs) for _, cs in wanted.values())} wanted, on {len(wanted)} kernels)"
+        )
+        self._session = open_session(self.config.target, self._rpc())
+        try:
+            for key in sorted(pending):
+                if time.monotonic() > deadline:
+                    say("budget spent before every wanted kernel was timed")
+                    return
+                w, cs = pending[key]
+                options = candidates.get(kernel_family(w), [{"source": "default", "trace": None}])
+                say(describe_record("measured", self._measure_one(w, 0.0, options, only=cs, others=False)))
+        finally:
+            self._session.close()
+
     def _measure_models(
         self, candidates: dict[str, list[dict[str, Any]]], deadline: float, say: Callable[[str], None]
     ) -> None:
@@ -778,7 +810,6 @@ def recalibrate_profile(
     from codesign.latency.model import PREDICTED, LatencyModel
     from codesign.profile.fitting import fit_calibration, fit_predictor
     from codesign.profile.profile_file import ProfileError, current_command, now_utc
-    from codesign.profile.session import open_session
 
     say = progress or (lambda _msg: None)
     if not profile.predictor or "filled" not in profile.predictor:
@@ -808,29 +839,9 @@ def recalibrate_profile(
             if model.sources[wid, c] == PREDICTED:
                 w = model.positions.workloads[wid]
                 wanted.setdefault(w.key(), (w, set()))[1].add(c)
-        done = {
-            (r["key"], int(x["candidate"]))
-            for r in profiler.journal
-            if r.get("type") == "measured"
-            for x in r["results"]
-        }
-        pending = {k: (w, {c for c in cs if (k, c) not in done}) for k, (w, cs) in wanted.items()}
-        pending = {k: v for k, v in pending.items() if v[1]}
-        say(
-            f"timing {sum(len(cs) for _, cs in pending.values())} kernel/schedule pairs the search's picks use at a "
-            f"predicted latency ({sum(len(cs) for _, cs in wanted.values())} in all, on {len(wanted)} kernels)"
-        )
-        profiler._session = open_session(config.target, None)
-        try:
-            for _key, (w, cs) in sorted(pending.items()):
-                if time.monotonic() > deadline:
-                    say("budget spent before every picked kernel was timed")
-                    break
-                options = families.get(kernel_family(w), [{"source": "default", "trace": None}])
-                say(describe_record("measured", profiler._measure_one(w, 0.0, options, only=cs, others=False)))
-        finally:
-            profiler._session.close()
-        added_kernels = [r for r in profiler.journal if r.get("type") == "measured"]
+        profiler.time_candidates(wanted, families, deadline=deadline, say=say)
+        # a work dir reused from an earlier round holds kernels the profile already has
+        added_kernels = [r for r in profiler.journal if r.get("type") == "measured" and r not in profile.measurements]
         if added_kernels:
             measurements += added_kernels
             refit = fit_predictor(
