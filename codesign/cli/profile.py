@@ -204,7 +204,7 @@ class ProfileCommand(Command):
 
 
 def _recalibrate(args: argparse.Namespace) -> int:
-    """``--recalibrate``: whole subnets measured on this CPU, the profile's calibration re-fitted."""
+    """``--recalibrate``: the search's predicted kernels and whole subnets timed on this CPU, the profile re-fitted."""
     from pathlib import Path
 
     from codesign.errors import CodesignError

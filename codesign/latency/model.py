@@ -349,6 +349,17 @@ class LatencyModel:
         """Uncalibrated sums, kernel counts and transpose counts (what calibration is fitted on)."""
         return self.terms(self.vectors(list(genomes)))
 
+    def predicted_choices(self, genomes: Sequence[Genome]) -> dict[str, tuple[Workload, set[int]]]:
+        """Per kernel key, the schedule candidates ``genomes`` use at a predicted (not measured) latency."""
+        _, active, ids, genes = self._by_position(self.vectors(list(genomes)))
+        chosen: dict[str, tuple[Workload, set[int]]] = {}
+        for p, n in zip(*np.nonzero(active), strict=True):
+            wid, c = int(ids[p, n]), int(genes[p, n])
+            if self.sources[wid, c] == PREDICTED:
+                w = self.positions.workloads[wid]
+                chosen.setdefault(w.key(), (w, set()))[1].add(c)
+        return chosen
+
     def fastest_schedule_genes(self, vectors: np.ndarray) -> np.ndarray:
         """``(N, positions)`` schedule genes minimizing each vector's predicted latency.
 

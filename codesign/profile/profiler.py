@@ -489,8 +489,9 @@ class Profiler:
             options = candidates.get(kernel_family(w), [{"source": "default", "trace": None}])
             if w.kind != "pool_fc":
                 self._measure_one(w, share, options, only=set())
+        measured = self._done("measured")
         for w, share in ranked[: self.config.max_workloads]:
-            record = self._done("measured").get(w.key())
+            record = measured.get(w.key())
             if w.kind == "pool_fc" and not (record and any(r["status"] == "ok" for r in record["results"])):
                 say(describe_record("measured", self._measure_one(w, share, [{"source": "default", "trace": None}])))
 
@@ -807,7 +808,7 @@ def recalibrate_profile(
     """
     from dataclasses import replace
 
-    from codesign.latency.model import PREDICTED, LatencyModel
+    from codesign.latency.model import LatencyModel
     from codesign.profile.fitting import fit_calibration, fit_predictor
     from codesign.profile.profile_file import ProfileError, current_command, now_utc
 
@@ -830,15 +831,7 @@ def recalibrate_profile(
     measurements = list(profile.measurements)
     predictor = dict(profile.predictor)
     if time_kernels:
-        picks = [model.fastest_schedules(a) for a in architectures]
-        wanted: dict[str, tuple[Workload, set[int]]] = {}
-        vectors = model.vectors(picks)
-        _, active, ids, genes = model._by_position(vectors)
-        for p, n in zip(*np.nonzero(active), strict=True):
-            wid, c = int(ids[p, n]), int(genes[p, n])
-            if model.sources[wid, c] == PREDICTED:
-                w = model.positions.workloads[wid]
-                wanted.setdefault(w.key(), (w, set()))[1].add(c)
+        wanted = model.predicted_choices([model.fastest_schedules(a) for a in architectures])
         profiler.time_candidates(wanted, families, deadline=deadline, say=say)
         # a work dir reused from an earlier round holds kernels the profile already has
         added_kernels = [r for r in profiler.journal if r.get("type") == "measured" and r not in profile.measurements]
