@@ -9,6 +9,9 @@ own whole-model measurements (so it gets the same calibration data as the model)
 
     python tools/bench_latency_model.py --profile hw_profiles/llvm-znver3-2c.json --subnets 50
 
+The TVM runtime runs on as many threads as the profile's target has cores (``--threads`` to
+change it): a profile measured on 2 cores predicts 2-thread runs.
+
 Every subnet is timed twice, in two passes minutes apart (the second in reverse order): the
 share of subnets whose two timings agree within +-10% is the machine's own repeatability, the
 ceiling any model can reach on it; the model is scored against the mean of the two timings.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,6 +39,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--out", default=None, help="write every measurement as JSON here")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="TVM runtime threads (default: the profile target's num-cores, the count it was measured with)",
+    )
     args = parser.parse_args()
 
     from codesign.compiler.tvm_compile import compile_subnet, time_executable
@@ -45,6 +55,10 @@ def main() -> int:
     from codesign.space import Genome
 
     profile = load_profile(args.profile).profile
+    # read when TVM's thread pool starts, at the first kernel run below
+    threads = args.threads or int(profile.target.get("num-cores") or 0) or None
+    if threads:
+        os.environ["TVM_NUM_THREADS"] = str(threads)
     model = LatencyModel.from_profile(profile)
     space = model.space
     families = profile.tuning_records["families"]
@@ -131,7 +145,10 @@ def main() -> int:
         )
         for kind in ("fastest", "random")
     }
-    print(f"device: {profile.device.name}, {profile.device.cores} cores; target {json.dumps(target)}")
+    print(
+        f"device: {profile.device.name}, {profile.device.cores} cores; target {json.dumps(target)}; "
+        f"{os.environ.get('TVM_NUM_THREADS', 'default')} runtime threads"
+    )
     print(f"measured {len(rows)} compiled subnets twice in {time.perf_counter() - started:.0f} s")
     print(
         f"repeatability : second timing within +-10% of the first for {repeat['within10']:.1%} of subnets, "
