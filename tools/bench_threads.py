@@ -74,16 +74,28 @@ def main() -> int:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.profile is None:
+        from codesign.errors import CodesignError
         from codesign.profile.shipped import find_shipped_profile
         from codesign.profile.tvm_backend import host_llvm_target
 
-        args.profile = str(find_shipped_profile(host_llvm_target()))
+        try:
+            args.profile = str(find_shipped_profile(host_llvm_target()))
+        except CodesignError as exc:
+            raise SystemExit(f"error: {exc}") from None
     if args.worker:
         worker(args)
         return 0
     counts = [int(t) for t in args.threads.split(",") if t.strip()]
     if not counts or min(counts) < 1:
         raise SystemExit("--threads needs positive counts, e.g. 1,2")
+    from codesign.errors import CodesignError
+    from codesign.profile.profile_file import load_profile
+
+    try:
+        profile = load_profile(args.profile).profile
+    except CodesignError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    picked = picked_models(profile, args.subnets)  # checked before any worker starts
     pooled: dict[int, list[list[float]]] = {t: [] for t in counts}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(max(1, args.rounds)):
@@ -99,10 +111,6 @@ def main() -> int:
                     pooled[t][i].extend(series)
                 print(f"round {r + 1}/{args.rounds}: {t} thread(s) done", flush=True)
 
-    from codesign.profile.profile_file import load_profile
-
-    profile = load_profile(args.profile).profile
-    picked = picked_models(profile, args.subnets)
     print(f"profile {args.profile}: target {json.dumps(profile.target)}")
     print("per subnet: p10 / median / p90 ms of burst medians, and the share within +-10% of the median")
     medians: dict[int, list[float]] = {t: [] for t in counts}
