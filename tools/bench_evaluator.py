@@ -107,15 +107,11 @@ def worker(args: argparse.Namespace) -> None:
         result["isa"] = active_evaluator_isa()  # capped by CODESIGN_EVAL_ISA for the cpp-<isa> variants
         from codesign.latency.workloads import subnet_macs
 
-        def images(g: Any) -> int:
-            return int(
-                ev._prepared("target", g.resolution)[0].shape[0] + ev._prepared("calibration", g.resolution)[0].shape[0]
-            )
-
         ev = CppSubnetEvaluator(net, splits, num_threads=args.threads, **options)
         for r in resolutions:  # preprocessing is shared by both evaluators and not timed
             ev._prepared("target", r), ev._prepared("calibration", r)
-        result["gmacs"] = sum(subnet_macs(net.space, g) * images(g) for g in genomes) / 1e9
+        images = {r: sum(int(ev._prepared(s, r)[0].shape[0]) for s in ("target", "calibration")) for r in resolutions}
+        result["gmacs"] = sum(subnet_macs(net.space, g) * images[g.resolution] for g in genomes) / 1e9
         result["rss_setup_kib"] = reset_peak()
         start = time.perf_counter()
         accuracies, logits = ev.evaluate_many(genomes, return_logits=True)
