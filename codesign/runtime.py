@@ -235,8 +235,16 @@ def load_artifact_library(
 
 
 def artifact_threads(manifest: dict[str, Any]) -> int | None:
-    """The CPU threads an artifact was compiled and profiled for (its target's ``num-cores``), if recorded."""
-    cores = manifest.get("tvm", {}).get("target", {}).get("num-cores")
+    """The CPU threads an artifact should run on, if its manifest says.
+
+    The thread count export measured fastest on this device (``latency.recommended_threads``) when
+    it timed several, else the cores its target was profiled with (``num-cores``).
+    """
+    tvm_section = manifest.get("tvm", {})
+    recommended = tvm_section.get("latency", {}).get("recommended_threads")
+    if recommended:
+        return int(recommended)
+    cores = tvm_section.get("target", {}).get("num-cores")
     return int(cores) if cores else None
 
 
@@ -245,8 +253,8 @@ def load_artifact(
 ) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
     """The artifact's predict function (TVM library if present, else onnxruntime) and its manifest.
 
-    ``threads``: CPU threads for the TVM library (default: ``TVM_NUM_THREADS`` if set, else the
-    cores its target was profiled with).
+    ``threads``: CPU threads for the TVM library (default: ``TVM_NUM_THREADS`` if set, else
+    :func:`artifact_threads`: the count export measured fastest, or the profiled cores).
     """
     root = Path(directory)
     manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
@@ -281,3 +289,28 @@ def preprocess(images_uint8: np.ndarray, manifest: dict[str, Any]) -> np.ndarray
     mean = torch.tensor(spec["normalization"]["mean"], dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(spec["normalization"]["std"], dtype=torch.float32).view(1, -1, 1, 1)
     return ((x - mean) / std).numpy().astype(np.float32)
+
+
+def _time_library_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m codesign.runtime LIBRARY --shape 1,1,28,28``: print a CPU library's timings as JSON.
+
+    Runs on ``TVM_NUM_THREADS`` threads; a fresh process per thread count, because the TVM runtime
+    sizes its thread pool once per process.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=_time_library_main.__doc__)
+    parser.add_argument("library")
+    parser.add_argument("--shape", required=True, help="input shape, comma-separated")
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--min-repeat-ms", type=float, default=50.0)
+    args = parser.parse_args(argv)
+    model = CompiledModel(args.library, device="cpu")
+    x = np.random.default_rng(0).standard_normal([int(d) for d in args.shape.split(",")]).astype(np.float32)
+    samples = model.time(x, repeat=args.repeat, min_repeat_ms=args.min_repeat_ms)
+    print(json.dumps({"threads": model.threads, "samples_ms": samples}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_time_library_main())

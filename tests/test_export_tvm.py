@@ -1,12 +1,14 @@
 """TVM artifacts: compiled under the shipped profile's schedules, checked against onnxruntime, runnable."""
 
 import json
+import os
 import shutil
 
 import numpy as np
 import pytest
 
 from codesign.export.pipeline import export_subnet
+from codesign.export.threads import candidate_thread_counts
 from codesign.latency.model import LatencyModel
 from codesign.profile.profile_file import load_profile
 from codesign.profile.shipped import find_shipped_profile
@@ -57,7 +59,13 @@ def test_tvm_artifacts_match_onnxruntime(shipped, fmnist_splits, tmp_path):
             from codesign.profile.tvm_backend import host_llvm_target
 
             if target_mismatch(profile.target, host_llvm_target()) is None:  # this machine is the profiled one
-                assert latency["measured"]["median_ms"] > 0 and latency["measured"]["repeats"] == 20
+                assert latency["measured"]["median_ms"] > 0 and latency["measured"]["repeats"] == 30
+                assert latency["measured"]["threads"] == profile.target["num-cores"]
+                timings = latency["by_threads"]["timings"]
+                cores = max(profile.target["num-cores"], os.cpu_count() or 1)
+                assert set(timings) == {str(t) for t in candidate_thread_counts(cores)}
+                assert all(t["median_ms"] > 0 and t["repeats"] == 30 for t in timings.values())
+                assert str(latency["recommended_threads"]) in timings
             else:
                 assert latency["measured"] is None and "not this machine" in latency["not_measured"]
 
@@ -116,6 +124,9 @@ def test_an_artifact_runs_on_the_cores_it_was_profiled_for(shipped, fmnist_split
     predict, manifest = load_artifact(tmp_path / "a")
     assert artifact_threads(manifest) == profile.target["num-cores"]
     assert predict.threads == profile.target["num-cores"]  # type: ignore[attr-defined]
+    # once export has measured which thread count is fastest here, that count wins over num-cores
+    manifest["tvm"]["latency"]["recommended_threads"] = 3
+    assert artifact_threads(manifest) == 3
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs the CUDA toolkit's nvcc (no GPU needed)")

@@ -77,6 +77,8 @@ def test_report_shows_search_export_breakdown_and_trust(search_dir, fmnist_split
     if latency["measured"]:  # the profiled machine: measured next to predicted, with the error
         error = (latency["predicted_ms"] / latency["measured"]["median_ms"] - 1) * 100
         assert f"{latency['measured']['median_ms']:.3f} &plusmn;" in html and f"{error:+.1f}%" in html
+        one_thread = latency["by_threads"]["timings"]["1"]["median_ms"]
+        assert f"<td class=l>{latency['recommended_threads']} (1: {one_thread:.3f}" in html
     assert "the genome&#x27;s schedule genes" in html  # a search result carries its schedule genes
     assert "(not the recommended genome)" not in html
     assert "leave-one-out" in html and "cross-validation" in html

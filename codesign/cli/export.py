@@ -18,7 +18,9 @@ class ExportCommand(Command):
         "OUT/model.onnx, OUT/subnet.safetensors, OUT/subnet_config.json and OUT/manifest.json.\n"
         "With --format tvm the ONNX model is also compiled by TVM for the profile's target under the\n"
         "genome's schedule genes (OUT/model_tvm.so, checked against onnxruntime) and timed on this\n"
-        "machine next to the latency model's prediction. --target cuda builds the library here with\n"
+        "machine next to the latency model's prediction, and at 1, 2, 4, ... threads: the fastest count is\n"
+        "recorded in the manifest and `codesign run` uses it (more threads can be slower on a small model\n"
+        "or a shared VM). --target cuda builds the library here with\n"
         "nvcc-compiled kernels (no GPU needed; without a cuda profile TVM's default GPU schedules are\n"
         "used) plus reference inputs/logits: `codesign run OUT --check --time` on the GPU machine checks\n"
         "parity (<= 1e-3) and times it. Nothing is written unless every check passes."
@@ -78,6 +80,14 @@ class ExportCommand(Command):
             "when it has any, else the fastest",
         )
         parser.add_argument(
+            "--runtime-threads",
+            type=_runtime_threads,
+            default="auto",
+            metavar="auto|N",
+            help="CPU threads the artifact runs on (recorded in its manifest, used by codesign run): auto "
+            "(default) times the library here at 1, 2, 4, ... and all cores and takes the fastest; N takes N",
+        )
+        parser.add_argument(
             "--rpc-tracker", default=None, metavar="HOST:PORT", help="time the library on the device behind it"
         )
         parser.add_argument("--rpc-key", default=None, metavar="KEY", help="the device's key at the tracker")
@@ -122,9 +132,23 @@ class ExportCommand(Command):
             rpc=_rpc_config(args),
             tune_trials=args.tune_trials,
             schedules=args.schedules,
+            runtime_threads=args.runtime_threads,
         )
         print(f"exported to {result.out_dir}: {describe(result.manifest)}")
         return 0
+
+
+def _runtime_threads(text: str) -> Any:
+    """``--runtime-threads``: "auto" or a positive thread count."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a thread count of at least 1, got {text!r}")
+    return value
 
 
 def _profile_and_target(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:

@@ -45,8 +45,8 @@ class RunCommand(Command):
             type=int,
             default=None,
             metavar="N",
-            help="CPU threads (default: TVM_NUM_THREADS if set, else the cores the artifact's target was "
-            "profiled with, its num-cores)",
+            help="CPU threads (default: TVM_NUM_THREADS if set, else the count export measured fastest on "
+            "this device, else the cores the artifact's target was profiled with, its num-cores)",
         )
 
     def run(self, args: argparse.Namespace) -> int:

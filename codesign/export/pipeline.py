@@ -29,6 +29,7 @@ from codesign.supernet import LoadedSupernet
 
 MANIFEST_SCHEMA_VERSION = 1
 SchedulePolicy = Literal["auto", "genome", "fastest", "default"]
+RuntimeThreads = Literal["auto"] | int
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ def _tvm_artifact(
     rpc: Any,
     tune_trials: int,
     schedules_from: str,
+    runtime_threads: RuntimeThreads,
 ) -> dict[str, Any]:
     from codesign.compiler.tvm_compile import compiled_choices, time_executable
     from codesign.export.tvm_artifact import LIBRARY_NAME, check_tvm_parity, compile_onnx
@@ -90,7 +92,7 @@ def _tvm_artifact(
         finally:
             session.close()
         section["latency"]["measured"] = {**timing.to_dict(), "where": f"{session.description}, batch 1"}
-        _warn_on_spread(timing)
+        _warn_on_spread(timing.std_ms, timing.median_ms)
         measure_latency = False
     if target.get("kind") == "cuda":
         from codesign.compiler.cuda_binary import COMPILED_FORMAT, cuda_arch, export_library_with_compiled_cuda
@@ -108,12 +110,40 @@ def _tvm_artifact(
     section["device_check"] = _save_reference(staging, images, reference)
     here = profile is not None and target_mismatch(target, host_llvm_target()) is None
     if measure_latency and here:
-        timing = time_executable(executable, space, genome.resolution, repeat=20)
-        section["latency"]["measured"] = {**timing.to_dict(), "where": "this machine, batch 1"}
-        _warn_on_spread(timing)
+        section["latency"].update(_measure_threads(library, space, genome, target, runtime_threads))
     elif measure_latency:
         section["latency"]["not_measured"] = "the profile's device is not this machine"
     return section
+
+
+def _measure_threads(
+    library: Path, space: Any, genome: Genome, target: dict[str, Any], runtime_threads: RuntimeThreads
+) -> dict[str, Any]:
+    """Time the shipped library on this CPU at the profiled core count and the candidate thread counts.
+
+    ``measured`` is the timing at the target's ``num-cores`` (what the latency model predicts);
+    ``recommended_threads`` the count the artifact should run on: the fastest measured with
+    ``runtime_threads="auto"``, else the one given.
+    """
+    from codesign.export.threads import candidate_thread_counts, sweep_threads
+
+    cores = int(target.get("num-cores") or os.cpu_count() or 1)
+    if runtime_threads == "auto":
+        counts = candidate_thread_counts(max(cores, os.cpu_count() or 1))
+    else:
+        if runtime_threads < 1:
+            raise ExportError(f"runtime threads must be at least 1, got {runtime_threads}")
+        counts = sorted({cores, runtime_threads})
+    sweep = sweep_threads(library, [1, space.in_channels, genome.resolution, genome.resolution], counts=counts)
+    measured = sweep.timing(cores)
+    _warn_on_spread(measured["std_ms"], measured["median_ms"])
+    recommended = sweep.recommended() if runtime_threads == "auto" else runtime_threads
+    return {
+        "measured": {**measured, "threads": cores, "where": "this machine, batch 1, runtime-only loader"},
+        "by_threads": sweep.to_dict(),
+        "recommended_threads": recommended,
+        "recommended_by": "fastest measured" if runtime_threads == "auto" else "--runtime-threads",
+    }
 
 
 def choose_schedules(genome: Genome, profile: Any, policy: SchedulePolicy) -> tuple[Genome, str]:
@@ -155,11 +185,11 @@ def _save_reference(staging: Path, images: np.ndarray, reference: np.ndarray) ->
     }
 
 
-def _warn_on_spread(timing: Any) -> None:
+def _warn_on_spread(std_ms: float, median_ms: float) -> None:
     """Say so when the measurement's spread is large enough to doubt the median (a busy machine)."""
-    if timing.std_ms > 0.1 * timing.median_ms:
+    if std_ms > 0.1 * median_ms:
         print(
-            f"warning: latency spread +-{timing.std_ms:.4f} ms is over 10% of the median {timing.median_ms:.4f} ms: "
+            f"warning: latency spread +-{std_ms:.4f} ms is over 10% of the median {median_ms:.4f} ms: "
             "the device was probably busy; measure again on an idle device (codesign run DIR --time)"
         )
 
@@ -185,6 +215,7 @@ def export_subnet(
     rpc: Any = None,
     tune_trials: int = 0,
     schedules: SchedulePolicy = "auto",
+    runtime_threads: RuntimeThreads = "auto",
 ) -> ExportResult:
     """Extract ``genome``, recalibrate its BN on training images, export ONNX, check it, write a manifest.
 
@@ -198,6 +229,9 @@ def export_subnet(
     device behind that tracker instead. Kernels whose family the profile holds no schedules for
     are tuned here with ``tune_trials`` MetaSchedule trials each (0: TVM's default lowering).
     ``schedules`` says which schedule genes to compile under (see :func:`choose_schedules`).
+    A library timed on this machine is timed at several thread counts in fresh processes with the
+    runtime-only loader; ``runtime_threads="auto"`` records the fastest as the count
+    ``codesign run`` uses, an int records that count instead.
     """
     space = loaded.supernet.space
     genome = genome.validate(space)
@@ -235,6 +269,7 @@ def export_subnet(
                 rpc,
                 tune_trials,
                 schedules_from,
+                runtime_threads,
             )
         from safetensors.torch import save_file
 
@@ -316,4 +351,12 @@ def describe(manifest: dict[str, Any]) -> str:
                 else f", not measured ({latency.get('not_measured', 'skipped')})"
             )
         )
+        if "by_threads" in latency:
+            medians = ", ".join(
+                f"{t} thread{'s' if t != '1' else ''} {v['median_ms']:.3f} ms"
+                for t, v in latency["by_threads"]["timings"].items()
+            )
+            threads = latency["recommended_threads"]
+            plural = "s" if threads != 1 else ""
+            parts.append(f"runs on {threads} thread{plural} ({latency['recommended_by']}: {medians})")
     return "; ".join(parts) + "\n" + json.dumps(manifest["files"], indent=None)

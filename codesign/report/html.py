@@ -113,6 +113,7 @@ def _export_rows(inputs: ReportInputs) -> tuple[str, list[tuple[str, float, floa
                 if not measured
                 else f"{measured['median_ms']:.3f} &plusmn; {measured['std_ms']:.3f} ({measured['repeats']})",
                 error,
+                _threads_cell(latency),
                 _e(tvm.get("schedules_from", "-")),
             ]
         )
@@ -124,9 +125,19 @@ def _export_rows(inputs: ReportInputs) -> tuple[str, list[tuple[str, float, floa
         "predicted ms",
         "measured ms (repeats)",
         "error",
+        "runs on (median ms per thread count)",
         "schedules",
     ]
-    return _table(header, rows, left={0, 1, 7}), points
+    return _table(header, rows, left={0, 1, 7, 8}), points
+
+
+def _threads_cell(latency: dict[str, Any]) -> str:
+    """The thread count export recommends and the medians it chose from, or where it was measured."""
+    if "by_threads" not in latency:
+        measured = latency.get("measured") or {}
+        return f"{measured['threads']} threads" if "threads" in measured else "-"
+    medians = ", ".join(f"{t}: {v['median_ms']:.3f}" for t, v in latency["by_threads"]["timings"].items())
+    return f"{latency['recommended_threads']} ({_e(medians)})"
 
 
 def _front_table(inputs: ReportInputs) -> str:

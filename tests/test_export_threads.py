@@ -1,0 +1,49 @@
+"""Choosing an artifact's runtime thread count from measurements (the sweep itself runs in test_export_tvm)."""
+
+import pytest
+
+from codesign.errors import CodesignError
+from codesign.export.threads import EQUAL_WITHIN, ThreadSweep, candidate_thread_counts, sweep_threads
+
+
+@pytest.mark.parametrize(
+    ("cores", "counts"),
+    [(1, [1]), (2, [1, 2]), (3, [1, 2, 3]), (8, [1, 2, 4, 8]), (12, [1, 2, 4, 8, 12])],
+)
+def test_candidate_counts_are_one_powers_of_two_and_all_cores(cores, counts):
+    assert candidate_thread_counts(cores) == counts
+
+
+def test_candidate_counts_need_a_core():
+    with pytest.raises(ValueError, match="at least 1"):
+        candidate_thread_counts(0)
+
+
+def test_the_fastest_median_is_recommended_not_the_most_threads():
+    sweep = ThreadSweep({1: [1.0, 1.1, 0.9], 2: [1.4, 1.5, 0.5]}, rounds=3)
+    assert sweep.median_ms(2) == 1.4
+    assert sweep.recommended() == 1  # one fast outlier at 2 threads does not win
+
+
+def test_near_ties_go_to_fewer_threads():
+    close = 1.0 / (1 + EQUAL_WITHIN / 2)
+    assert ThreadSweep({1: [1.0], 2: [close], 4: [0.5]}, rounds=1).recommended() == 4
+    assert ThreadSweep({1: [1.0], 2: [close]}, rounds=1).recommended() == 1
+    assert ThreadSweep({1: [1.0], 2: [0.9]}, rounds=1).recommended() == 2
+
+
+def test_timings_are_json_ready_statistics():
+    sweep = ThreadSweep({1: [float(v) for v in range(1, 11)], 2: [2.0] * 10}, rounds=2)
+    out = sweep.to_dict()
+    assert out["rounds"] == 2 and list(out["timings"]) == ["1", "2"]
+    one = out["timings"]["1"]
+    assert one["median_ms"] == 5.5 and one["mean_ms"] == 5.5 and one["repeats"] == 10
+    assert one["p10_ms"] < one["median_ms"] < one["p90_ms"]
+    assert out["timings"]["2"]["std_ms"] == 0.0
+
+
+def test_a_library_that_cannot_load_is_a_clear_error(tmp_path):
+    broken = tmp_path / "model_tvm.so"
+    broken.write_bytes(b"not a shared library")
+    with pytest.raises(CodesignError, match="timing model_tvm.so on 1 thread failed"):
+        sweep_threads(broken, [1, 1, 28, 28], counts=[1], rounds=1)
