@@ -243,3 +243,32 @@ def test_schedule_modes_are_validated_and_kept_apart_on_resume(tiny_space, tmp_p
     run("fastest", 2, False)
     with pytest.raises(CodesignError, match="other settings"):
         run("evolve", 3, True)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_first_population_holds_the_largest_and_smallest_subnets(parts, name):
+    from codesign.space import Genome
+
+    encoding = parts[0]
+    problem = make_problem(parts)
+    corners = encoding.phenotype(
+        encoding.from_genomes([Genome.largest(encoding.space), Genome.smallest(encoding.space)])
+    )
+    first = make_strategy(name, population_size=16).initialize(problem, np.random.default_rng(0))
+    assert len(first.vectors) == 16
+    arch = encoding.arch_length
+    found = {row[:arch].tobytes() for row in encoding.phenotype(first.vectors)}
+    assert all(c[:arch].tobytes() in found for c in corners)
+    uniform = make_strategy(name, population_size=16, start_from_corners=False)
+    assert uniform.settings()["start_from_corners"] is False
+    assert not (encoding.corners()[:1] == uniform.initialize(problem, np.random.default_rng(0)).vectors).all(1).any()
+
+
+def test_corners_respect_pinned_genes_and_default_schedules(parts):
+    encoding, model, _, _ = parts
+    pinned = SearchEncoding(encoding.space, model, schedules="default", search_pruning=False)
+    corners = pinned.corners()
+    assert (corners < pinned.counts[None, :]).all() and (corners[:, pinned.arch_length :] == 0).all()
+    fastest = encoding.corners()
+    if encoding.schedules != "default":
+        np.testing.assert_array_equal(fastest[:, encoding.arch_length :], model.fastest_schedule_genes(fastest))

@@ -9,8 +9,12 @@ real (inherited weights, BN recalibration, validation split) and the hypervolume
 front (accuracy vs predicted latency, reference = 0 accuracy at the budget) is compared. All of
 them put every kernel at its fastest schedule (``--schedules fastest``, the search's default);
 aging evolution is run once more evolving the schedule genes like the others (``evolve``), to
-show what that default buys at the same number of scored candidates, and once with its earlier
-parent selection (``selection="spread-budgets"``) next to the default Pareto-rank tournaments.
+show what that default buys at the same number of scored candidates, once with its earlier
+parent selection (``selection="spread-budgets"``) next to the default Pareto-rank tournaments,
+once with the earlier mutation probability (0.1 instead of 0.025) and once starting from uniform
+samples only (without the space's largest and smallest subnets in the first population).
+``--latency-ms`` sets the budget (default: the median of random subnets' latency); large budgets
+show the corners' effect, since only there is the largest subnet within reach.
 
     python tools/bench_search.py --threads 2
 
@@ -98,6 +102,8 @@ def main() -> int:
             ("nsga2", "nsga2", problem, {}),
             ("evolution/evolve", "evolution", evolve_problem, {}),
             ("evolution/spread", "evolution", problem, {"selection": "spread-budgets"}),
+            ("evolution/mut0.1", "evolution", problem, {"mutation_probability": 0.1}),
+            ("evolution/uniform", "evolution", problem, {"start_from_corners": False}),
         ]
         for label, name, run_problem, knobs in runs:
             strategy = create_strategy(name, population_size=population, **knobs)
@@ -129,6 +135,8 @@ def main() -> int:
         for other, what in (
             ("evolution/evolve", "fastest vs evolved schedule genes"),
             ("evolution/spread", "Pareto-rank vs spread-budget parent selection"),
+            ("evolution/mut0.1", "mutation probability 0.025 vs 0.1"),
+            ("evolution/uniform", "first population with the largest and smallest subnets vs uniform only"),
         ):
             ours, theirs = table["evolution"], table[other]
             wins = sum(f > e for f, e in zip(ours, theirs, strict=True))

@@ -77,6 +77,20 @@ class SearchEncoding:
             vectors[:, self.arch_length :] = self.latency_model.fastest_schedule_genes(vectors)
         return vectors
 
+    def corners(self) -> np.ndarray:
+        """The space's largest and smallest subnets as vectors (pinned genes at their one choice), each
+        kernel at its fastest schedule unless this encoding keeps TVM's default ones.
+
+        The largest subnet is the supernet's most accurate and the smallest its fastest: the two ends
+        of the accuracy-latency front. Assembling the largest from uniform samples takes every
+        architecture gene at its maximum at once, which evolution rarely does.
+        """
+        vectors = self.from_genomes([Genome.largest(self.space), Genome.smallest(self.space)])
+        vectors = np.where(self.counts[None, :] == 1, 0, vectors)
+        if self.schedules != "default":
+            vectors[:, self.arch_length :] = self.latency_model.fastest_schedule_genes(vectors)
+        return vectors
+
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` vectors drawn uniformly, every column independently (then :meth:`complete`)."""
         return self.complete((rng.random((n, self.length)) * self.counts[None, :]).astype(np.int64))

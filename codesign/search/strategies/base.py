@@ -45,16 +45,31 @@ class SearchStrategy(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, *, population_size: int = 100, mutation_probability: float = 0.1) -> None:
+    def __init__(
+        self, *, population_size: int = 100, mutation_probability: float = 0.1, start_from_corners: bool = True
+    ) -> None:
         if population_size < 2:
             raise ValueError(f"population_size must be >= 2, got {population_size}")
         if not 0.0 < mutation_probability <= 1.0:
             raise ValueError(f"mutation_probability must be in (0, 1], got {mutation_probability}")
         self.population_size = population_size
         self.mutation_probability = mutation_probability
+        self.start_from_corners = start_from_corners
 
     def initialize(self, problem: SearchProblem, rng: np.random.Generator) -> Population:
-        """The first population: uniform samples."""
+        """The first population: the space's two corners (largest and smallest subnet), then uniform samples.
+
+        The corners anchor both ends of the front (see ``SearchEncoding.corners``); every strategy,
+        random search included, starts from them unless ``start_from_corners`` is off.
+        """
+        if not self.start_from_corners:
+            return self.uniform(problem, rng)
+        corners = problem.encoding.corners()[: self.population_size]
+        vectors = np.concatenate([corners, problem.encoding.sample(rng, self.population_size - len(corners))])
+        return Population(vectors, problem.score(vectors))
+
+    def uniform(self, problem: SearchProblem, rng: np.random.Generator) -> Population:
+        """``population_size`` uniform samples, scored."""
         vectors = problem.encoding.sample(rng, self.population_size)
         return Population(vectors, problem.score(vectors))
 
@@ -85,4 +100,5 @@ class SearchStrategy(ABC):
             "strategy": self.name,
             "population_size": self.population_size,
             "mutation_probability": self.mutation_probability,
+            "start_from_corners": self.start_from_corners,
         }

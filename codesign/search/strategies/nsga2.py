@@ -19,9 +19,18 @@ class NSGA2(SearchStrategy):
     name = "nsga2"
 
     def __init__(
-        self, *, population_size: int = 100, mutation_probability: float = 0.1, crossover_probability: float = 0.9
+        self,
+        *,
+        population_size: int = 100,
+        mutation_probability: float = 0.1,
+        crossover_probability: float = 0.9,
+        start_from_corners: bool = True,
     ) -> None:
-        super().__init__(population_size=population_size, mutation_probability=mutation_probability)
+        super().__init__(
+            population_size=population_size,
+            mutation_probability=mutation_probability,
+            start_from_corners=start_from_corners,
+        )
         self.crossover_probability = crossover_probability
 
     def _tournament(self, ranks: np.ndarray, crowding: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:

@@ -17,4 +17,4 @@ class RandomSearch(SearchStrategy):
 
     def step(self, problem: SearchProblem, population: Population, rng: np.random.Generator) -> Population:
         """A new uniform sample of ``population_size`` candidates."""
-        return self.initialize(problem, rng)
+        return self.uniform(problem, rng)
