@@ -8,8 +8,9 @@ every kernel's fastest schedule, the best case for a schedule-unaware search):
 Joint: one search over architecture and per-layer pruning under B, every candidate's kernels at
 their fastest schedules for its shapes (the search's default ``--schedules fastest``).
 
-Both pick their subnet the same way: the 8 front points with the highest predicted accuracy are
-evaluated for real on the validation split and the best is kept. Reported per subnet: test
+Both pick their subnet the same way: the 24 (``--finalists``, as ``codesign search``) front points
+with the highest predicted accuracy are evaluated for real on the validation split and the best is
+kept. Reported per subnet: test
 accuracy (inherited weights + BN recalibration), predicted latency and the latency measured on
 this machine after compiling the whole subnet with TVM under its schedules. Because the
 sequential result usually lands well under B, the joint search is also run with the sequential
@@ -65,6 +66,9 @@ def main() -> int:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-measure", action="store_true", help="skip compiling and measuring the picks")
+    parser.add_argument(
+        "--finalists", type=int, default=24, help="front points evaluated for real before each pick (default 24)"
+    )
     args = parser.parse_args()
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
@@ -126,7 +130,7 @@ def main() -> int:
         if not len(out.archive.vectors):
             return None
         points = front_points(problem, out.archive)
-        points = evaluate_finalists(points, pick_finalists(points, 8), val)
+        points = evaluate_finalists(points, pick_finalists(points, args.finalists), val)
         return points[recommend(points)]
 
     def describe(genome: Genome, *, measure: bool = True) -> dict[str, float]:

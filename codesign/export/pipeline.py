@@ -129,7 +129,7 @@ def _measure_threads(
 
     cores = int(target.get("num-cores") or os.cpu_count() or 1)
     if runtime_threads == "auto":
-        counts = candidate_thread_counts(max(cores, os.cpu_count() or 1))
+        counts = sorted({*candidate_thread_counts(max(cores, os.cpu_count() or 1)), cores})
     else:
         if runtime_threads < 1:
             raise ExportError(f"runtime threads must be at least 1, got {runtime_threads}")
