@@ -20,10 +20,10 @@ class ExportCommand(Command):
         "genome's schedule genes (OUT/model_tvm.so, checked against onnxruntime) and timed on this\n"
         "machine next to the latency model's prediction, and at 1, 2, 4, ... threads: the fastest count is\n"
         "recorded in the manifest and `codesign run` uses it (more threads can be slower on a small model\n"
-        "or a shared VM). --target cuda builds the library here with\n"
-        "nvcc-compiled kernels (no GPU needed; without a cuda profile TVM's default GPU schedules are\n"
-        "used) plus reference inputs/logits: `codesign run OUT --check --time` on the GPU machine checks\n"
-        "parity (<= 1e-3) and times it. Nothing is written unless every check passes."
+        "or a shared VM). --target cuda builds the library here with nvcc-compiled kernels (no GPU\n"
+        "needed; without a cuda profile TVM's default GPU schedules are used) plus reference inputs and\n"
+        "logits: `codesign run OUT --check --time` on the GPU machine checks parity (<= 1e-3) and times\n"
+        "it. Nothing is written unless every check passes."
     )
     examples = (
         "codesign export --genome largest -o out/largest",
