@@ -47,3 +47,26 @@ def test_a_library_that_cannot_load_is_a_clear_error(tmp_path):
     broken.write_bytes(b"not a shared library")
     with pytest.raises(CodesignError, match="timing model_tvm.so on 1 thread failed"):
         sweep_threads(broken, [1, 1, 28, 28], counts=[1], rounds=1)
+
+
+def test_a_timing_process_that_hangs_or_prints_nothing_is_a_clear_error(tmp_path, monkeypatch):
+    import subprocess
+
+    from codesign.export import threads
+
+    library = tmp_path / "model_tvm.so"
+    library.write_bytes(b"")
+
+    def hangs(*args, **kwargs):
+        raise subprocess.TimeoutExpired(args[0], threads.TIMEOUT_S)
+
+    monkeypatch.setattr(threads.subprocess, "run", hangs)
+    with pytest.raises(CodesignError, match="on 2 threads took over 600 s"):
+        sweep_threads(library, [1, 1, 28, 28], counts=[2], rounds=1)
+
+    def silent(*args, **kwargs):
+        return subprocess.CompletedProcess(args[0], 0, stdout="", stderr="")
+
+    monkeypatch.setattr(threads.subprocess, "run", silent)
+    with pytest.raises(CodesignError, match="printed no timings"):
+        sweep_threads(library, [1, 1, 28, 28], counts=[1], rounds=1)

@@ -127,6 +127,10 @@ def test_an_artifact_runs_on_the_cores_it_was_profiled_for(shipped, fmnist_split
     # once export has measured which thread count is fastest here, that count wins over num-cores
     manifest["tvm"]["latency"]["recommended_threads"] = 3
     assert artifact_threads(manifest) == 3
+    (tmp_path / "a" / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    predict, _ = load_artifact(tmp_path / "a")
+    assert predict.threads == 3  # type: ignore[attr-defined]
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs the CUDA toolkit's nvcc (no GPU needed)")

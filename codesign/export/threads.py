@@ -25,6 +25,7 @@ from codesign.errors import CodesignError
 
 # a count this close to the fastest is as good: take the fewer threads, leaving cores to the rest of the device
 EQUAL_WITHIN = 0.03
+TIMEOUT_S = 600
 
 
 def candidate_thread_counts(cores: int) -> list[int]:
@@ -91,12 +92,18 @@ def _time_once(library: Path, input_shape: Sequence[int], threads: int, repeat: 
         "--repeat",
         str(repeat),
     ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    plural = "s" if threads != 1 else ""
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise CodesignError(f"timing {library.name} on {threads} thread{plural} took over {TIMEOUT_S} s") from None
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        plural = "s" if threads != 1 else ""
         raise CodesignError(f"timing {library.name} on {threads} thread{plural} failed: {reason}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise CodesignError(f"timing {library.name} on {threads} thread{plural} printed no timings") from None
     if int(result["threads"]) != threads:
         raise CodesignError(f"asked for {threads} runtime threads, the runtime used {result['threads']}")
     return [float(v) for v in result["samples_ms"]]

@@ -35,7 +35,7 @@ class AgingEvolution(SearchStrategy):
 
     A child is a mutated parent, or with ``crossover_probability`` a mutated uniform crossover of
     two parents. Mutation re-draws each gene with ``mutation_probability`` and always at least one:
-    the default 0.025, about one gene in the 42 architecture genes of ``fmnist_mbv3``, searches
+    the default 0.025, about one gene in the 43 architecture genes of ``fmnist_mbv3``, searches
     the neighbourhood of the front's members instead of jumping away from them (compared with
     0.1 in ``tools/bench_search.py``). Children join the population and the same number of
     oldest members leave it.
