@@ -10,6 +10,7 @@ here (batch 1) next to the latency model's prediction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,15 @@ def compile_onnx(
     families: dict[str, list[dict[str, Any]]],
     *,
     tune_trials: int = 0,
+    retune: Callable[[Any, dict[tuple[Any, str], Any]], None] | None = None,
 ) -> tuple[Any, list[str]]:
     """Compile the ONNX model of ``genome`` for ``target`` under its schedule genes.
 
     Kernels of families the profile holds no schedules for are tuned here with ``tune_trials``
-    MetaSchedule trials (0: they get TVM's default lowering). Returns the executable and the
-    keys of the kernels tuned here.
+    MetaSchedule trials (0: they get TVM's default lowering). ``retune``, when given, is called
+    with the schedule database and the chosen traces before compiling and may commit better
+    records (see :mod:`codesign.export.retune`). Returns the executable and the keys of the
+    kernels tuned here.
     """
     from codesign.compiler.layouts import apply_layouts
     from codesign.compiler.tvm_compile import compiled_choices, schedule_database
@@ -53,6 +57,8 @@ def compile_onnx(
     except ValueError as exc:
         raise ExportError(f"the genome's schedule genes do not fit the profile: {exc}") from None
     tuned = _tune_missing(database, space, genome, target, families, tune_trials) if tune_trials > 0 else []
+    if retune is not None:
+        retune(database, choices.traces)
     return ms.relax_integration.compile_relax(database, raw, tvm.target.Target(target), params=None), tuned
 
 
@@ -72,8 +78,7 @@ def _tune_missing(
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
     from codesign.latency.workloads import kernel_family, subnet_workloads
-    from codesign.profile.profile_file import target_mismatch
-    from codesign.profile.tvm_backend import distinct_top_records, host_llvm_target, tune_task, workload_tasks
+    from codesign.profile.tvm_backend import distinct_top_records, tune_task, workload_tasks
 
     missing = sorted(
         {w for w in subnet_workloads(space, genome) if len(families.get(kernel_family(w), [])) <= 1},
@@ -81,11 +86,7 @@ def _tune_missing(
     )
     if not missing:
         return []
-    if target.get("kind") != "llvm" or target_mismatch(target, host_llvm_target()) is not None:
-        raise ExportError(
-            "--tune-trials tunes on this machine: it needs an llvm target describing this CPU "
-            f"({len(missing)} kernels lack profiled schedules; profile the device instead)"
-        )
+    require_local_target(target, f"--tune-trials ({len(missing)} kernels lack profiled schedules)")
     tuned = []
     for workload in missing:
         for task in workload_tasks(workload, target):
@@ -105,6 +106,18 @@ def _tune_missing(
             )
             tuned.append(workload.key())
     return tuned
+
+
+def require_local_target(target: dict[str, Any], what: str) -> None:
+    """Tuning measures on this machine: raise unless ``target`` is an llvm target describing this CPU."""
+    from codesign.profile.profile_file import target_mismatch
+    from codesign.profile.tvm_backend import host_llvm_target
+
+    if target.get("kind") != "llvm" or target_mismatch(target, host_llvm_target()) is not None:
+        raise ExportError(
+            f"{what} tunes on this machine: it needs an llvm target describing this CPU "
+            "(profile the device instead, or export with a profile of this machine)"
+        )
 
 
 def run_library(path: str | Path, images: np.ndarray) -> np.ndarray:
