@@ -23,7 +23,9 @@ class ExportCommand(Command):
         "or a shared VM). --target cuda builds the library here with nvcc-compiled kernels (no GPU\n"
         "needed; without a cuda profile TVM's default GPU schedules are used) plus reference inputs and\n"
         "logits: `codesign run OUT --check --time` on the GPU machine checks parity (<= 1e-3) and times\n"
-        "it. Nothing is written unless every check passes."
+        "it. --retune-trials N tunes each kernel of the subnet on this CPU and keeps its own schedule where\n"
+        "it times faster than the profile's (the profile replays a few tuned schedules onto every shape).\n"
+        "Nothing is written unless every check passes."
     )
     examples = (
         "codesign export --genome largest -o out/largest",
@@ -32,6 +34,7 @@ class ExportCommand(Command):
         "codesign export --genome out/search/recommended.json --format tvm -o out/best_tvm",
         "codesign export --genome 'r24 | w0 k7e6p25 k7e6p0 | w25 k7e6p25 | w25 k5e3p0' --format tvm -o out/mine",
         "codesign export --genome out/search/recommended.json --format tvm --target cuda -o out/best_h100",
+        "codesign export --genome out/search/recommended.json --format tvm --retune-trials 32 -o out/best_retuned",
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -72,6 +75,24 @@ class ExportCommand(Command):
             "(default 0: TVM's default lowering for them)",
         )
         parser.add_argument(
+            "--retune-trials",
+            type=int,
+            default=0,
+            metavar="N",
+            help="tune every kernel of the subnet on this CPU with N MetaSchedule trials (32 is a good start; "
+            "about 0.5-3 min per kernel on 2 cores), slowest first, and compile each with whichever of its "
+            "own and the profile's schedule times faster; finished kernels are journaled beside OUT, so a "
+            "killed export resumes (default 0: the profile's schedules only)",
+        )
+        parser.add_argument(
+            "--retune-minutes",
+            type=float,
+            default=None,
+            metavar="M",
+            help="with --retune-trials: start no new kernel after M minutes of tuning (the one in flight finishes; "
+            "journaled kernels are free)",
+        )
+        parser.add_argument(
             "--schedules",
             choices=("auto", "genome", "fastest", "default"),
             default="auto",
@@ -100,6 +121,10 @@ class ExportCommand(Command):
         add_threads_argument(parser)
 
     def run(self, args: argparse.Namespace) -> int:
+        from codesign.errors import ExportError
+
+        if args.format != "tvm" and (args.retune_trials or args.tune_trials or args.retune_minutes is not None):
+            raise ExportError("--tune-trials, --retune-trials and --retune-minutes compile with TVM: add --format tvm")
         apply_threads(args.threads)
         from codesign.data import load_splits
         from codesign.export.pipeline import describe, export_subnet
@@ -133,6 +158,8 @@ class ExportCommand(Command):
             tune_trials=args.tune_trials,
             schedules=args.schedules,
             runtime_threads=args.runtime_threads,
+            retune_trials=args.retune_trials,
+            retune_minutes=args.retune_minutes,
         )
         print(f"exported to {result.out_dir}: {describe(result.manifest)}")
         return 0

@@ -60,6 +60,7 @@ def _tvm_artifact(
     tune_trials: int,
     schedules_from: str,
     runtime_threads: RuntimeThreads,
+    retune: RetuneSettings | None,
 ) -> dict[str, Any]:
     from codesign.compiler.tvm_compile import compiled_choices, time_executable
     from codesign.export.tvm_artifact import LIBRARY_NAME, check_tvm_parity, compile_onnx
@@ -68,10 +69,17 @@ def _tvm_artifact(
     from codesign.profile.tvm_backend import host_llvm_target
 
     families = profile.tuning_records.get("families", {}) if profile is not None else {}
-    executable, tuned = compile_onnx(onnx_path, space, genome, target, families, tune_trials=tune_trials)
+    model = LatencyModel.from_profile(profile) if profile is not None else None
+    retuned: list[Any] = []
+    retune_step = None
+    if retune is not None and model is not None:
+        retune_step = _retune_step(retune, model, space, genome, target, retuned)
+    executable, tuned = compile_onnx(
+        onnx_path, space, genome, target, families, tune_trials=tune_trials, retune=retune_step
+    )
     library = staging / LIBRARY_NAME
     reference = onnxruntime_logits(onnx_path, images)
-    predicted = float(LatencyModel.from_profile(profile).predict([genome])[0]) if profile is not None else None
+    predicted = float(model.predict([genome])[0]) if model is not None else None
     section: dict[str, Any] = {
         "library": LIBRARY_NAME,
         "target": target,
@@ -83,6 +91,23 @@ def _tvm_artifact(
         "tuned_here": tuned,
         "latency": {"predicted_ms": predicted, "measured": None},
     }
+    if retune is not None and model is not None:
+        from codesign.export.retune import retuned_prediction
+
+        if retune.journal.exists():
+            shutil.copyfile(retune.journal, staging / RETUNE_JOURNAL)
+        else:
+            (staging / RETUNE_JOURNAL).write_text("")
+        kept = [o for o in retuned if o.kept == "tuned"]
+        section["retuned"] = {
+            "trials_per_kernel": retune.trials,
+            "budget_minutes": retune.budget_minutes,
+            "kernels_tuned": len(retuned),
+            "kernels_kept": len(kept),
+            "journal": RETUNE_JOURNAL,
+            "kernels": [o.summary() for o in retuned],
+        }
+        section["latency"]["predicted_retuned_ms"] = retuned_prediction(model, genome, retuned)
     if rpc is not None and measure_latency:
         from codesign.profile.session import RPCSession
 
@@ -114,6 +139,52 @@ def _tvm_artifact(
     elif measure_latency:
         section["latency"]["not_measured"] = "the profile's device is not this machine"
     return section
+
+
+@dataclass(frozen=True)
+class RetuneSettings:
+    """``codesign export --retune-trials``: tune every kernel of the subnet here and keep what is faster."""
+
+    trials: int
+    journal: Path
+    budget_minutes: float | None = None
+
+
+RETUNE_JOURNAL = "retune_journal.jsonl"
+
+
+def retune_journal_path(out_dir: str | Path) -> Path:
+    """Where a re-tuning export journals its kernels until it succeeds: beside the artifact directory."""
+    out = Path(out_dir)
+    return out.parent / f"{out.name}.retune-journal.jsonl"
+
+
+def _retune_step(
+    retune: RetuneSettings, model: Any, space: Any, genome: Genome, target: dict[str, Any], outcomes: list[Any]
+) -> Any:
+    """The callback :func:`compile_onnx` runs on the schedule database before compiling."""
+    from codesign.export.retune import kernels_by_predicted_time, retune_kernels
+    from codesign.latency.workloads import subnet_workloads
+
+    def step(database: Any, traces: dict[Any, Any]) -> None:
+        kernels = kernels_by_predicted_time(model, genome, traces, subnet_workloads(space, genome))
+        print(
+            f"re-tuning {len(kernels)} kernels, {retune.trials} trials each, slowest first (journal: {retune.journal})",
+            flush=True,
+        )
+        outcomes.extend(
+            retune_kernels(
+                database,
+                kernels,
+                target,
+                trials=retune.trials,
+                journal_path=retune.journal,
+                budget_minutes=retune.budget_minutes,
+                progress=lambda line: print(line, flush=True),
+            )
+        )
+
+    return step
 
 
 def _measure_threads(
@@ -216,6 +287,8 @@ def export_subnet(
     tune_trials: int = 0,
     schedules: SchedulePolicy = "auto",
     runtime_threads: RuntimeThreads = "auto",
+    retune_trials: int = 0,
+    retune_minutes: float | None = None,
 ) -> ExportResult:
     """Extract ``genome``, recalibrate its BN on training images, export ONNX, check it, write a manifest.
 
@@ -231,7 +304,11 @@ def export_subnet(
     ``schedules`` says which schedule genes to compile under (see :func:`choose_schedules`).
     A library timed on this machine is timed at several thread counts in fresh processes with the
     runtime-only loader; ``runtime_threads="auto"`` records the fastest as the count
-    ``codesign run`` uses, an int records that count instead.
+    ``codesign run`` uses, an int records that count instead. ``retune_trials`` > 0 tunes every
+    kernel of the subnet on this machine with that many trials each (slowest first, within
+    ``retune_minutes`` if given) and compiles each with whichever of its own and the profile's
+    schedule times faster (see :mod:`codesign.export.retune`); the kernels finished are journaled
+    beside ``out_dir`` until the export succeeds, so a killed export resumes.
     """
     space = loaded.supernet.space
     genome = genome.validate(space)
@@ -239,6 +316,7 @@ def export_subnet(
     if profile is not None or target is not None:
         genome, schedules_from = choose_schedules(genome, profile, schedules)
     out = Path(out_dir)
+    retune = _retune_settings(out, profile, target, retune_trials, retune_minutes)
     staging = staging_directory(out, overwrite=overwrite, error=ExportError)
     try:
         started = time.perf_counter()
@@ -270,6 +348,7 @@ def export_subnet(
                 tune_trials,
                 schedules_from,
                 runtime_threads,
+                retune,
             )
         from safetensors.torch import save_file
 
@@ -306,10 +385,32 @@ def export_subnet(
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
+        if retune is not None:
+            retune.journal.unlink(missing_ok=True)  # shipped in the artifact now
         return ExportResult(out, manifest)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _retune_settings(
+    out: Path, profile: Any, target: dict[str, Any] | None, trials: int, minutes: float | None
+) -> RetuneSettings | None:
+    """Validate ``--retune-trials``/``--retune-minutes`` before any work starts."""
+    from codesign.export.tvm_artifact import require_local_target
+
+    if trials == 0:
+        if minutes is not None:
+            raise ExportError("--retune-minutes needs --retune-trials N (N > 0)")
+        return None
+    if trials < 0:
+        raise ExportError(f"--retune-trials must be at least 0, got {trials}")
+    if minutes is not None and not minutes > 0:
+        raise ExportError(f"--retune-minutes must be positive, got {minutes:g}")
+    if profile is None:
+        raise ExportError("--retune-trials needs a hardware profile (it orders and compares kernels by it)")
+    require_local_target(target if target is not None else profile.target, "--retune-trials")
+    return RetuneSettings(trials, retune_journal_path(out), minutes)
 
 
 def _onnx_versions() -> dict[str, str]:
@@ -351,6 +452,15 @@ def describe(manifest: dict[str, Any]) -> str:
                 else f", not measured ({latency.get('not_measured', 'skipped')})"
             )
         )
+        retuned = tvm.get("retuned")
+        if retuned:
+            gains = [k["speedup"] for k in retuned["kernels"] if k["kept"] == "tuned"]
+            parts.append(
+                f"re-tuned {retuned['kernels_tuned']} kernels ({retuned['trials_per_kernel']} trials each): "
+                f"{retuned['kernels_kept']} faster than the profile's schedule"
+                + (f" (up to {max(gains):.2f}x)" if gains else "")
+                + f", predicted after re-tuning {latency['predicted_retuned_ms']:.3f} ms"
+            )
         if "by_threads" in latency:
             medians = ", ".join(
                 f"{t} thread{'s' if t != '1' else ''} {v['median_ms']:.3f} ms"

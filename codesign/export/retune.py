@@ -1,0 +1,240 @@
+"""Per-export re-tuning: each kernel of the exported subnet tuned on its own, kept only where it is faster.
+
+A profile tunes a few representatives per kernel family and replays their schedules onto the
+other shapes of the family, which fits some shapes well and others badly (``tools/bench_retune.py``
+measured a 1x1 convolution of the largest subnet at 86 us under its replayed schedule and 13 us
+after 32 trials of its own). Re-tuning spends MetaSchedule trials on every distinct kernel of one
+subnet, slowest first by the latency model, and times the kernel's own best schedule against the
+one the profile chose (or TVM's default lowering), built and timed here side by side. The faster
+one goes into the export's schedule database: a re-tuned record is committed with a lower
+``run_secs`` than the profile's placeholders, so ``compile_relax`` picks it.
+
+Each finished kernel is appended to a journal (JSON lines) before the next starts, so a killed
+export resumes without re-tuning what it finished, and the journal ships in the artifact as the
+record of what was tuned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from codesign.errors import ExportError
+from codesign.latency.workloads import Workload
+from codesign.profile.journal import Journal
+
+JOURNAL_VERSION = 1
+KEEP_MARGIN = 0.03
+"""A re-tuned schedule replaces the chosen one only when at least this much faster (timing noise)."""
+
+RETUNED_RUN_SECS = 1e-7
+"""``run_secs`` of a kept re-tuned record: below the profile's placeholder (1e-6), so it wins the query."""
+
+
+@dataclass(frozen=True)
+class RetunedKernel:
+    """The outcome for one kernel: its time under the chosen schedule and its own tuned one, and which was kept."""
+
+    workload: str
+    layout: str
+    task: str
+    trials: int
+    chosen_ms: float
+    tuned_ms: float | None
+    kept: str
+    seconds: float
+    tuned_trace: Any
+
+    @property
+    def speedup(self) -> float:
+        """Chosen over kept time (1.0 when the chosen schedule stayed)."""
+        if self.kept != "tuned" or not self.tuned_ms:
+            return 1.0
+        return self.chosen_ms / self.tuned_ms
+
+    def summary(self) -> dict[str, Any]:
+        """The manifest's line for this kernel (the trace itself stays in the journal)."""
+        out = asdict(self)
+        del out["tuned_trace"]
+        out["speedup"] = round(self.speedup, 4)
+        return out
+
+
+@dataclass(frozen=True)
+class KernelToRetune:
+    """One distinct (kernel, layout) of the subnet, with the schedule the profile chose and its predicted weight."""
+
+    workload: Workload
+    layout: str
+    chosen_trace: Any
+    predicted_ms: float
+
+
+def _trace_digest(trace_json: Any) -> str:
+    return hashlib.sha256(json.dumps(trace_json, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _journal_key(target: dict[str, Any], kernel: KernelToRetune, task_name: str, trials: int) -> str:
+    """What makes a journaled outcome reusable: same target, kernel, layout, chosen schedule and trial count."""
+    return json.dumps(
+        [
+            JOURNAL_VERSION,
+            sorted(target.items()),
+            kernel.workload.key(),
+            kernel.layout,
+            task_name,
+            trials,
+            _trace_digest(kernel.chosen_trace),
+        ],
+        default=str,
+    )
+
+
+def kernels_by_predicted_time(
+    model: Any, genome: Any, traces: dict[tuple[Workload, str], Any], workloads: list[Workload]
+) -> list[KernelToRetune]:
+    """The distinct (kernel, layout) pairs of ``genome``, slowest first by the model's summed per-layer time."""
+    by_key = {w.key(): w for w in workloads}
+    total: dict[tuple[str, str], float] = {}
+    for layer in model.explain(genome)["layers"]:
+        if layer["workload"] in by_key:
+            key = (layer["workload"], layer["layout"])
+            total[key] = total.get(key, 0.0) + float(layer["latency_ms"])
+    ordered = sorted(total.items(), key=lambda item: -item[1])
+    return [
+        KernelToRetune(by_key[name], layout, traces.get((by_key[name], layout)), ms) for (name, layout), ms in ordered
+    ]
+
+
+def _median_of_alternating(builds: list[Any], task: Any, rounds: int = 2) -> list[float]:
+    """Each build's best median over ``rounds`` alternating timing passes (drift hits all alike)."""
+    from codesign.profile import tvm_backend as tb
+
+    best = [float("inf")] * len(builds)
+    for _ in range(rounds):
+        for i, built in enumerate(builds):
+            best[i] = min(best[i], tb.time_kernel(built, task, repeat=5, min_repeat_ms=50).median_ms)
+    return best
+
+
+def retune_kernels(
+    database: Any,
+    kernels: list[KernelToRetune],
+    target: dict[str, Any],
+    *,
+    trials: int,
+    journal_path: str | Path,
+    budget_minutes: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[RetunedKernel]:
+    """Tune each of ``kernels`` with ``trials`` trials, time it against its chosen schedule, commit the winners.
+
+    Kernels are taken in order until ``budget_minutes`` of tuning have passed (``None``: all of
+    them); the kernel in flight finishes, so at least one is tuned. Outcomes already in the
+    journal at ``journal_path`` are reused, not re-tuned. Every kept re-tuned schedule is
+    committed to ``database`` (a MetaSchedule database the export compiles with) so that it
+    outranks the chosen one.
+    """
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    from codesign.profile import tvm_backend as tb
+
+    if trials < 1:
+        raise ExportError(f"--retune-trials must be at least 1, got {trials}")
+    say = progress or (lambda _msg: None)
+    try:
+        journal = Journal(journal_path)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot use the re-tuning journal: {exc}") from None
+    done = {record["key"]: record for record in journal if "key" in record}
+    tvm_target = tvm.target.Target(target)
+    started: float | None = None  # the clock runs from the first kernel tuned here (journaled ones are free)
+    outcomes: list[RetunedKernel] = []
+    for n, kernel in enumerate(kernels, 1):
+        for task in tb.workload_tasks(kernel.workload, target, layout=kernel.layout):
+            key = _journal_key(target, kernel, task.name, trials)
+            record = done.get(key)
+            if record is None:
+                if started is None:
+                    started = time.monotonic()
+                elif budget_minutes is not None and time.monotonic() - started > budget_minutes * 60:
+                    say(f"re-tuning budget of {budget_minutes:g} min spent after {n - 1}/{len(kernels)} kernels")
+                    return outcomes
+                record = _retune_one(kernel, task, target, trials, key)
+                journal.append(record)
+            outcome = RetunedKernel(**{k: record[k] for k in RetunedKernel.__dataclass_fields__})
+            outcomes.append(outcome)
+            tuned = f"{outcome.tuned_ms * 1e3:.1f}" if outcome.tuned_ms is not None else "none"
+            say(
+                f"[{n}/{len(kernels)}] {kernel.workload.key()} [{kernel.layout}]: chosen "
+                f"{outcome.chosen_ms * 1e3:.1f} us, own {tuned} us -> {outcome.kept}"
+                + (" (journal)" if key in done else f" ({outcome.seconds:.0f} s)")
+            )
+            if outcome.kept == "tuned":
+                sch = tb.replay_json(task, outcome.tuned_trace)
+                entry = database.commit_workload(task.mod)
+                database.commit_tuning_record(
+                    ms.database.TuningRecord(
+                        sch.trace,
+                        entry,
+                        run_secs=[RETUNED_RUN_SECS],
+                        target=tvm_target,
+                        args_info=ArgInfo.from_prim_func(task.mod["main"]),
+                    )
+                )
+    return outcomes
+
+
+def _retune_one(kernel: KernelToRetune, task: Any, target: dict[str, Any], trials: int, key: str) -> dict[str, Any]:
+    """Tune one kernel, time its best against the chosen schedule; the journal record of the outcome."""
+    from codesign.profile import tvm_backend as tb
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="codesign-retune-") as work:
+        best = tb.distinct_top_records(tb.tune_task(task, target, work, trials=trials), task, 1)
+    chosen_build = tb.build_from_json(task, target, kernel.chosen_trace)
+    tuned_trace = tb.trace_to_json(best[0].trace) if best else None
+    if tuned_trace is None:
+        (chosen_ms,) = _median_of_alternating([chosen_build], task)
+        tuned_ms = None
+    else:
+        chosen_ms, tuned_ms = _median_of_alternating(
+            [chosen_build, tb.build_from_json(task, target, tuned_trace)], task
+        )
+    kept = "tuned" if tuned_ms is not None and tuned_ms < chosen_ms * (1 - KEEP_MARGIN) else "chosen"
+    return {
+        "key": key,
+        "workload": kernel.workload.key(),
+        "layout": kernel.layout,
+        "task": task.name,
+        "trials": trials,
+        "chosen_ms": chosen_ms,
+        "tuned_ms": tuned_ms,
+        "kept": kept,
+        "seconds": round(time.perf_counter() - started, 1),
+        "tuned_trace": tuned_trace,
+    }
+
+
+def retuned_prediction(model: Any, genome: Any, outcomes: list[RetunedKernel]) -> float:
+    """The model's prediction with each kept kernel's per-layer time scaled by its measured speedup."""
+    import numpy as np
+
+    explained = model.explain(genome)
+    scale = {(o.workload, o.layout): 1.0 / o.speedup for o in outcomes if o.kept == "tuned"}
+    layer_sum = explained["layer_sum_ms"]
+    for layer in explained["layers"]:
+        factor = scale.get((layer["workload"], layer["layout"]))
+        if factor is not None:
+            layer_sum -= float(layer["latency_ms"]) * (1.0 - factor)
+    return float(
+        model.calibration.apply(np.asarray(layer_sum), np.asarray(explained["kernels"]), explained["transposes"])
+    )

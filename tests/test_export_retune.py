@@ -1,0 +1,166 @@
+"""`codesign export --retune-trials`: each kernel tuned on its own, kept where faster, journaled, resumable."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from codesign.errors import ExportError
+from codesign.export import retune as retune_module
+from codesign.export.pipeline import RETUNE_JOURNAL, export_subnet, retune_journal_path
+from codesign.profile.profile_file import load_profile
+from codesign.profile.shipped import find_shipped_profile
+from codesign.profile.tvm_backend import host_llvm_target
+from codesign.space import Genome
+from codesign.supernet import load_supernet
+from codesign.testing import run_cli
+
+
+@pytest.fixture(scope="module")
+def local_profile():
+    # re-tuning times kernels here, so the profile must describe this CPU (the shipped one may be another's)
+    profile = load_profile(find_shipped_profile(host_llvm_target(), allow_mismatch=True)).profile
+    return replace(profile, target=host_llvm_target())
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_supernet()
+
+
+def _export(loaded, splits, profile, out, **kwargs):
+    return export_subnet(
+        loaded=loaded,
+        genome=Genome.smallest(loaded.supernet.space),
+        splits=splits,
+        out_dir=out,
+        parity_images=16,
+        evaluate_test=False,
+        profile=profile,
+        measure_latency=False,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def first_export(loaded, fmnist_splits, local_profile, tmp_path_factory):
+    """A real re-tuning export whose budget (a few ms) lets exactly one kernel be tuned, with 2 trials."""
+    out = tmp_path_factory.mktemp("retune") / "one"
+    return _export(loaded, fmnist_splits, local_profile, out, retune_trials=2, retune_minutes=1e-5)
+
+
+def test_the_slowest_kernel_is_tuned_timed_and_journaled(first_export):
+    tvm = first_export.manifest["tvm"]
+    retuned = tvm["retuned"]
+    assert retuned["trials_per_kernel"] == 2 and retuned["kernels_tuned"] == 1
+    (kernel,) = retuned["kernels"]
+    assert kernel["chosen_ms"] > 0 and kernel["tuned_ms"] is not None and kernel["tuned_ms"] > 0
+    assert kernel["kept"] in ("tuned", "chosen")
+    assert retuned["kernels_kept"] == (kernel["kept"] == "tuned")
+    assert tvm["tvm_vs_onnxruntime_max_abs"] <= 1e-4
+    latency = tvm["latency"]
+    assert latency["predicted_retuned_ms"] == pytest.approx(latency["predicted_ms"]) or kernel["kept"] == "tuned"
+    records = [json.loads(line) for line in (first_export.out_dir / RETUNE_JOURNAL).read_text().splitlines()]
+    assert [r["workload"] for r in records] == [kernel["workload"]] and records[0]["tuned_trace"] is not None
+    assert RETUNE_JOURNAL in first_export.manifest["files"]
+    assert not retune_journal_path(first_export.out_dir).exists()  # shipped in the artifact, sidecar gone
+
+
+def test_a_resumed_export_reuses_journaled_kernels_and_compiles_kept_schedules(
+    first_export, loaded, fmnist_splits, local_profile, tmp_path, monkeypatch
+):
+    out = tmp_path / "resumed"
+    # as if a killed export had journaled the first kernel, and its own schedule had won
+    (record,) = [json.loads(line) for line in (first_export.out_dir / RETUNE_JOURNAL).read_text().splitlines()]
+    record.update(kept="tuned", chosen_ms=2 * record["tuned_ms"])
+    retune_journal_path(out).write_text(json.dumps(record) + "\n")
+    tuned_now = []
+
+    def no_tuning(kernel, task, target, trials, key):
+        tuned_now.append(kernel.workload.key())
+        return {
+            "key": key,
+            "workload": kernel.workload.key(),
+            "layout": kernel.layout,
+            "task": task.name,
+            "trials": trials,
+            "chosen_ms": 0.01,
+            "tuned_ms": 0.02,
+            "kept": "chosen",
+            "seconds": 0.0,
+            "tuned_trace": None,
+        }
+
+    monkeypatch.setattr(retune_module, "_retune_one", no_tuning)
+    result = _export(loaded, fmnist_splits, local_profile, out, retune_trials=2)
+    retuned = result.manifest["tvm"]["retuned"]
+    assert record["workload"] not in tuned_now and len(tuned_now) == retuned["kernels_tuned"] - 1
+    assert retuned["kernels"][0]["workload"] == record["workload"] and retuned["kernels"][0]["speedup"] == 2.0
+    assert retuned["kernels_kept"] == 1
+    latency = result.manifest["tvm"]["latency"]
+    assert latency["predicted_retuned_ms"] < latency["predicted_ms"]
+    assert result.manifest["tvm"]["tvm_vs_onnxruntime_max_abs"] <= 1e-4  # compiled with the re-tuned schedule
+    shipped = (out / RETUNE_JOURNAL).read_text().splitlines()
+    assert len(shipped) == retuned["kernels_tuned"] and not retune_journal_path(out).exists()
+
+
+def test_kept_schedules_outrank_the_profiles_in_the_database(first_export, loaded, local_profile, tmp_path):
+    import tvm
+
+    from codesign.compiler.tvm_compile import compiled_choices, schedule_database
+    from codesign.latency.model import LatencyModel
+    from codesign.latency.workloads import subnet_workloads
+    from codesign.profile import tvm_backend as tb
+
+    space = loaded.supernet.space
+    genome = LatencyModel.from_profile(local_profile).fastest_schedules(Genome.smallest(space))
+    choices = compiled_choices(space, genome, local_profile.tuning_records["families"])
+    database = schedule_database(choices.traces, local_profile.target)
+    kernels = retune_module.kernels_by_predicted_time(
+        LatencyModel.from_profile(local_profile), genome, choices.traces, subnet_workloads(space, genome)
+    )
+    (record,) = [json.loads(line) for line in (first_export.out_dir / RETUNE_JOURNAL).read_text().splitlines()]
+    assert kernels[0].workload.key() == record["workload"]  # slowest first, as in the export
+    record["kept"] = "tuned"
+    journal = tmp_path / "journal.jsonl"
+    journal.write_text(json.dumps(record) + "\n")
+    outcomes = retune_module.retune_kernels(database, kernels[:1], local_profile.target, trials=2, journal_path=journal)
+    assert [o.kept for o in outcomes] == ["tuned"]
+    (task,) = tb.workload_tasks(kernels[0].workload, local_profile.target, layout=kernels[0].layout)
+    best = database.query_tuning_record(task.mod, tvm.target.Target(local_profile.target), "main")
+    assert tb.trace_to_json(best.trace) == tb.trace_to_json(tb.replay_json(task, record["tuned_trace"]).trace)
+
+
+def test_retune_settings_are_checked_before_any_work(loaded, fmnist_splits, local_profile, tmp_path):
+    with pytest.raises(ExportError, match="needs --retune-trials"):
+        _export(loaded, fmnist_splits, local_profile, tmp_path / "a", retune_minutes=5)
+    with pytest.raises(ExportError, match="at least 0"):
+        _export(loaded, fmnist_splits, local_profile, tmp_path / "b", retune_trials=-1)
+    with pytest.raises(ExportError, match="positive"):
+        _export(loaded, fmnist_splits, local_profile, tmp_path / "c", retune_trials=2, retune_minutes=0)
+    elsewhere = replace(local_profile, target={**local_profile.target, "mcpu": "cortex-a72", "mtriple": "aarch64"})
+    with pytest.raises(ExportError, match="tunes on this machine"):
+        _export(loaded, fmnist_splits, elsewhere, tmp_path / "d", retune_trials=2)
+    with pytest.raises(ExportError, match="needs a hardware profile"):
+        export_subnet(
+            loaded=loaded,
+            genome=Genome.smallest(loaded.supernet.space),
+            splits=fmnist_splits,
+            out_dir=tmp_path / "e",
+            target=host_llvm_target(),
+            retune_trials=2,
+        )
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_the_cli_refuses_retuning_without_tvm(tmp_path):
+    done = run_cli("export", "--genome", "smallest", "--retune-trials", "4", "-o", str(tmp_path / "x"))
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].endswith("compile with TVM: add --format tvm")
+    assert not (tmp_path / "x").exists()
+
+
+def test_retuned_kernel_speedup_is_one_unless_kept():
+    kernel = retune_module.RetunedKernel("w", "NCHW", "main", 2, 0.02, 0.01, "chosen", 1.0, None)
+    assert kernel.speedup == 1.0 and replace(kernel, kept="tuned").speedup == 2.0
+    assert "tuned_trace" not in kernel.summary()
