@@ -59,7 +59,7 @@ def test_the_slowest_kernel_is_tuned_timed_and_journaled(first_export):
     assert retuned["kernels_kept"] == (kernel["kept"] == "tuned")
     assert tvm["tvm_vs_onnxruntime_max_abs"] <= 1e-4
     latency = tvm["latency"]
-    assert latency["predicted_retuned_ms"] == pytest.approx(latency["predicted_ms"]) or kernel["kept"] == "tuned"
+    assert latency["predicted_retuned_ms"] > 0
     records = [json.loads(line) for line in (first_export.out_dir / RETUNE_JOURNAL).read_text().splitlines()]
     assert [r["workload"] for r in records] == [kernel["workload"]] and records[0]["tuned_trace"] is not None
     assert RETUNE_JOURNAL in first_export.manifest["files"]
@@ -84,8 +84,8 @@ def test_a_resumed_export_reuses_journaled_kernels_and_compiles_kept_schedules(
             "layout": kernel.layout,
             "task": task.name,
             "trials": trials,
-            "chosen_ms": 0.01,
-            "tuned_ms": 0.02,
+            "chosen_ms": 1e-4,  # far below any model estimate, so the prediction must fall
+            "tuned_ms": 2e-4,
             "kept": "chosen",
             "seconds": 0.0,
             "tuned_trace": None,
@@ -95,7 +95,10 @@ def test_a_resumed_export_reuses_journaled_kernels_and_compiles_kept_schedules(
     result = _export(loaded, fmnist_splits, local_profile, out, retune_trials=2)
     retuned = result.manifest["tvm"]["retuned"]
     assert record["workload"] not in tuned_now and len(tuned_now) == retuned["kernels_tuned"] - 1
-    assert retuned["kernels"][0]["workload"] == record["workload"] and retuned["kernels"][0]["speedup"] == 2.0
+    (reused,) = [
+        k for k in retuned["kernels"] if (k["workload"], k["layout"]) == (record["workload"], record["layout"])
+    ]
+    assert reused["kept"] == "tuned" and reused["speedup"] == 2.0
     assert retuned["kernels_kept"] == 1
     latency = result.manifest["tvm"]["latency"]
     assert latency["predicted_retuned_ms"] < latency["predicted_ms"]
@@ -120,15 +123,35 @@ def test_kept_schedules_outrank_the_profiles_in_the_database(first_export, loade
         LatencyModel.from_profile(local_profile), genome, choices.traces, subnet_workloads(space, genome)
     )
     (record,) = [json.loads(line) for line in (first_export.out_dir / RETUNE_JOURNAL).read_text().splitlines()]
-    assert kernels[0].workload.key() == record["workload"]  # slowest first, as in the export
+    (kernel,) = [k for k in kernels if (k.workload.key(), k.layout) == (record["workload"], record["layout"])]
     record["kept"] = "tuned"
     journal = tmp_path / "journal.jsonl"
     journal.write_text(json.dumps(record) + "\n")
-    outcomes = retune_module.retune_kernels(database, kernels[:1], local_profile.target, trials=2, journal_path=journal)
+    outcomes = retune_module.retune_kernels(database, [kernel], local_profile.target, trials=2, journal_path=journal)
     assert [o.kept for o in outcomes] == ["tuned"]
-    (task,) = tb.workload_tasks(kernels[0].workload, local_profile.target, layout=kernels[0].layout)
+    (task,) = tb.workload_tasks(kernel.workload, local_profile.target, layout=kernel.layout)
     best = database.query_tuning_record(task.mod, tvm.target.Target(local_profile.target), "main")
     assert tb.trace_to_json(best.trace) == tb.trace_to_json(tb.replay_json(task, record["tuned_trace"]).trace)
+
+
+def test_kernels_are_ordered_by_their_chosen_schedules_timed_here(loaded, local_profile):
+    from codesign.compiler.tvm_compile import compiled_choices
+    from codesign.latency.model import LatencyModel
+    from codesign.latency.workloads import subnet_workloads
+
+    space = loaded.supernet.space
+    model = LatencyModel.from_profile(local_profile)
+    genome = model.fastest_schedules(Genome.smallest(space))
+    traces = compiled_choices(space, genome, local_profile.tuning_records["families"]).traces
+    kernels = retune_module.kernels_by_predicted_time(model, genome, traces, subnet_workloads(space, genome))
+    keys = {k.workload.key() for k in kernels}
+    assert sum(k.uses for k in kernels) == sum(layer["workload"] in keys for layer in model.explain(genome)["layers"])
+    assert [k.predicted_ms for k in kernels] == sorted((k.predicted_ms for k in kernels), reverse=True)
+    picked = kernels[:4]
+    ordered = retune_module.order_by_measured_time(picked, local_profile.target)
+    assert {(k.workload, k.layout) for k in ordered} == {(k.workload, k.layout) for k in picked}
+    weights = [k.measured_ms * k.uses for k in ordered]
+    assert all(w > 0 for w in weights) and weights == sorted(weights, reverse=True)
 
 
 def test_retune_settings_are_checked_before_any_work(loaded, fmnist_splits, local_profile, tmp_path):
@@ -158,6 +181,22 @@ def test_the_cli_refuses_retuning_without_tvm(tmp_path):
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].endswith("compile with TVM: add --format tvm")
     assert not (tmp_path / "x").exists()
+
+
+def test_the_retuned_prediction_replaces_model_times_by_measured_ones(loaded, local_profile):
+    from codesign.latency.model import LatencyModel
+
+    model = LatencyModel.from_profile(local_profile)
+    genome = model.fastest_schedules(Genome.smallest(loaded.supernet.space))
+    layer = max(model.explain(genome)["layers"], key=lambda layer: layer["latency_ms"])
+    as_predicted = retune_module.RetunedKernel(
+        layer["workload"], layer["layout"], "main", 2, layer["latency_ms"], layer["latency_ms"] / 2, "chosen", 1.0, None
+    )
+    predicted = float(model.predict([genome])[0])
+    assert retune_module.retuned_prediction(model, genome, []) == pytest.approx(predicted)
+    assert retune_module.retuned_prediction(model, genome, [as_predicted]) == pytest.approx(predicted)
+    faster = retune_module.retuned_prediction(model, genome, [replace(as_predicted, kept="tuned")])
+    assert faster < predicted - 0.9 * layer["latency_ms"] / 2  # every layer running it, scaled by the calibration
 
 
 def test_retuned_kernel_speedup_is_one_unless_kept():

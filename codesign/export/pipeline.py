@@ -163,15 +163,17 @@ def _retune_step(
     retune: RetuneSettings, model: Any, space: Any, genome: Genome, target: dict[str, Any], outcomes: list[Any]
 ) -> Any:
     """The callback :func:`compile_onnx` runs on the schedule database before compiling."""
-    from codesign.export.retune import kernels_by_predicted_time, retune_kernels
+    from codesign.export.retune import kernels_by_predicted_time, order_by_measured_time, retune_kernels
     from codesign.latency.workloads import subnet_workloads
 
     def step(database: Any, traces: dict[Any, Any]) -> None:
+        def say(line: str) -> None:
+            print(line, flush=True)
+
         kernels = kernels_by_predicted_time(model, genome, traces, subnet_workloads(space, genome))
-        print(
-            f"re-tuning {len(kernels)} kernels, {retune.trials} trials each, slowest first (journal: {retune.journal})",
-            flush=True,
-        )
+        if retune.budget_minutes is not None:  # within a budget the order decides what gets tuned
+            kernels = order_by_measured_time(kernels, target, progress=say)
+        say(f"re-tuning {len(kernels)} kernels, {retune.trials} trials each, slowest first (journal: {retune.journal})")
         outcomes.extend(
             retune_kernels(
                 database,
@@ -180,7 +182,7 @@ def _retune_step(
                 trials=retune.trials,
                 journal_path=retune.journal,
                 budget_minutes=retune.budget_minutes,
-                progress=lambda line: print(line, flush=True),
+                progress=say,
             )
         )
 

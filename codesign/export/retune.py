@@ -21,7 +21,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +68,18 @@ class RetunedKernel:
 
 @dataclass(frozen=True)
 class KernelToRetune:
-    """One distinct (kernel, layout) of the subnet, with the schedule the profile chose and its predicted weight."""
+    """One distinct (kernel, layout) of the subnet, with the schedule the profile chose and its weight.
+
+    ``predicted_ms`` is the model's time summed over the ``uses`` layers that run this kernel;
+    ``measured_ms``, once :func:`order_by_measured_time` has timed it here, one run of it.
+    """
 
     workload: Workload
     layout: str
     chosen_trace: Any
+    uses: int
     predicted_ms: float
+    measured_ms: float | None = None
 
 
 def _trace_digest(trace_json: Any) -> str:
@@ -102,14 +108,42 @@ def kernels_by_predicted_time(
     """The distinct (kernel, layout) pairs of ``genome``, slowest first by the model's summed per-layer time."""
     by_key = {w.key(): w for w in workloads}
     total: dict[tuple[str, str], float] = {}
+    uses: dict[tuple[str, str], int] = {}
     for layer in model.explain(genome)["layers"]:
         if layer["workload"] in by_key:
             key = (layer["workload"], layer["layout"])
             total[key] = total.get(key, 0.0) + float(layer["latency_ms"])
+            uses[key] = uses.get(key, 0) + 1
     ordered = sorted(total.items(), key=lambda item: -item[1])
     return [
-        KernelToRetune(by_key[name], layout, traces.get((by_key[name], layout)), ms) for (name, layout), ms in ordered
+        KernelToRetune(by_key[name], layout, traces.get((by_key[name], layout)), uses[(name, layout)], ms)
+        for (name, layout), ms in ordered
     ]
+
+
+def order_by_measured_time(
+    kernels: list[KernelToRetune], target: dict[str, Any], *, progress: Callable[[str], None] | None = None
+) -> list[KernelToRetune]:
+    """``kernels`` slowest first by their chosen schedule timed here, times the layers that run each.
+
+    The model's per-kernel predictions can be far off for a schedule replayed from another shape
+    (one measured 63 us predicted among the fastest), and a budgeted re-tuning should spend its
+    minutes where the time really goes. Timing every chosen schedule costs a second or two per kernel.
+    """
+    from codesign.profile import tvm_backend as tb
+
+    say = progress or (lambda _msg: None)
+    say(f"timing the {len(kernels)} kernels under their chosen schedules to re-tune the slowest first")
+    timed = []
+    for kernel in kernels:
+        one_run = sum(
+            tb.time_kernel(
+                tb.build_from_json(task, target, kernel.chosen_trace), task, repeat=3, min_repeat_ms=20
+            ).median_ms
+            for task in tb.workload_tasks(kernel.workload, target, layout=kernel.layout)
+        )
+        timed.append(replace(kernel, measured_ms=one_run))
+    return sorted(timed, key=lambda k: -(k.measured_ms or 0.0) * k.uses)
 
 
 def _median_of_alternating(builds: list[Any], task: Any, rounds: int = 2) -> list[float]:
@@ -225,16 +259,24 @@ def _retune_one(kernel: KernelToRetune, task: Any, target: dict[str, Any], trial
 
 
 def retuned_prediction(model: Any, genome: Any, outcomes: list[RetunedKernel]) -> float:
-    """The model's prediction with each kept kernel's per-layer time scaled by its measured speedup."""
+    """The model's prediction with each re-tuned kernel's per-layer time replaced by its time measured here.
+
+    A re-tuned kernel was timed under the schedule the export kept (its own or the profile's), which
+    is better evidence than the model's estimate, above all for a schedule replayed from another
+    shape. The profile's calibration (graph overhead per kernel and transpose) still applies.
+    """
     import numpy as np
 
+    measured: dict[tuple[str, str], float] = {}
+    for o in outcomes:  # a kernel lowered to several tasks runs all of them
+        kept_ms = o.tuned_ms if o.kept == "tuned" and o.tuned_ms is not None else o.chosen_ms
+        measured[(o.workload, o.layout)] = measured.get((o.workload, o.layout), 0.0) + kept_ms
     explained = model.explain(genome)
-    scale = {(o.workload, o.layout): 1.0 / o.speedup for o in outcomes if o.kept == "tuned"}
     layer_sum = explained["layer_sum_ms"]
     for layer in explained["layers"]:
-        factor = scale.get((layer["workload"], layer["layout"]))
-        if factor is not None:
-            layer_sum -= float(layer["latency_ms"]) * (1.0 - factor)
+        kernel_ms = measured.get((layer["workload"], layer["layout"]))
+        if kernel_ms is not None:
+            layer_sum += kernel_ms - float(layer["latency_ms"])
     return float(
         model.calibration.apply(np.asarray(layer_sum), np.asarray(explained["kernels"]), explained["transposes"])
     )
