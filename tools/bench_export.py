@@ -19,6 +19,12 @@ otherwise idle machine. Last line:
     python tools/bench_export.py --threads 2
     python tools/bench_export.py --threads 1     # the one-thread profile, every engine on one thread
     python tools/bench_export.py --best-of-threads 1,2   # each engine at its fastest count, same models
+    python tools/bench_export.py --best-of-threads 1,2 --retune-trials 32 --retune-minutes 10 --work out/bench
+        # artifacts re-tuned here (codesign export --retune-trials), kept in --work for the next run
+
+With ``--retune-trials`` each model is also exported with ``--retune-trials`` (and
+``--retune-minutes``): that artifact is the "TVM" judged (its manifest's ``predicted_retuned_ms``
+is the prediction), and the profile-only artifact is timed beside it in the same rounds ("plain").
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ def _loop_ms(call: Any, *, inner: int, repeat: int) -> list[float]:
     return samples
 
 
-def _engines(artifact: Path, threads: int) -> dict[str, Any]:
+def _engines(artifact: Path, threads: int, plain: Path | None = None) -> dict[str, Any]:
     import onnxruntime as ort
     import safetensors.torch
     import torch
@@ -82,7 +88,14 @@ def _engines(artifact: Path, threads: int) -> dict[str, Any]:
 
     reference = session.run(None, {name: x})[0]
     np.testing.assert_allclose(tvm_model(x), reference, atol=1e-4, rtol=1e-4)
+    extra: dict[str, Any] = {}
+    if plain is not None:
+        plain_model = CompiledModel(plain / "model_tvm.so")
+        x_plain = plain_model.to_device(x)
+        np.testing.assert_allclose(plain_model(x), reference, atol=1e-4, rtol=1e-4)
+        extra["tvm_plain"] = lambda: plain_model.main(x_plain)
     return {
+        **extra,
         "manifest": manifest,
         "x": x,
         "tvm": lambda: tvm_model.main(x_tvm),
@@ -111,6 +124,17 @@ def main() -> int:
         help="time every engine at each of these thread counts (one child run per count, same models and "
         "profile) and compare each engine at its fastest count",
     )
+    parser.add_argument("--retune-trials", type=int, default=0, metavar="N", help="export with --retune-trials N")
+    parser.add_argument(
+        "--retune-minutes", type=float, default=None, metavar="M", help="export with --retune-minutes M"
+    )
+    parser.add_argument(
+        "--work",
+        default=None,
+        metavar="DIR",
+        help="keep the search and artifacts here and reuse those whose manifest matches (default: a fresh temp dir)",
+    )
+    parser.add_argument("--export-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.best_of_threads:
         return _best_of_threads(args)
@@ -125,10 +149,11 @@ def main() -> int:
     from codesign.supernet import load_supernet
 
     profile_path = args.profile or find_shipped_profile(host_llvm_target(args.threads), allow_mismatch=True)
-    work = Path(tempfile.mkdtemp(prefix="bench_export_"))
+    work = _work_dir(args, "bench_export_")
     recommended = Path(args.recommended) if args.recommended else None
     if recommended is None:
         recommended = work / "search" / "recommended.json"
+    if not recommended.exists():
         subprocess.run(
             [
                 sys.executable,
@@ -158,27 +183,43 @@ def main() -> int:
         "smallest": model.fastest_schedules(Genome.smallest(space)),
     }
     splits = load_splits("fashion-mnist", None, val_size=5000, seed=0, channels=space.in_channels)
+    variants = [("", args.retune_trials, args.retune_minutes)]
+    if args.retune_trials:
+        variants.append(("-plain", 0, None))
+    for label, genome in genomes.items():
+        for suffix, trials, minutes in variants:
+            artifact = work / f"{label}{suffix}"
+            if _reusable(artifact, genome, trials, minutes):
+                print(f"{label}{suffix}: reusing {artifact}", flush=True)
+                continue
+            export_subnet(
+                loaded=loaded,
+                genome=genome,
+                splits=splits,
+                out_dir=artifact,
+                parity_images=64,
+                evaluate_test=False,
+                profile=profile,
+                measure_latency=False,
+                overwrite=True,
+                retune_trials=trials,
+                retune_minutes=minutes,
+            )
+    if args.export_only:
+        return 0
     rows = []
     for label, genome in genomes.items():
         artifact = work / label
-        export_subnet(
-            loaded=loaded,
-            genome=genome,
-            splits=splits,
-            out_dir=artifact,
-            parity_images=64,
-            evaluate_test=False,
-            profile=profile,
-            measure_latency=False,
-        )
-        engines = _engines(artifact, args.threads)
-        samples: dict[str, list[float]] = {"tvm": [], "onnxruntime": [], "torch": [], "tvm_evaluator": []}
+        engines = _engines(artifact, args.threads, work / f"{label}-plain" if args.retune_trials else None)
+        timed = ("tvm", "tvm_plain", "onnxruntime", "torch") if args.retune_trials else ("tvm", "onnxruntime", "torch")
+        samples: dict[str, list[float]] = {engine: [] for engine in (*timed, "tvm_evaluator")}
         for _ in range(args.rounds):
-            for engine in ("tvm", "onnxruntime", "torch"):
+            for engine in timed:
                 samples[engine] += _loop_ms(engines[engine], inner=50, repeat=6)
             samples["tvm_evaluator"] += engines["tvm_evaluator"](6)
         medians = {k: statistics.median(v) for k, v in samples.items()}
-        predicted = engines["manifest"]["tvm"]["latency"]["predicted_ms"]
+        latency = engines["manifest"]["tvm"]["latency"]
+        predicted = latency.get("predicted_retuned_ms", latency["predicted_ms"])
         rows.append(
             {
                 "model": label,
@@ -190,18 +231,24 @@ def main() -> int:
                 },
             }
         )
+    plain_head = f" {'plain':>9} {'TVM/plain':>9}" if args.retune_trials else ""
     print(
         f"\n{'model':<12} {'TVM loop':>9} {'TVM eval':>9} {'ORT':>9} {'torch':>9} {'TVM/ORT':>8} "
-        f"{'TVM/torch':>9} {'predicted':>9} {'pred err':>8}   (ms, batch 1, {args.threads} threads)"
+        f"{'TVM/torch':>9} {'predicted':>9} {'pred err':>8}{plain_head}   (ms, batch 1, {args.threads} threads)"
     )
     for r in rows:
         m = r["median_ms"]
         err = (r["predicted_ms"] - m["tvm_evaluator"]) / m["tvm_evaluator"]
         r["pred_error"] = err
+        plain_cells = f" {m['tvm_plain']:9.4f} {m['tvm'] / m['tvm_plain']:9.3f}" if args.retune_trials else ""
         print(
             f"{r['model']:<12} {m['tvm']:9.4f} {m['tvm_evaluator']:9.4f} {m['onnxruntime']:9.4f} {m['torch']:9.4f} "
             f"{m['tvm'] / m['onnxruntime']:8.3f} {m['tvm'] / m['torch']:9.3f} {r['predicted_ms']:9.4f} {err:+8.1%}"
+            + plain_cells
         )
+    if args.retune_trials:
+        gain = np.exp(np.mean([np.log(r["median_ms"]["tvm"] / r["median_ms"]["tvm_plain"]) for r in rows]))
+        print(f"re-tuned over profile-only artifact, geometric mean: {gain:.3f}")
     over_ort = float(np.exp(np.mean([np.log(r["median_ms"]["tvm"] / r["median_ms"]["onnxruntime"]) for r in rows])))
     over_torch = float(np.exp(np.mean([np.log(r["median_ms"]["tvm"] / r["median_ms"]["torch"]) for r in rows])))
     within = float(np.mean([abs(r["pred_error"]) <= 0.10 for r in rows]))
@@ -231,23 +278,32 @@ def _best_of_threads(args: argparse.Namespace) -> int:
     if not counts or counts[0] < 1:
         raise SystemExit("--best-of-threads needs thread counts of at least 1")
     profile_path = args.profile or find_shipped_profile(host_llvm_target(max(counts)), allow_mismatch=True)
-    work = Path(tempfile.mkdtemp(prefix="bench_export_threads_"))
+    work = _work_dir(args, "bench_export_threads_")
     recommended = Path(args.recommended) if args.recommended else None
     if recommended is None:
         recommended = work / "search" / "recommended.json"
+    if not recommended.exists():
         search = [sys.executable, "-m", "codesign", "search", "--latency-ms", "0.35", "--allow-mismatch"]
         search += ["--profile", str(profile_path), "-o", str(work / "search"), "--no-progress"]
         subprocess.run([*search, "--threads", str(max(counts))], check=True)
+    common = [sys.executable, __file__, "--recommended", str(recommended), "--profile", str(profile_path)]
+    common += ["--work", str(work), "--retune-trials", str(args.retune_trials)]
+    if args.retune_minutes is not None:
+        common += ["--retune-minutes", str(args.retune_minutes)]
+    # export (and re-tune) once, at the profile's core count, before any timing child reuses the artifacts
+    from codesign.profile.profile_file import load_profile
+
+    cores = int(load_profile(profile_path, allow_mismatch=True).profile.target.get("num-cores", max(counts)))
+    subprocess.run([*common, "--threads", str(cores), "--export-only"], check=True)
     by_count: dict[int, list[dict[str, Any]]] = {}
     for t in counts:
         out = work / f"threads{t}.json"
-        child = [sys.executable, __file__, "--threads", str(t), "--recommended", str(recommended)]
-        child += ["--profile", str(profile_path), "--rounds", str(args.rounds), "--out", str(out)]
+        child = [*common, "--threads", str(t), "--rounds", str(args.rounds), "--out", str(out)]
         done = subprocess.run(child, check=True, capture_output=True, text=True)
         for line in done.stdout.splitlines():
             print(f"  [{t} thread{'s' if t != 1 else ''}] {line}")
         by_count[t] = json.loads(out.read_text())
-    engines = ("tvm", "onnxruntime", "torch")
+    engines = ("tvm", "tvm_plain", "onnxruntime", "torch") if args.retune_trials else ("tvm", "onnxruntime", "torch")
     print(
         f"\n{'model':<12} " + " ".join(f"{e + ' (best n)':>20}" for e in engines) + f" {'TVM/ORT':>8} {'TVM/torch':>9}"
     )
@@ -266,12 +322,12 @@ def _best_of_threads(args: argparse.Namespace) -> int:
     for t in counts:
         ratio = np.exp(np.mean([np.log(r["median_ms"]["tvm"] / r["median_ms"]["onnxruntime"]) for r in by_count[t]]))
         print(f"at {t} thread{'s' if t != 1 else ''} for every engine: TVM/ORT geometric mean {ratio:.3f}")
+    if args.retune_trials:
+        gain = np.exp(np.mean([np.log(b["tvm"][0] / b["tvm_plain"][0]) for b in best_rows]))
+        print(f"re-tuned over profile-only artifact, each at its best count, geometric mean: {gain:.3f}")
     over_ort = float(np.exp(np.mean([np.log(b["tvm"][0] / b["onnxruntime"][0]) for b in best_rows])))
     over_torch = float(np.exp(np.mean([np.log(b["tvm"][0] / b["torch"][0]) for b in best_rows])))
     # the manifest's prediction is for the profile's core count: judge it at that count
-    from codesign.profile.profile_file import load_profile
-
-    cores = int(load_profile(profile_path, allow_mismatch=True).profile.target.get("num-cores", max(counts)))
     rows_at_cores = by_count.get(cores, [])
     within = float(np.mean([abs(r["pred_error"]) <= 0.10 for r in rows_at_cores])) if rows_at_cores else float("nan")
     if args.out:
@@ -281,6 +337,26 @@ def _best_of_threads(args: argparse.Namespace) -> int:
         f"pred_vs_measured_within10={within:.2f}"
     )
     return 0
+
+
+def _work_dir(args: argparse.Namespace, prefix: str) -> Path:
+    """``--work`` (created if missing) or a fresh temporary directory."""
+    if args.work is None:
+        return Path(tempfile.mkdtemp(prefix=prefix))
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def _reusable(artifact: Path, genome: Any, trials: int, minutes: float | None) -> bool:
+    """Whether ``artifact`` is a finished export of ``genome`` made with these re-tuning settings."""
+    try:
+        manifest = json.loads((artifact / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    retuned = manifest.get("tvm", {}).get("retuned")
+    settings = (retuned["trials_per_kernel"], retuned["budget_minutes"]) if retuned else (0, None)
+    return manifest.get("genome") == genome.to_dict() and settings == (trials, minutes)
 
 
 if __name__ == "__main__":
