@@ -66,6 +66,13 @@ def test_the_slowest_kernel_is_tuned_timed_and_journaled(first_export):
     assert not retune_journal_path(first_export.out_dir).exists()  # shipped in the artifact, sidecar gone
 
 
+def test_run_time_compares_with_the_retuned_prediction(first_export):
+    timed = run_cli("run", str(first_export.out_dir), "--time", "--threads", "1")
+    assert timed.returncode == 0, timed.stderr
+    predicted = first_export.manifest["tvm"]["latency"]["predicted_retuned_ms"]
+    assert f"predicted after re-tuning {predicted:.4f} ms" in timed.stdout
+
+
 def test_a_resumed_export_reuses_journaled_kernels_and_compiles_kept_schedules(
     first_export, loaded, fmnist_splits, local_profile, tmp_path, monkeypatch
 ):

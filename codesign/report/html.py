@@ -95,7 +95,7 @@ def _export_rows(inputs: ReportInputs) -> tuple[str, list[tuple[str, float, floa
         metrics = manifest["metrics"]
         tvm = manifest.get("tvm") or {}
         latency = tvm.get("latency") or {}
-        predicted = latency.get("predicted_ms")
+        predicted = latency.get("predicted_retuned_ms", latency.get("predicted_ms"))  # re-tuned: measured kernels
         measured = latency.get("measured")
         error = "-"
         if predicted is not None and measured:
