@@ -161,6 +161,36 @@ def test_kernels_are_ordered_by_their_chosen_schedules_timed_here(loaded, local_
     assert all(w > 0 for w in weights) and weights == sorted(weights, reverse=True)
 
 
+def test_a_kernel_that_fails_to_tune_keeps_the_profiles_schedule(loaded, local_profile, tmp_path, monkeypatch):
+    from codesign.compiler.tvm_compile import compiled_choices, schedule_database
+    from codesign.latency.model import LatencyModel
+    from codesign.latency.workloads import subnet_workloads
+    from codesign.profile import tvm_backend as tb
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("builder pool died\nsecond line")
+
+    monkeypatch.setattr(tb, "tune_task", broken)
+    space = loaded.supernet.space
+    model = LatencyModel.from_profile(local_profile)
+    genome = model.fastest_schedules(Genome.smallest(space))
+    choices = compiled_choices(space, genome, local_profile.tuning_records["families"])
+    kernels = retune_module.kernels_by_predicted_time(model, genome, choices.traces, subnet_workloads(space, genome))
+    journal = tmp_path / "journal.jsonl"
+    lines = []
+    (outcome,) = retune_module.retune_kernels(
+        schedule_database(choices.traces, local_profile.target),
+        kernels[:1],
+        local_profile.target,
+        trials=2,
+        journal_path=journal,
+        progress=lines.append,
+    )
+    assert outcome.kept == "chosen" and outcome.tuned_ms is None and outcome.chosen_ms > 0
+    assert outcome.error == "RuntimeError: builder pool died" and "tuning failed" in lines[-1]
+    assert json.loads(journal.read_text())["error"] == outcome.error
+
+
 def test_retune_settings_are_checked_before_any_work(loaded, fmnist_splits, local_profile, tmp_path):
     with pytest.raises(ExportError, match="needs --retune-trials"):
         _export(loaded, fmnist_splits, local_profile, tmp_path / "a", retune_minutes=5)

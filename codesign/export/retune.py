@@ -50,6 +50,8 @@ class RetunedKernel:
     kept: str
     seconds: float
     tuned_trace: Any
+    error: str | None = None
+    """Why tuning gave no schedule (the profile's one stayed), when it failed."""
 
     @property
     def speedup(self) -> float:
@@ -204,12 +206,14 @@ def retune_kernels(
                     return outcomes
                 record = _retune_one(kernel, task, target, trials, key)
                 journal.append(record)
-            outcome = RetunedKernel(**{k: record[k] for k in RetunedKernel.__dataclass_fields__})
+            outcome = RetunedKernel(**{k: record[k] for k in RetunedKernel.__dataclass_fields__ if k in record})
             outcomes.append(outcome)
-            tuned = f"{outcome.tuned_ms * 1e3:.1f}" if outcome.tuned_ms is not None else "none"
+            tuned = f"{outcome.tuned_ms * 1e3:.1f} us" if outcome.tuned_ms is not None else "none"
+            if outcome.error:
+                tuned = f"none (tuning failed: {outcome.error})"
             say(
                 f"[{n}/{len(kernels)}] {kernel.workload.key()} [{kernel.layout}]: chosen "
-                f"{outcome.chosen_ms * 1e3:.1f} us, own {tuned} us -> {outcome.kept}"
+                f"{outcome.chosen_ms * 1e3:.1f} us, own {tuned} -> {outcome.kept}"
                 + (" (journal)" if key in done else f" ({outcome.seconds:.0f} s)")
             )
             if outcome.kept == "tuned":
@@ -232,8 +236,12 @@ def _retune_one(kernel: KernelToRetune, task: Any, target: dict[str, Any], trial
     from codesign.profile import tvm_backend as tb
 
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="codesign-retune-") as work:
-        best = tb.distinct_top_records(tb.tune_task(task, target, work, trials=trials), task, 1)
+    error = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="codesign-retune-") as work:
+            best = tb.distinct_top_records(tb.tune_task(task, target, work, trials=trials), task, 1)
+    except Exception as exc:  # noqa: BLE001 - a kernel MetaSchedule cannot tune keeps the profile's schedule
+        best, error = [], (f"{type(exc).__name__}: {exc}".splitlines() or [""])[0][:300]
     chosen_build = tb.build_from_json(task, target, kernel.chosen_trace)
     tuned_trace = tb.trace_to_json(best[0].trace) if best else None
     if tuned_trace is None:
@@ -255,6 +263,7 @@ def _retune_one(kernel: KernelToRetune, task: Any, target: dict[str, Any], trial
         "kept": kept,
         "seconds": round(time.perf_counter() - started, 1),
         "tuned_trace": tuned_trace,
+        "error": error,
     }
 
 
