@@ -98,11 +98,12 @@ def _tvm_artifact(
             shutil.copyfile(retune.journal, staging / RETUNE_JOURNAL)
         else:
             (staging / RETUNE_JOURNAL).write_text("")
-        kept = [o for o in retuned if o.kept == "tuned"]
+        kernels = {(o.workload, o.layout) for o in retuned}  # a kernel may lower to several tasks
+        kept = {(o.workload, o.layout) for o in retuned if o.kept == "tuned"}
         section["retuned"] = {
             "trials_per_kernel": retune.trials,
             "budget_minutes": retune.budget_minutes,
-            "kernels_tuned": len(retuned),
+            "kernels_tuned": len(kernels),
             "kernels_kept": len(kept),
             "journal": RETUNE_JOURNAL,
             "kernels": [o.summary() for o in retuned],
