@@ -197,6 +197,39 @@ def test_a_kernel_that_fails_to_tune_keeps_the_profiles_schedule(loaded, local_p
     assert json.loads(journal.read_text())["error"] == outcome.error
 
 
+def test_the_budget_never_stops_between_a_kernels_tasks(loaded, local_profile, tmp_path, monkeypatch):
+    from codesign.compiler.tvm_compile import compiled_choices, schedule_database
+    from codesign.latency.model import LatencyModel
+    from codesign.latency.workloads import subnet_workloads
+    from codesign.profile import tvm_backend as tb
+
+    def instant(kernel, task, target, trials, key):
+        return {
+            **{"key": key, "workload": kernel.workload.key(), "layout": kernel.layout, "task": task.name},
+            **{"trials": trials, "chosen_ms": 1e-3, "tuned_ms": None, "kept": "chosen", "seconds": 0.0},
+            "tuned_trace": None,
+        }
+
+    monkeypatch.setattr(retune_module, "_retune_one", instant)
+    space = loaded.supernet.space
+    model = LatencyModel.from_profile(local_profile)
+    genome = model.fastest_schedules(Genome.smallest(space))
+    choices = compiled_choices(space, genome, local_profile.tuning_records["families"])
+    kernels = retune_module.kernels_by_predicted_time(model, genome, choices.traces, subnet_workloads(space, genome))
+    pooling = [k for k in kernels if k.workload.kind == "pool_fc"]
+    tasks = tb.workload_tasks(pooling[0].workload, local_profile.target, layout=pooling[0].layout)
+    assert len(tasks) > 1  # the pooling + classifier kernel lowers to several tasks
+    outcomes = retune_module.retune_kernels(
+        schedule_database(choices.traces, local_profile.target),
+        [pooling[0], *(k for k in kernels if k.workload.kind != "pool_fc")],
+        local_profile.target,
+        trials=2,
+        journal_path=tmp_path / "journal.jsonl",
+        budget_minutes=1e-9,  # spent as soon as the first kernel starts
+    )
+    assert [o.task for o in outcomes] == [t.name for t in tasks]
+
+
 def test_retune_settings_are_checked_before_any_work(loaded, fmnist_splits, local_profile, tmp_path):
     with pytest.raises(ExportError, match="needs --retune-trials"):
         _export(loaded, fmnist_splits, local_profile, tmp_path / "a", retune_minutes=5)

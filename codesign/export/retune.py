@@ -130,7 +130,7 @@ def order_by_measured_time(
 
     The model's per-kernel predictions can be far off for a schedule replayed from another shape
     (one measured 63 us predicted among the fastest), and a budgeted re-tuning should spend its
-    minutes where the time really goes. Timing every chosen schedule costs a second or two per kernel.
+    minutes where the time really goes. Timing a chosen schedule costs a build and a short timing.
     """
     from codesign.profile import tvm_backend as tb
 
@@ -195,15 +195,19 @@ def retune_kernels(
     started: float | None = None  # the clock runs from the first kernel tuned here (journaled ones are free)
     outcomes: list[RetunedKernel] = []
     for n, kernel in enumerate(kernels, 1):
-        for task in tb.workload_tasks(kernel.workload, target, layout=kernel.layout):
-            key = _journal_key(target, kernel, task.name, trials)
+        tasks = tb.workload_tasks(kernel.workload, target, layout=kernel.layout)
+        keys = [_journal_key(target, kernel, task.name, trials) for task in tasks]
+        # the budget is checked per kernel, never between its tasks: a half-tuned kernel would
+        # leave the re-tuned prediction with only some of its tasks' times
+        if any(key not in done for key in keys):
+            if started is None:
+                started = time.monotonic()
+            elif budget_minutes is not None and time.monotonic() - started > budget_minutes * 60:
+                say(f"re-tuning budget of {budget_minutes:g} min spent after {n - 1}/{len(kernels)} kernels")
+                return outcomes
+        for task, key in zip(tasks, keys):
             record = done.get(key)
             if record is None:
-                if started is None:
-                    started = time.monotonic()
-                elif budget_minutes is not None and time.monotonic() - started > budget_minutes * 60:
-                    say(f"re-tuning budget of {budget_minutes:g} min spent after {n - 1}/{len(kernels)} kernels")
-                    return outcomes
                 record = _retune_one(kernel, task, target, trials, key)
                 journal.append(record)
             outcome = RetunedKernel(**{k: record[k] for k in RetunedKernel.__dataclass_fields__ if k in record})
