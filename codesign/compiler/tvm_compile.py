@@ -95,29 +95,39 @@ def chosen_traces(
 
 def schedule_database(chosen: dict[tuple[Workload, str], Any], target: dict[str, Any]) -> Any:
     """A MetaSchedule in-memory database with one record per kernel: its chosen trace."""
-    tvm = tb.require_tvm()
+    tb.require_tvm()
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
     database = ms.database.MemoryDatabase()
-    tvm_target = tvm.target.Target(target)
     for (workload, layout), trace_json in chosen.items():
         for task in _tasks(workload, target, layout):
             try:
                 sch = tb.replay_json(task, trace_json)
             except Exception as exc:
                 raise ValueError(f"the chosen schedule does not replay on {workload.key()} ({layout}): {exc}") from None
-            entry = database.commit_workload(task.mod)
-            database.commit_tuning_record(
-                ms.database.TuningRecord(
-                    sch.trace,
-                    entry,
-                    run_secs=[1e-6],
-                    target=tvm_target,
-                    args_info=ArgInfo.from_prim_func(task.mod["main"]),
-                )
-            )
+            commit_trace(database, task, sch.trace, target, run_secs=1e-6)
     return database
+
+
+def commit_trace(database: Any, task: Any, trace: Any, target: dict[str, Any], *, run_secs: float) -> None:
+    """Record ``trace`` as ``task``'s schedule in a MetaSchedule ``database``, timed at ``run_secs``.
+
+    ``compile_relax`` applies each kernel's fastest record, so ``run_secs`` ranks the records of
+    one kernel; the value itself is never shown as a measurement.
+    """
+    tvm = tb.require_tvm()
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    database.commit_tuning_record(
+        ms.database.TuningRecord(
+            trace,
+            database.commit_workload(task.mod),
+            run_secs=[float(run_secs)],
+            target=tvm.target.Target(target),
+            args_info=ArgInfo.from_prim_func(task.mod["main"]),
+        )
+    )
 
 
 def subnet_reference_module(space: SearchSpace, genome: Genome) -> torch.nn.Module:

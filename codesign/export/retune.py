@@ -177,10 +177,7 @@ def retune_kernels(
     committed to ``database`` (a MetaSchedule database the export compiles with) so that it
     outranks the chosen one.
     """
-    import tvm
-    from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
-
+    from codesign.compiler.tvm_compile import commit_trace
     from codesign.profile import tvm_backend as tb
 
     if trials < 1:
@@ -191,7 +188,6 @@ def retune_kernels(
     except (OSError, ValueError) as exc:
         raise ExportError(f"cannot use the re-tuning journal: {exc}") from None
     done = {record["key"]: record for record in journal if "key" in record}
-    tvm_target = tvm.target.Target(target)
     started: float | None = None  # the clock runs from the first kernel tuned here (journaled ones are free)
     outcomes: list[RetunedKernel] = []
     for n, kernel in enumerate(kernels, 1):
@@ -222,16 +218,7 @@ def retune_kernels(
             )
             if outcome.kept == "tuned":
                 sch = tb.replay_json(task, outcome.tuned_trace)
-                entry = database.commit_workload(task.mod)
-                database.commit_tuning_record(
-                    ms.database.TuningRecord(
-                        sch.trace,
-                        entry,
-                        run_secs=[RETUNED_RUN_SECS],
-                        target=tvm_target,
-                        args_info=ArgInfo.from_prim_func(task.mod["main"]),
-                    )
-                )
+                commit_trace(database, task, sch.trace, target, run_secs=RETUNED_RUN_SECS)
     return outcomes
 
 

@@ -73,10 +73,7 @@ def _tune_missing(
     """Tune the kernels whose family has no profiled schedules; their best record joins ``database``."""
     import tempfile
 
-    import tvm
-    from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
-
+    from codesign.compiler.tvm_compile import commit_trace
     from codesign.latency.workloads import kernel_family, subnet_workloads
     from codesign.profile.tvm_backend import distinct_top_records, tune_task, workload_tasks
 
@@ -94,15 +91,12 @@ def _tune_missing(
                 records = distinct_top_records(tune_task(task, target, work, trials=trials), task, 1)
             if not records:
                 continue
-            entry = database.commit_workload(task.mod)
-            database.commit_tuning_record(
-                ms.database.TuningRecord(
-                    records[0].trace,
-                    entry,
-                    run_secs=records[0].run_secs,
-                    target=tvm.target.Target(target),
-                    args_info=ArgInfo.from_prim_func(task.mod["main"]),
-                )
+            commit_trace(
+                database,
+                task,
+                records[0].trace,
+                target,
+                run_secs=float(np.mean([float(s) for s in records[0].run_secs])),
             )
             tuned.append(workload.key())
     return tuned
