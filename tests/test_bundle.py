@@ -93,6 +93,32 @@ def test_merged_profile_predicts_and_validates(measured_llvm_bundle, tiny_space,
     assert np.isfinite(predicted) and predicted > 0
 
 
+def test_a_models_only_bundle_measures_held_out_subnets(measured_llvm_bundle, tiny_space, tmp_path):
+    """What tools/bench_latency_model.py --build-bundle sends to a device without TVM."""
+    from codesign.latency.model import LatencyModel
+    from codesign.profile.bundle import build_model_bundle
+    from codesign.space import Genome
+
+    _, source = measured_llvm_bundle
+    profile = merge_results(source, source / "results.json")
+    model = LatencyModel.from_profile(profile)
+    genomes = [model.fastest_schedules(Genome.random(tiny_space, np.random.default_rng(s))) for s in (7, 8)]
+    families = profile.tuning_records["families"]
+    labels = [{"predicted_ms": float(p)} for p in model.predict(genomes)]
+    summary = build_model_bundle(tiny_space, profile.target, families, genomes, tmp_path / "h", labels=labels)
+    assert summary["models"] == 2 and not (tmp_path / ".h.partial").exists()
+    index = load_bundle_index(tmp_path / "h")
+    assert index["kernel_libraries"] == [] and index["config"]["models_only"]
+    assert [m["predicted_ms"] for m in index["models"]] == [lab["predicted_ms"] for lab in labels]
+    assert [Genome.from_dict(m["genome"]) for m in index["models"]] == genomes
+    run_measure(tmp_path / "h", "--repeat", "2")
+    results = json.loads((tmp_path / "h" / "results.json").read_text())
+    assert [results["models"][m["key"]]["status"] for m in index["models"]] == ["ok", "ok"]
+    assert all(r["check_error"] <= 1e-4 for r in results["models"].values())
+    with pytest.raises(CodesignError, match="not empty"):
+        build_model_bundle(tiny_space, profile.target, families, genomes, tmp_path / "h")
+
+
 def test_wrong_outputs_are_not_timed_and_results_must_match_the_bundle(measured_llvm_bundle, tmp_path):
     _, source = measured_llvm_bundle
     bundle = tmp_path / "b"

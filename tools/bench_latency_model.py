@@ -18,6 +18,20 @@ ceiling any model can reach on it; the model is scored against the mean of the t
 
 Run it on an otherwise idle machine: it measures. Last line:
 ``RESULT latency_model within10=<share> rmspe=<value> flops_within10=<share> n=<count>``.
+
+For a device without TVM (a GPU reached briefly, see ``hw_profiles/README.md``) the same test
+runs in three steps: ``--build-bundle DIR`` compiles the same random held-out subnets here into a
+models-only measurement bundle (CUDA kernels as nvcc fatbins), ``python3 DIR/measure.py`` times
+them on the device (TVM's time evaluator over rotated inputs, torch eager beside them), and
+``--bundle DIR --results DIR/results.json`` scores the profile's predictions against those
+timings. There the second timing is the device's host loop over rotated inputs, not a second
+pass minutes later:
+
+    python tools/bench_latency_model.py --profile hw_profiles/cuda-sm90-h200.json --subnets 30 \
+        --build-bundle .device/heldout --runtime-wheels wheels
+    python3 .device/heldout/measure.py          # on the GPU machine
+    python tools/bench_latency_model.py --profile hw_profiles/cuda-sm90-h200.json \
+        --bundle .device/heldout --results results.json
 """
 
 from __future__ import annotations
@@ -28,8 +42,229 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+
+def draw_held_out(model: Any, profile: Any, count: int, seed: int) -> list[tuple[Any, str]]:
+    """``count`` random subnets not among the profile's calibration models, alternately at each
+    kernel's fastest schedule (what the search picks) and at random valid schedules (what it explores)."""
+    from codesign.space import Genome
+
+    space = model.space
+    rng = np.random.default_rng(seed)
+    calib_arch = {Genome.from_dict(m["genome"]).canonical(space).to_json() for m in profile.models}
+    drawn: list[tuple[Any, str]] = []
+    while len(drawn) < count:
+        g = Genome.random(space, rng).canonical(space)
+        if g.to_json() in calib_arch:
+            continue
+        if len(drawn) % 2 == 0:
+            drawn.append((model.fastest_schedules(g), "fastest"))
+            continue
+        # random schedules among those the profile saw compile on each kernel
+        ids = model.positions.workload_ids(model.vectors([g]))[0]
+        genes = []
+        for p, n_candidates in enumerate(model.candidate_counts):
+            valid = np.flatnonzero(np.isfinite(model.table[ids[p], :n_candidates]))
+            genes.append(int(valid[rng.integers(len(valid))]) if len(valid) else 0)
+        drawn.append((Genome(**{**g.__dict__, "schedules": tuple(genes)}), "random"))
+    return drawn
+
+
+def flops_factor(model: Any, profile: Any) -> float:
+    """ms per MAC of the FLOPs-proportional baseline, least squares in relative error on the calibration models."""
+    from codesign.latency.workloads import subnet_macs
+    from codesign.space import Genome
+
+    calib = [m for m in profile.models if m.get("status") == "ok"]
+    if not calib:
+        raise SystemExit("the profile has no whole-model measurements to fit the FLOPs baseline on")
+    macs = np.asarray([subnet_macs(model.space, Genome.from_dict(m["genome"])) for m in calib], dtype=np.float64)
+    ms = np.asarray([m["timing"]["median_ms"] for m in calib])
+    return float(np.sum(macs / ms) / np.sum((macs / ms) ** 2))
+
+
+def report(rows: list[dict[str, Any]], profile: Any, second_label: str) -> int:
+    """Print the scores of ``rows`` (``measured_ms``, ``first_ms``, ``second_ms``, ``predicted_ms``, ``flops_ms``)."""
+    from codesign.latency.predictor import error_summary
+
+    def summary(key: str, kind: str | None = None) -> dict[str, float]:
+        chosen = [r for r in rows if kind is None or r["schedules"] == kind]
+        return error_summary(np.asarray([r[key] for r in chosen]), np.asarray([r["measured_ms"] for r in chosen]))
+
+    repeat = error_summary(np.asarray([r["second_ms"] for r in rows]), np.asarray([r["first_ms"] for r in rows]))
+    ours = summary("predicted_ms")
+    flops = summary("flops_ms")
+    measured = np.asarray([r["measured_ms"] for r in rows])
+    bias = float(np.median(measured / np.asarray([r["predicted_ms"] for r in rows])))
+    print(f"device: {profile.device.name}, {profile.device.cores} cores; target {json.dumps(profile.target)}")
+    print(
+        f"repeatability : {second_label} within +-10% of the first timing for {repeat['within10']:.1%} of subnets, "
+        f"RMSPE {repeat['rmspe']:.3f}, worst {repeat['max_abs_pct']:.1f}%"
+    )
+    print(
+        f"latency model : {ours['within10']:.1%} within +-10%, RMSPE {ours['rmspe']:.3f}, "
+        f"worst {ours['max_abs_pct']:.1f}%, measured a median {bias:.2f}x the prediction"
+    )
+    for kind in ("fastest", "random"):
+        s = summary("predicted_ms", kind)
+        print(f"  schedules={kind:7s}: {s['within10']:.1%} within +-10%, RMSPE {s['rmspe']:.3f} (n={s['n']})")
+    print(
+        f"FLOPs baseline: {flops['within10']:.1%} within +-10%, RMSPE {flops['rmspe']:.3f}, "
+        f"worst {flops['max_abs_pct']:.1f}%"
+    )
+    return 0
+
+
+def measure_here(args: argparse.Namespace, model: Any, profile: Any, drawn: list[tuple[Any, str]]) -> list[dict]:
+    """Compile and time every drawn subnet on this machine, twice, minutes apart."""
+    from codesign.compiler.tvm_compile import compile_subnet, time_executable
+    from codesign.latency.workloads import subnet_macs
+
+    space = model.space
+    k = flops_factor(model, profile)
+    genomes = [g for g, _ in drawn]
+    predicted = model.predict(genomes)
+    transposes = model.terms(model.vectors(genomes))[2]  # layout changes in each compiled subnet
+    rows = []
+    executables = []
+    started = time.perf_counter()
+    for i, (g, kind) in enumerate(drawn):
+        executables.append(
+            compile_subnet(space, g, profile.target, profile.tuning_records["families"], positions=model.positions)
+        )
+        timing = time_executable(executables[-1], space, g.resolution, repeat=args.repeat)
+        macs = subnet_macs(space, g)
+        rows.append(
+            {
+                "genome": g.to_dict(),
+                "schedules": kind,
+                "first_ms": timing.median_ms,
+                "std_ms": timing.std_ms,
+                "predicted_ms": float(predicted[i]),
+                "flops_ms": k * macs,
+                "macs": macs,
+                "transposes": int(transposes[i]),
+            }
+        )
+        r = rows[-1]
+        print(
+            f"[{i + 1:3d}/{len(drawn)}] measured {r['first_ms']:.3f} ms (+-{r['std_ms']:.3f})  "
+            f"model {r['predicted_ms']:.3f} ({(r['predicted_ms'] / r['first_ms'] - 1) * 100:+.1f}%)  "
+            f"flops {r['flops_ms']:.3f} ({(r['flops_ms'] / r['first_ms'] - 1) * 100:+.1f}%)  {r['schedules']}"
+            f"  transposes {r['transposes']}",
+            flush=True,
+        )
+    print("second pass, reverse order (the machine's repeatability):", flush=True)
+    for i in reversed(range(len(drawn))):
+        timing = time_executable(executables[i], space, genomes[i].resolution, repeat=args.repeat)
+        r = rows[i]
+        r["second_ms"] = timing.median_ms
+        r["measured_ms"] = 0.5 * (r["first_ms"] + r["second_ms"])
+        print(
+            f"[{i + 1:3d}/{len(drawn)}] {r['first_ms']:.3f} then {r['second_ms']:.3f} ms "
+            f"({(r['second_ms'] / r['first_ms'] - 1) * 100:+.1f}%)",
+            flush=True,
+        )
+    print(
+        f"measured {len(rows)} compiled subnets twice in {time.perf_counter() - started:.0f} s on "
+        f"{os.environ.get('TVM_NUM_THREADS', 'default')} runtime threads"
+    )
+    return rows
+
+
+def build_held_out_bundle(args: argparse.Namespace, model: Any, profile: Any, drawn: list[tuple[Any, str]]) -> int:
+    """Compile the drawn subnets into a models-only bundle for a device without TVM."""
+    from codesign.latency.workloads import subnet_macs
+    from codesign.profile.bundle import build_model_bundle
+
+    k = flops_factor(model, profile)
+    genomes = [g for g, _ in drawn]
+    predicted = model.predict(genomes)
+    labels = [
+        {"schedules": kind, "predicted_ms": float(p), "flops_ms": k * subnet_macs(model.space, g)}
+        for (g, kind), p in zip(drawn, predicted, strict=True)
+    ]
+    summary = build_model_bundle(
+        model.space,
+        profile.target,
+        profile.tuning_records["families"],
+        genomes,
+        args.build_bundle,
+        labels=labels,
+        runtime_wheels=args.runtime_wheels,
+        progress=print,
+    )
+    print(
+        f"held-out bundle written to {summary['bundle']}: {summary['models']} subnets, "
+        f"{summary['bytes'] / 2**20:.1f} MiB, built in {summary['seconds']:.0f} s; "
+        f"next, on the device: python3 {summary['bundle']}/measure.py"
+    )
+    return 0
+
+
+def rows_from_bundle(args: argparse.Namespace, model: Any, profile: Any) -> list[dict]:
+    """Rows for the subnets of a measured held-out bundle (its results file from the device)."""
+    from codesign.latency.workloads import subnet_macs
+    from codesign.profile.bundle import load_bundle_index
+    from codesign.space import Genome
+
+    index = load_bundle_index(args.bundle)
+    results = json.loads(Path(args.results or Path(args.bundle) / "results.json").read_text(encoding="utf-8"))
+    if results.get("bundle_id") != index["bundle_id"]:
+        raise SystemExit(f"{args.results} measured bundle {results.get('bundle_id')}, not {index['bundle_id']}")
+    k = flops_factor(model, profile)
+    rows = []
+    failed = []
+    for entry in index["models"]:
+        record = results.get("models", {}).get(entry["key"])
+        if record is None or record.get("status") != "ok":
+            failed.append(f"{entry['key']}: {'not measured' if record is None else record.get('error')}")
+            continue
+        g = Genome.from_dict(entry["genome"])
+        predicted = float(model.predict([g])[0])
+        if abs(predicted - entry["predicted_ms"]) > 1e-6 * max(1.0, predicted):
+            raise SystemExit(
+                f"{entry['key']}: the profile predicts {predicted:.4f} ms, the bundle was built with "
+                f"{entry['predicted_ms']:.4f} ms: score with the profile the bundle was built from"
+            )
+        torch_eager = record.get("torch_eager") or {}
+        rows.append(
+            {
+                "genome": entry["genome"],
+                "schedules": entry["schedules"],
+                "first_ms": record["timing"]["median_ms"],
+                "second_ms": record["host_loop_rotated"]["median_ms"],
+                "measured_ms": record["timing"]["median_ms"],
+                "p10_ms": record["timing"]["p10_ms"],
+                "p90_ms": record["timing"]["p90_ms"],
+                "check_error": record.get("check_error"),
+                "torch_eager_ms": torch_eager.get("median_ms"),
+                "predicted_ms": predicted,
+                "flops_ms": k * subnet_macs(model.space, g),
+            }
+        )
+        r = rows[-1]
+        eager = f"  torch eager {r['torch_eager_ms']:.3f} ms" if r["torch_eager_ms"] else ""
+        print(
+            f"[{len(rows):3d}] measured {r['measured_ms']:.4f} ms (p10-p90 {r['p10_ms']:.4f}-{r['p90_ms']:.4f})  "
+            f"model {predicted:.4f} ({(predicted / r['measured_ms'] - 1) * 100:+.1f}%)  "
+            f"flops {r['flops_ms']:.4f} ({(r['flops_ms'] / r['measured_ms'] - 1) * 100:+.1f}%)  {r['schedules']}{eager}"
+        )
+    for line in failed:
+        print(f"not scored: {line}")
+    info = results.get("device_info", {})
+    print(
+        f"measured on {info.get('name', '?')} (driver {info.get('driver_version', '?')}) in {results.get('seconds')} s"
+    )
+    eager = [r["torch_eager_ms"] / r["measured_ms"] for r in rows if r["torch_eager_ms"]]
+    if eager:
+        print(
+            f"torch eager / TVM, geometric mean over {len(eager)} subnets: {float(np.exp(np.mean(np.log(eager)))):.3f}"
+        )
+    return rows
 
 
 def main() -> int:
@@ -45,14 +280,17 @@ def main() -> int:
         default=None,
         help="TVM runtime threads (default: the profile target's num-cores, the count it was measured with)",
     )
+    remote = parser.add_argument_group("devices without TVM (measured through a models-only bundle)")
+    remote.add_argument(
+        "--build-bundle", metavar="DIR", help="compile the held-out subnets into a bundle, measure nothing"
+    )
+    remote.add_argument("--runtime-wheels", metavar="DIR", help="with --build-bundle: tvm_ffi wheels for the device")
+    remote.add_argument("--bundle", metavar="DIR", help="score the held-out bundle DIR measured on the device")
+    remote.add_argument("--results", metavar="FILE", help="with --bundle: its results file (default DIR/results.json)")
     args = parser.parse_args()
 
-    from codesign.compiler.tvm_compile import compile_subnet, time_executable
     from codesign.latency.model import LatencyModel
-    from codesign.latency.predictor import error_summary
-    from codesign.latency.workloads import subnet_macs
     from codesign.profile.profile_file import load_profile
-    from codesign.space import Genome
 
     profile = load_profile(args.profile).profile
     # read when TVM's thread pool starts, at the first kernel run below
@@ -60,118 +298,27 @@ def main() -> int:
     if threads:
         os.environ["TVM_NUM_THREADS"] = str(threads)
     model = LatencyModel.from_profile(profile)
-    space = model.space
-    families = profile.tuning_records["families"]
-    target = profile.target
-
-    calib = [m for m in profile.models if m.get("status") == "ok"]
-    if not calib:
-        print("the profile has no whole-model measurements to fit the FLOPs baseline on", file=sys.stderr)
+    if args.bundle:
+        rows = rows_from_bundle(args, model, profile)
+        second_label = "the host loop over rotated inputs"
+    else:
+        drawn = draw_held_out(model, profile, args.subnets, args.seed)
+        if args.build_bundle:
+            return build_held_out_bundle(args, model, profile, drawn)
+        rows = measure_here(args, model, profile, drawn)
+        second_label = "the second pass"
+    if not rows:
+        print("no subnet was measured", file=sys.stderr)
         return 1
-    calib_macs = np.asarray([subnet_macs(space, Genome.from_dict(m["genome"])) for m in calib], dtype=np.float64)
-    calib_ms = np.asarray([m["timing"]["median_ms"] for m in calib])
-    # least squares in relative error for latency = k * MACs
-    k = float(np.sum(calib_macs / calib_ms) / np.sum((calib_macs / calib_ms) ** 2))
-
-    rng = np.random.default_rng(args.seed)
-    calib_arch = {Genome.from_dict(m["genome"]).canonical(space).to_json() for m in calib}
-    genomes: list[Genome] = []
-    while len(genomes) < args.subnets:
-        g = Genome.random(space, rng).canonical(space)
-        if g.to_json() in calib_arch:
-            continue
-        if len(genomes) % 2 == 0:
-            g = model.fastest_schedules(g)
-        else:
-            # random schedules among those the profile saw compile on each kernel
-            ids = model.positions.workload_ids(model.vectors([g]))[0]
-            genes = []
-            for p, count in enumerate(model.candidate_counts):
-                valid = np.flatnonzero(np.isfinite(model.table[ids[p], :count]))
-                genes.append(int(valid[rng.integers(len(valid))]) if len(valid) else 0)
-            g = Genome(**{**g.__dict__, "schedules": tuple(genes)})
-        genomes.append(g)
-
-    predicted = model.predict(genomes)
-    transposes = model.terms(model.vectors(genomes))[2]  # layout changes in each compiled subnet
-    rows = []
-    executables = []
-    started = time.perf_counter()
-    for i, g in enumerate(genomes):
-        executables.append(compile_subnet(space, g, target, families, positions=model.positions))
-        timing = time_executable(executables[-1], space, g.resolution, repeat=args.repeat)
-        macs = subnet_macs(space, g)
-        rows.append(
-            {
-                "genome": g.to_dict(),
-                "schedules": "fastest" if i % 2 == 0 else "random",
-                "first_ms": timing.median_ms,
-                "std_ms": timing.std_ms,
-                "predicted_ms": float(predicted[i]),
-                "flops_ms": k * macs,
-                "macs": macs,
-                "transposes": int(transposes[i]),
-            }
-        )
-        r = rows[-1]
-        print(
-            f"[{i + 1:3d}/{len(genomes)}] measured {r['first_ms']:.3f} ms (+-{r['std_ms']:.3f})  "
-            f"model {r['predicted_ms']:.3f} ({(r['predicted_ms'] / r['first_ms'] - 1) * 100:+.1f}%)  "
-            f"flops {r['flops_ms']:.3f} ({(r['flops_ms'] / r['first_ms'] - 1) * 100:+.1f}%)  {r['schedules']}"
-            f"  transposes {r['transposes']}",
-            flush=True,
-        )
-    print("second pass, reverse order (the machine's repeatability):", flush=True)
-    for i in reversed(range(len(genomes))):
-        timing = time_executable(executables[i], space, genomes[i].resolution, repeat=args.repeat)
-        r = rows[i]
-        r["second_ms"] = timing.median_ms
-        r["measured_ms"] = 0.5 * (r["first_ms"] + r["second_ms"])
-        print(
-            f"[{i + 1:3d}/{len(genomes)}] {r['first_ms']:.3f} then {r['second_ms']:.3f} ms "
-            f"({(r['second_ms'] / r['first_ms'] - 1) * 100:+.1f}%)",
-            flush=True,
-        )
-    first = np.asarray([r["first_ms"] for r in rows])
-    second = np.asarray([r["second_ms"] for r in rows])
-    repeat = error_summary(second, first)
-    measured = np.asarray([r["measured_ms"] for r in rows])
-    ours = error_summary(np.asarray([r["predicted_ms"] for r in rows]), measured)
-    flops = error_summary(np.asarray([r["flops_ms"] for r in rows]), measured)
-    by_kind = {
-        kind: error_summary(
-            np.asarray([r["predicted_ms"] for r in rows if r["schedules"] == kind]),
-            np.asarray([r["measured_ms"] for r in rows if r["schedules"] == kind]),
-        )
-        for kind in ("fastest", "random")
-    }
-    print(
-        f"device: {profile.device.name}, {profile.device.cores} cores; target {json.dumps(target)}; "
-        f"{os.environ.get('TVM_NUM_THREADS', 'default')} runtime threads"
-    )
-    print(f"measured {len(rows)} compiled subnets twice in {time.perf_counter() - started:.0f} s")
-    print(
-        f"repeatability : second timing within +-10% of the first for {repeat['within10']:.1%} of subnets, "
-        f"RMSPE {repeat['rmspe']:.3f}, worst {repeat['max_abs_pct']:.1f}% (the ceiling for any model here)"
-    )
-    bias = float(np.median(measured / np.asarray([r["predicted_ms"] for r in rows])))
-    print(
-        f"latency model : {ours['within10']:.1%} within +-10%, RMSPE {ours['rmspe']:.3f}, "
-        f"worst {ours['max_abs_pct']:.1f}%, measured a median {bias:.2f}x the prediction"
-    )
-    for kind, s in by_kind.items():
-        print(f"  schedules={kind:7s}: {s['within10']:.1%} within +-10%, RMSPE {s['rmspe']:.3f}")
-    print(
-        f"FLOPs baseline: {flops['within10']:.1%} within +-10%, RMSPE {flops['rmspe']:.3f}, "
-        f"worst {flops['max_abs_pct']:.1f}%"
-    )
+    report(rows, profile, second_label)
     if args.out:
         from codesign.fileio import write_json_atomic
 
-        write_json_atomic(
-            Path(args.out),
-            {"model": ours, "flops": flops, "by_schedules": by_kind, "repeatability": repeat, "rows": rows},
-        )
+        write_json_atomic(Path(args.out), {"rows": rows})
+    from codesign.latency.predictor import error_summary
+
+    ours = error_summary(np.asarray([r["predicted_ms"] for r in rows]), np.asarray([r["measured_ms"] for r in rows]))
+    flops = error_summary(np.asarray([r["flops_ms"] for r in rows]), np.asarray([r["measured_ms"] for r in rows]))
     print(
         f"RESULT latency_model within10={ours['within10']:.3f} rmspe={ours['rmspe']:.4f} "
         f"flops_within10={flops['within10']:.3f} n={len(rows)}"

@@ -262,6 +262,39 @@ def _random_model_genomes(
     return genomes
 
 
+def _compile_model(
+    space: SearchSpace,
+    genome: Genome,
+    target: dict[str, Any],
+    families: dict[str, list[dict[str, Any]]],
+    staging: Path,
+    number: int,
+    positions: Any = None,
+) -> dict[str, Any]:
+    """Compile one whole subnet into ``staging/models`` (xz) with its CPU reference logits; its index entry."""
+    import torch
+
+    from codesign.compiler.tvm_compile import compile_subnet, subnet_reference_module
+
+    path = staging / "models" / f"model_{number:03d}.so"
+    try:
+        _export(compile_subnet(space, genome, target, families, positions=positions), path, target)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    path = _compress(path)
+    shape = [1, space.in_channels, genome.resolution, genome.resolution]
+    with torch.inference_mode():
+        logits = subnet_reference_module(space, genome)(torch.from_numpy(probe_array(shape, "float32", 0)))
+    return {
+        "key": f"model{number:03d}",
+        "path": f"models/{path.name}",
+        "genome": genome.to_dict(),
+        "input_shape": shape,
+        "reference_logits": logits.double().numpy().tolist(),
+    }
+
+
 def _copy_runtime(bundle: Path, target: dict[str, Any], wheels: str | None) -> dict[str, Any]:
     """The TVM runtime libraries, tvm_ffi for this Python and any given wheels; what was copied."""
     import tvm_ffi
@@ -371,7 +404,6 @@ def build_bundle(
     """
     import os
 
-    from codesign.compiler.tvm_compile import compile_subnet, subnet_reference_module
     from codesign.profile.profile_file import current_command
     from codesign.profile.profiler import rank_workloads
     from codesign.profile.tvm_backend import replay_json, require_tvm, software_versions, workload_tasks
@@ -496,29 +528,12 @@ def build_bundle(
             if len(models) == config.models:
                 break
             m = len(models)
-            path = staging / "models" / f"model_{m:03d}.so"
             try:
-                _export(compile_subnet(space, genome, config.target, families), path, config.target)
+                models.append(_compile_model(space, genome, config.target, families, staging, m))
             except Exception as exc:  # record it and draw the next subnet
                 model_failures.append({"genome": genome.to_dict(), "error": str(exc).strip().splitlines()[-1][:300]})
-                path.unlink(missing_ok=True)
                 checkpoint.save(models=models, model_failures=model_failures, models_drawn=d + 1)
                 continue
-            path = _compress(path)
-            shape = [1, space.in_channels, genome.resolution, genome.resolution]
-            import torch
-
-            with torch.inference_mode():
-                logits = subnet_reference_module(space, genome)(torch.from_numpy(probe_array(shape, "float32", 0)))
-            models.append(
-                {
-                    "key": f"model{m:03d}",
-                    "path": f"models/{path.name}",
-                    "genome": genome.to_dict(),
-                    "input_shape": shape,
-                    "reference_logits": logits.double().numpy().tolist(),
-                }
-            )
             checkpoint.save(models=models, model_failures=model_failures, models_drawn=d + 1)
             say(f"whole models: {m + 1}/{config.models} compiled")
         copied = _copy_runtime(staging, config.target, config.runtime_wheels)
@@ -571,6 +586,92 @@ def build_bundle(
         "models": len(models),
         "seconds": index["build_seconds"],
     }
+
+
+def build_model_bundle(
+    space: SearchSpace,
+    target: dict[str, Any],
+    families: dict[str, list[dict[str, Any]]],
+    genomes: list[Genome],
+    out_dir: str | Path,
+    *,
+    labels: list[dict[str, Any]] | None = None,
+    runtime_wheels: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """A bundle of whole subnets only, compiled here under the schedules their genes choose.
+
+    Measured on the device by the same ``measure.py`` (no kernel table): this is how a profile's
+    latency model is tested on subnets it was not fitted on when the device has no TVM
+    (``tools/bench_latency_model.py --build-bundle``). ``labels`` adds fields to each model's entry
+    (its predicted latency, say). Resumable like :func:`build_bundle`; built beside ``out_dir`` and
+    moved in place at the end.
+    """
+    import os
+
+    from codesign.latency.positions import PositionTable
+    from codesign.profile.profile_file import current_command
+    from codesign.profile.tvm_backend import require_tvm, software_versions
+
+    say = progress or (lambda _msg: None)
+    require_tvm()
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise CodesignError(f"output directory {out} exists and is not empty")
+    key = {"target": target, "space": space.to_dict(), "genomes": [g.to_dict() for g in genomes]}
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint = _BuildCheckpoint(out, {**key, "software": software_versions()}, say)
+    except OSError as exc:
+        raise CodesignError(f"cannot write to {out.parent}: {exc.strerror}") from None
+    staging = checkpoint.folder
+    models: list[dict[str, Any]] = checkpoint.state.get("models", [])
+    positions = PositionTable(space)
+    for m in range(len(models), len(genomes)):
+        try:
+            entry = _compile_model(space, genomes[m], target, families, staging, m, positions)
+        except CodesignError:
+            raise
+        except Exception as exc:
+            raise CodesignError(
+                f"subnet {m} ({genomes[m].short(space)}) does not compile: {str(exc).strip().splitlines()[-1][:300]}"
+            ) from None
+        models.append({**entry, **(labels[m] if labels else {})})
+        checkpoint.save(models=models)
+        say(f"whole models: {m + 1}/{len(genomes)} compiled")
+    copied = _copy_runtime(staging, target, runtime_wheels)
+    index: dict[str, Any] = {
+        "format": BUNDLE_FORMAT,
+        "schema_version": BUNDLE_SCHEMA_VERSION,
+        "bundle_id": hashlib.sha256(json.dumps([key, time.time_ns()], sort_keys=True).encode()).hexdigest()[:16],
+        "target": target,
+        "space": space.to_dict(),
+        "config": {"target": target, "models": len(genomes), "models_only": True},
+        "families": families,
+        "kernel_libraries": [],
+        "build_failures": [],
+        "replay_failures": [],
+        "model_failures": [],
+        "references": {},
+        "models": models,
+        "runtime": copied,
+        "software": software_versions(),
+        "command": current_command(),
+        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "build_seconds": round(checkpoint.seconds(), 1),
+    }
+    write_json_atomic(staging / "bundle.json", index, compact=True)
+    size = _directory_bytes(staging)
+    if size > BUNDLE_SIZE_LIMIT:
+        raise CodesignError(
+            f"the bundle is {size / 2**20:.1f} MiB, over the {BUNDLE_SIZE_LIMIT / 2**20:.0f} MiB limit: "
+            "use fewer subnets"
+        )
+    (staging / _BuildCheckpoint.FILE).unlink()
+    if out.exists():
+        out.rmdir()
+    os.replace(staging, out)
+    return {"bundle": str(out), "bytes": size, "models": len(models), "seconds": index["build_seconds"]}
 
 
 def load_bundle_index(bundle: str | Path) -> dict[str, Any]:
