@@ -1,10 +1,10 @@
-"""NCHW against NHWC on this CPU: per kernel family with equal tuning effort, and in a whole subnet.
+"""NCHW against NHWC and packed NCHW8c on this CPU: per kernel family with equal tuning, and in a whole subnet.
 
 Part 1, kernels: for each kernel family of the space's largest subnet (kind, kernel size,
-activation, residual), its largest workload is tuned with MetaSchedule in NCHW and in NHWC with
-the same number of trials, and the fastest schedule of each is timed (and TVM's default lowering
-of each, for orientation). The transposes a change of layout costs are timed for the activations
-of the same subnet.
+activation, residual), its largest workload whose channels divide by 8 is tuned with MetaSchedule
+in NCHW, NHWC and NCHW8c with the same number of trials, and the fastest schedule of each is timed
+(and TVM's default lowering of each, for orientation). The transposes a change of layout costs
+are timed for the activations of the same subnet.
 
 Part 2, a whole subnet (``--genome``, default the smallest): compiled all-NCHW under schedules
 tuned here, then with the depthwise kernels NHWC under schedules tuned here (a transpose before
@@ -15,7 +15,8 @@ and after each), both timed side by side in the same run; every kernel is tuned 
 
 Run it on an otherwise idle machine: it measures. Last line:
 ``RESULT layouts nhwc_over_nchw=<geomean of tuned kernel ratios> depthwise_nhwc_over_nchw=<geomean>
-pointwise_nhwc_over_nchw=<geomean> transpose_us=<median> whole_mixed_over_nchw=<ratio>``.
+pointwise_nhwc_over_nchw=<geomean> nchw8c_over_nchw=<geomean> depthwise_nchw8c_over_nchw=<geomean>
+pointwise_nchw8c_over_nchw=<geomean> transpose_us=<median> whole_mixed_over_nchw=<ratio>``.
 """
 
 from __future__ import annotations
@@ -95,26 +96,29 @@ def main() -> int:
     # ---- part 1: one representative per family, both layouts, equal tuning
     representatives: dict[str, Any] = {}
     for w in sorted(set(workloads), key=lambda w: -w.macs):
-        representatives.setdefault(kernel_family(w), w)
+        if w.in_channels % 8 == 0 and w.out_channels % 8 == 0:  # every layout, NCHW8c included, can run it
+            representatives.setdefault(kernel_family(w), w)
     rows = []
     if args.skip_kernels:
         representatives = {}
-    header = ("kernel", "NCHW tuned", "NHWC tuned", "NHWC/NCHW", "NCHW dflt", "NHWC dflt")
-    print(f"{header[0]:42s} " + " ".join(f"{h:>11s}" for h in header[1:]))
+    header = ("kernel", "NCHW tuned", "NHWC tuned", "NCHW8c tuned", "NHWC/NCHW", "8c/NCHW", "NCHW dflt")
+    print(f"{header[0]:42s} " + " ".join(f"{h:>12s}" for h in header[1:]))
     for family, w in sorted(representatives.items()):
         row: dict[str, Any] = {"family": family, "workload": w.key()}
-        for layout in ("NCHW", "NHWC"):
+        for layout in ("NCHW", "NHWC", "NCHW8c"):
             (task,) = tb.workload_tasks(w, target, layout=layout)
-            result = tuned_and_default(task, target, args.trials, args.repeat)
+            result = tuned_and_default(task, target, args.trials, args.repeat, time_default=layout == "NCHW")
             result.pop("record")
             row[layout] = result
-        nchw, nhwc = row["NCHW"]["tuned_ms"], row["NHWC"]["tuned_ms"]
+        nchw, nhwc, packed = (row[name]["tuned_ms"] for name in ("NCHW", "NHWC", "NCHW8c"))
         row["ratio"] = nhwc / nchw if nchw and nhwc else None
+        row["packed_ratio"] = packed / nchw if nchw and packed else None
         rows.append(row)
-        cells = [nchw, nhwc, row["NCHW"]["default_ms"], row["NHWC"]["default_ms"]]
-        us = [f"{1e3 * v:9.1f}us" if v else "  no record" for v in cells]  # tuning found no valid schedule
-        ratio = f"{row['ratio']:11.2f}" if row["ratio"] else f"{'-':>11s}"
-        print(f"{w.key():42s} {us[0]} {us[1]} {ratio} {us[2]} {us[3]}", flush=True)
+        cells = [nchw, nhwc, packed]
+        us = [f"{1e3 * v:10.1f}us" if v else "   no record" for v in cells]  # tuning found no valid schedule
+        ratios = [f"{r:12.2f}" if r else f"{'-':>12s}" for r in (row["ratio"], row["packed_ratio"])]
+        default = row["NCHW"]["default_ms"]
+        print(f"{w.key():42s} {' '.join(us)} {' '.join(ratios)} {1e3 * default:10.1f}us", flush=True)
     shapes = [] if args.skip_kernels else sorted({(w.in_channels, w.resolution) for w in workloads})
     transposes = {f"c{c}_r{r}": transpose_ms(c, r, target, args.repeat) for c, r in shapes}
     transpose_us = 1e3 * float(np.median(list(transposes.values()))) if transposes else float("nan")
@@ -127,6 +131,13 @@ def main() -> int:
     depthwise = [r["ratio"] for r in rows if r["ratio"] and r["workload"].startswith("depthwise")]
     pointwise = [
         r["ratio"] for r in rows if r["ratio"] and r["workload"].startswith("conv") and "_k1_" in r["workload"]
+    ]
+    packed = [r["packed_ratio"] for r in rows if r["packed_ratio"]]
+    packed_depthwise = [r["packed_ratio"] for r in rows if r["packed_ratio"] and r["workload"].startswith("depthwise")]
+    packed_pointwise = [
+        r["packed_ratio"]
+        for r in rows
+        if r["packed_ratio"] and r["workload"].startswith("conv") and "_k1_" in r["workload"]
     ]
 
     # ---- part 2: the whole subnet, all NCHW against depthwise NHWC, every kernel tuned alike
@@ -186,7 +197,9 @@ def main() -> int:
         Path(args.out).write_text(json.dumps({"kernels": rows, "transposes_ms": transposes, "whole": whole}, indent=1))
     print(
         f"RESULT layouts nhwc_over_nchw={geomean(ratios):.3f} depthwise_nhwc_over_nchw={geomean(depthwise):.3f} "
-        f"pointwise_nhwc_over_nchw={geomean(pointwise):.3f} transpose_us={transpose_us:.1f} "
+        f"pointwise_nhwc_over_nchw={geomean(pointwise):.3f} nchw8c_over_nchw={geomean(packed):.3f} "
+        f"depthwise_nchw8c_over_nchw={geomean(packed_depthwise):.3f} "
+        f"pointwise_nchw8c_over_nchw={geomean(packed_pointwise):.3f} transpose_us={transpose_us:.1f} "
         f"whole_mixed_over_nchw={whole.get('ratio', float('nan')):.3f}"
     )
     return 0

@@ -12,22 +12,53 @@ and consumer differ (and at the graph's input and output). ``R.clip`` has no lay
 TVM 0.27, so ONNX HardSwish would be wrapped in a transpose pair: :func:`clip_to_min_max` rewrites
 it first into ``minimum(maximum(x, lo), hi)``, which follows its input's layout.
 
+Packed layouts (``NCHW8c``, ``NCHW4c``: channels in blocks of 8 or 4, innermost, as onnxruntime's
+MLAS kernels run them) are a third choice: with equal MetaSchedule effort the blocked kernel of
+the recommended subnet's slowest 7x7 depthwise ran 8.7 us against 14.7 us NCHW, its slowest 1x1
+convolution 14.2 against 20.4 us (a one-off probe on the 2-core znver3 VM, 2026-12-04, one thread,
+64 trials each; ``tools/bench_layouts.py`` compares the three layouts per kernel family). A packed
+convolution needs its channel counts divisible by the block; a change between NCHW and a packed
+layout costs a ``layout_transform`` kernel, isolated like the transposes.
+
 TVM 0.27 facts (read from its source and tried on small graphs, 2026-11-28):
 ``layout_cb`` is called for every layout-aware call and must return ``{}`` for anything but a
 convolution; returning ``{}`` for a convolution makes it inherit its input's layout, so NCHW is
-asked for explicitly. Packed layouts (``NCHW8c``) pass ``ConvertLayout`` but ``LegalizeOps``
-leaves such convolutions unlowered and compilation then fails; ``topi.nn.conv2d_NCHWc`` covers
-dense convolutions only (no depthwise), so NCHWc needs a legalization of its own.
+asked for explicitly. Packed layouts pass ``ConvertLayout`` (kernel layouts ``OIHW8i8o``, and
+``OIHW8o`` for depthwise) but ``LegalizeOps`` leaves such convolutions unlowered and
+``topi.nn.conv2d_NCHWc`` covers dense convolutions only, so :func:`legalize_packed_convolutions`
+lowers them itself (2026-12-04: outputs equal to onnxruntime's within 1e-6 on a whole subnet).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, Literal
 
-Layout = Literal["NCHW", "NHWC"]
-LAYOUTS: tuple[Layout, ...] = ("NCHW", "NHWC")
+Layout = Literal["NCHW", "NHWC", "NCHW8c", "NCHW4c"]
+LAYOUTS: tuple[Layout, ...] = ("NCHW", "NHWC", "NCHW8c", "NCHW4c")
 KERNEL_LAYOUTS: dict[str, str] = {"NCHW": "OIHW", "NHWC": "OHWI"}
+
+
+def packed_block(layout: str) -> int | None:
+    """The channel block of a packed layout (``NCHW8c`` -> 8), None for NCHW and NHWC."""
+    if layout.startswith("NCHW") and layout.endswith("c") and layout[4:-1].isdigit():
+        return int(layout[4:-1])
+    return None
+
+
+def kernel_layout(layout: str, *, depthwise: bool) -> str:
+    """The weight layout a convolution in ``layout`` takes (``OIHW8i8o``; ``OIHW8o`` when depthwise)."""
+    block = packed_block(layout)
+    if block is None:
+        return KERNEL_LAYOUTS[layout]
+    return f"OIHW{block}o" if depthwise else f"OIHW{block}i{block}o"
+
+
+def fits_layout(layout: str, in_channels: int, out_channels: int) -> bool:
+    """Whether a convolution with these channel counts can run in ``layout`` (packed: both divisible)."""
+    block = packed_block(layout)
+    return block is None or (in_channels % block == 0 and out_channels % block == 0)
 
 
 def _relax() -> Any:
@@ -264,12 +295,106 @@ def isolate_transposes(mod: Any) -> Any:
     return rewriter.builder_.finalize()
 
 
+def _packed_conv_te(data: Any, weight: Any, strides: list[int], padding: list[int], groups: int) -> Any:
+    """TE of a convolution in a packed layout: ``data`` NCHW{b}c, ``weight`` OIHW{b}i{b}o (OIHW{b}o if depthwise)."""
+    from tvm import te, topi
+
+    _, _, height, width, block = (int(d) for d in data.shape)
+    top, left, bottom, right = padding
+    padded = topi.nn.pad(data, (0, 0, top, left, 0), (0, 0, bottom, right, 0)) if any(padding) else data
+    out_blocks, kh_size, kw_size = int(weight.shape[0]), int(weight.shape[2]), int(weight.shape[3])
+    out_h = (height + top + bottom - kh_size) // strides[0] + 1
+    out_w = (width + left + right - kw_size) // strides[1] + 1
+    kh, kw = te.reduce_axis((0, kh_size), "kh"), te.reduce_axis((0, kw_size), "kw")
+    shape = (1, out_blocks, out_h, out_w, block)
+    if groups > 1:  # depthwise: one input channel per output channel
+        return te.compute(
+            shape,
+            lambda n, c, y, x, i: te.sum(
+                padded[n, c, y * strides[0] + kh, x * strides[1] + kw, i] * weight[c, 0, kh, kw, i], axis=[kh, kw]
+            ),
+            name="conv2d_packed",
+        )
+    ic, ii = te.reduce_axis((0, int(weight.shape[1])), "ic"), te.reduce_axis((0, block), "ii")
+    return te.compute(
+        shape,
+        lambda n, c, y, x, i: te.sum(
+            padded[n, ic, y * strides[0] + kh, x * strides[1] + kw, ii] * weight[c, ic, kh, kw, ii, i],
+            axis=[ic, ii, kh, kw],
+        ),
+        name="conv2d_packed",
+    )
+
+
+def legalize_packed_convolutions(mod: Any) -> Any:
+    """``mod`` with every convolution in a packed layout lowered to its own TE kernel (others untouched)."""
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Legalize(PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            block = packed_block(str(call.attrs.data_layout)) if _is_op(call, "relax.nn.conv2d") else None
+            if block is None:
+                return call
+            if int(call.attrs.groups) not in (1, int(call.ty.shape[1]) * block):
+                raise ValueError(f"grouped convolutions (groups={int(call.attrs.groups)}) have no packed kernel")
+            return self.builder_.call_te(
+                _packed_conv_te,
+                call.args[0],
+                call.args[1],
+                [int(v) for v in call.attrs.strides],
+                [int(v) for v in call.attrs.padding],
+                int(call.attrs.groups),
+                primfunc_name_hint="conv2d_packed",
+            )
+
+    rewriter = _Legalize(mod)
+    rewriter.builder_.update_func(mod.get_global_var("main"), rewriter.visit_expr(mod["main"]))
+    return rewriter.builder_.finalize()
+
+
+def _index_map_transform(x: Any, index_map: Any, out_shape: list[int]) -> Any:
+    """TE of ``relax.layout_transform``: each output element read through the inverse of ``index_map``."""
+    from tvm import te
+
+    inverse = index_map.inverse([int(d) for d in x.shape])
+    return te.compute(out_shape, lambda *index: x(*inverse.map_indices(list(index))), name="T_layout_trans")
+
+
+def isolate_layout_transforms(mod: Any) -> Any:
+    """``mod`` with every activation ``layout_transform`` (to or from a packed layout) as an isolated kernel,
+    so that FuseOps never folds one into a neighbouring convolution (see :func:`emit_isolated_transpose`)."""
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Isolate(PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            if not _is_op(call, "relax.layout_transform"):
+                return call
+            transform = functools.partial(
+                _index_map_transform, index_map=call.attrs.index_map, out_shape=[int(d) for d in call.ty.shape]
+            )
+            return self.builder_.call_te(
+                transform,
+                call.args[0],
+                primfunc_name_hint="layout_transform",
+                primfunc_attrs={"op_pattern": OPAQUE_PATTERN},
+            )
+
+    rewriter = _Isolate(mod)
+    rewriter.builder_.update_func(mod.get_global_var("main"), rewriter.visit_expr(mod["main"]))
+    return rewriter.builder_.finalize()
+
+
 def apply_layouts(mod: Any, layouts: Sequence[str]) -> Any:
-    """``mod`` with its i-th convolution in ``layouts[i]`` (``NCHW`` or ``NHWC``); constants folded.
+    """``mod`` with its i-th convolution in ``layouts[i]`` (see :data:`LAYOUTS`); constants folded.
 
     ``layouts`` has one entry per convolution of :func:`conv_calls`. All-NCHW returns ``mod``
     unchanged, so an NCHW-only genome compiles exactly as before; NCHW kernels of a mixed module
     compile to the same fused kernels as in an all-NCHW one (their tuning records still apply).
+    A packed layout needs the convolution's channel counts divisible by its block.
     """
     relax = _relax()
     calls = conv_calls(mod)
@@ -278,6 +403,18 @@ def apply_layouts(mod: Any, layouts: Sequence[str]) -> Any:
     unknown = sorted(set(layouts) - set(LAYOUTS))
     if unknown:
         raise ValueError(f"unknown layout {unknown[0]!r}; use one of {', '.join(LAYOUTS)}")
+    for i, (call, layout) in enumerate(zip(calls, layouts, strict=True)):
+        channels_in, channels_out = int(call.args[0].ty.shape[1]), int(call.ty.shape[1])
+        if not fits_layout(layout, channels_in, channels_out):
+            raise ValueError(
+                f"convolution {i} ({channels_in} -> {channels_out} channels) cannot run {layout}: "
+                f"its channel counts are not multiples of {packed_block(layout)}"
+            )
+    blocks = sorted({b for b in map(packed_block, layouts) if b is not None})
+    if len(blocks) > 1:  # ConvertLayout cannot change one block size into another (TVM 0.27)
+        raise ValueError(f"one packed block size per network, got NCHW{blocks[0]}c and NCHW{blocks[1]}c")
+    if blocks and "NHWC" in layouts:  # residual kernels between NHWC and packed neighbours fuse differently
+        raise ValueError("a network mixes NCHW with NHWC or with one packed layout, not NHWC with packed ones")
     if all(layout == "NCHW" for layout in layouts):
         return mod
     # constants first: bias terms must not look like activations to swap, clip bounds must be constants
@@ -289,11 +426,14 @@ def apply_layouts(mod: Any, layouts: Sequence[str]) -> Any:
             return {}  # element-wise ops follow their input (naming them here aborts the pass)
         for candidate, layout in chosen:
             if call.same_as(candidate):
-                return {"relax.nn.conv2d": [layout, KERNEL_LAYOUTS[layout]]}
+                return {"relax.nn.conv2d": [layout, kernel_layout(layout, depthwise=int(call.attrs.groups) > 1)]}
         raise ValueError("ConvertLayout visited a convolution that conv_calls did not find")
 
     converted = swap_residual_adds(relax.transform.ConvertLayout({}, desired)(swap_residual_adds(mod)))
-    return isolate_transposes(simplify_transposes(relax.transform.FoldConstant()(converted)))
+    converted = relax.transform.FoldConstant()(converted)
+    if any(packed_block(layout) for layout in layouts):
+        converted = isolate_layout_transforms(legalize_packed_convolutions(converted))
+    return isolate_transposes(simplify_transposes(converted))
 
 
 def layout_transforms(mod: Any) -> int:
@@ -303,8 +443,8 @@ def layout_transforms(mod: Any) -> int:
 
     def visit(expr: Any) -> None:
         nonlocal count
-        isolated = _is_op(expr, "relax.call_tir") and expr.args[0].name_hint.startswith("layout_transpose")
-        if _is_op(expr, "relax.permute_dims") or isolated:
+        isolated = _is_op(expr, "relax.call_tir") and expr.args[0].name_hint.startswith("layout_")
+        if _is_op(expr, "relax.permute_dims") or _is_op(expr, "relax.layout_transform") or isolated:
             count += 1
 
     relax.analysis.post_order_visit(mod["main"], visit)
