@@ -56,7 +56,13 @@ def random_genomes(space: SearchSpace, count: int, seed: int = 0) -> list[Genome
 
 
 def synthetic_profile(
-    space: SearchSpace, *, candidates: int = 3, seed: int = 0, calibration: bool = True, layouts: bool = False
+    space: SearchSpace,
+    *,
+    candidates: int = 3,
+    seed: int = 0,
+    calibration: bool = True,
+    layouts: bool = False,
+    packed: bool = False,
 ) -> object:
     """A hardware profile with *invented* kernel latencies, for unit tests of the latency model and search.
 
@@ -64,11 +70,13 @@ def synthetic_profile(
     is 3x slower, tuned candidates are faster on channel counts divisible by 16 and slower
     otherwise, so schedules and pruning interact. With ``layouts`` every family also has NHWC
     candidates (default and one tuned: depthwise kernels faster than NCHW, dense ones slower) and
-    the profile has transpose timings. Every kernel of ``space`` is "measured"; there are no
+    the profile has transpose timings. With ``packed`` as well, NCHW8c candidates (default and one
+    tuned, faster than NCHW on every kind) that fail on kernels whose channels do not divide by 8,
+    and the layout changes to and from NCHW8c. Every kernel of ``space`` is "measured"; there are no
     traces (nothing can be compiled from it) and the device says it is synthetic.
     """
     from codesign.latency.positions import PositionTable
-    from codesign.latency.transposes import activation_shapes, transpose_key
+    from codesign.latency.transposes import activation_shapes, change_fits, layout_changes, transpose_key
     from codesign.latency.workloads import kernel_family
     from codesign.profile.profile_file import DeviceInfo, HardwareProfile, SoftwareInfo
 
@@ -84,14 +92,26 @@ def synthetic_profile(
                     {"source": "default", "trace": None, "layout": "NHWC"},
                     {"source": "synthetic-nhwc#0", "trace": None, "layout": "NHWC"},
                 ]
+            if packed:
+                schedules += [
+                    {"source": "default", "trace": None, "layout": "NCHW8c"},
+                    {"source": "synthetic-nchw8c#0", "trace": None, "layout": "NCHW8c"},
+                ]
             families.setdefault(kernel_family(w), schedules)
     measurements = []
     for w in positions.workloads:
         base = 2e-6 * w.macs + 1e-6 * (w.in_channels * w.resolution**2 + w.out_channels * w.out_resolution**2) + 0.002
-        count = 1 if w.kind == "pool_fc" else 1 + candidates + (2 if layouts else 0)
+        count = 1 if w.kind == "pool_fc" else 1 + candidates + (2 if layouts else 0) + (2 if packed else 0)
         results = []
         for c in range(count):
-            if c > candidates:  # NHWC: the default, then one tuned
+            if c > candidates + 2:  # NCHW8c: the default, then one tuned; only on whole channel blocks
+                if w.in_channels % 8 or w.out_channels % 8:
+                    results.append(
+                        {"candidate": c, "source": "synthetic", "status": "failed", "timing": None, "error": "misfit"}
+                    )
+                    continue
+                factor = (0.6 if w.kind == "depthwise" else 0.75) * (3.0 if c == candidates + 3 else 0.7)
+            elif c > candidates:  # NHWC: the default, then one tuned
                 factor = (0.5 if w.kind == "depthwise" else 1.15) * (3.0 if c == candidates + 1 else 0.7)
             elif c == 0:
                 factor = 3.0
@@ -111,14 +131,18 @@ def synthetic_profile(
             }
         )
     transposes = []
-    for channels, resolution in activation_shapes(positions.workloads) if layouts else []:
-        for to_layout in ("NCHW", "NHWC"):
+    changes = layout_changes(["NHWC"] if layouts else []) + layout_changes(["NCHW8c"] if packed else [])
+    for channels, resolution in activation_shapes(positions.workloads) if changes else []:
+        for from_layout, to_layout in changes:
+            if not change_fits(channels, from_layout, to_layout):
+                continue
             ms = 1e-6 * channels * resolution**2 + 0.001
             transposes.append(
                 {
-                    "key": transpose_key(channels, resolution, to_layout),
+                    "key": transpose_key(channels, resolution, to_layout, from_layout),
                     "channels": channels,
                     "resolution": resolution,
+                    "from_layout": from_layout,
                     "to_layout": to_layout,
                     "status": "ok",
                     "timing": {"median_ms": ms, "mean_ms": ms, "std_ms": 0.0, "repeats": 5},

@@ -166,10 +166,76 @@ def test_layout_changes_cost_their_measured_transposes(layout_model, tiny_space)
     assert [layer["layout"] for layer in explained["layers"]].count("NHWC") == 1
 
 
+@pytest.fixture(scope="module")
+def packed_model(tiny_space):
+    return LatencyModel.from_profile(synthetic_profile(tiny_space, layouts=True, packed=True))
+
+
+def test_fastest_schedules_with_packed_layouts_are_the_exact_optimum(packed_model, tiny_space):
+    """Against every assignment of NCHW/NHWC and of NCHW/NCHW8c to every kernel (2 x 2^kernels subnets)."""
+    import itertools
+
+    model = packed_model
+    assert model.layout_sets == [(0, 1), (0, 2)]
+    genomes = [Genome.random(tiny_space, np.random.default_rng(seed)) for seed in range(4)]
+    vectors = model.vectors(genomes)
+    fastest = vectors.copy()
+    fastest[:, model.arch_length :] = model.fastest_schedule_genes(vectors)
+    predicted = model.predict(fastest)
+    uses = set()
+    for i, vector in enumerate(vectors):
+        active = np.flatnonzero(model.positions.active(vector[None, :])[0])
+        convs = [p for p in active if model.roles[p] != "pool_fc"]
+        batch = np.stack(
+            [
+                _best_genes_for_layouts(model, vector, dict(zip(convs, combo, strict=True)))
+                for other in (1, 2)
+                for combo in itertools.product((0, other), repeat=len(convs))
+            ]
+        )
+        brute = model.predict(batch)
+        assert np.isfinite(predicted[i])
+        assert predicted[i] == pytest.approx(brute.min(), rel=1e-12)
+        layouts = model.layouts_by_position(fastest[i : i + 1, model.arch_length :].T)[:, 0]
+        uses |= set(layouts[convs].tolist())
+        assert not {1, 2} <= set(layouts[convs].tolist())
+    assert 2 in uses, "the synthetic profile makes packed kernels the fastest where channels fit"
+
+
+def test_packed_candidates_are_offered_only_where_channels_fit(packed_model):
+    model = packed_model
+    packed_columns = np.flatnonzero(model.layout_of[1] == 2)
+    assert len(packed_columns) == 2
+    for i, w in enumerate(model.positions.workloads):
+        if w.kind == "pool_fc":
+            continue
+        fits = w.in_channels % 8 == 0 and w.out_channels % 8 == 0
+        assert np.isfinite(model.table[i, packed_columns]).all() == fits, w.key()
+        assert np.isfinite(model.best_ms[i, 2]) == fits
+
+
+def test_a_subnet_mixing_nhwc_with_packed_layouts_cannot_compile(packed_model, tiny_space):
+    """apply_layouts rejects such a network, so the model gives it an infinite latency."""
+    model = packed_model
+    genome = Genome.largest(tiny_space)
+    vector = model.vectors([genome])[0]
+    active = np.flatnonzero(model.positions.active(vector[None, :])[0])
+    ids = model.positions.workload_ids(vector[None, :])[0]
+    convs = [p for p in active if model.roles[p] != "pool_fc"]
+    packable = [p for p in convs if np.isfinite(model.best_ms[ids[p], 2])]
+    assert packable
+    mixed = _best_genes_for_layouts(model, vector, {**{p: 1 for p in convs}, packable[0]: 2})
+    packed = _best_genes_for_layouts(model, vector, {p: 2 for p in packable})
+    predicted = model.predict(np.stack([mixed, packed]))
+    assert np.isinf(predicted[0]) and np.isfinite(predicted[1])
+    _, _, changes = model.terms(packed[None, :])
+    assert changes[0] >= 1  # the image arrives NCHW
+
+
 def test_nhwc_candidates_without_transpose_timings_fail_clearly(tiny_space):
     profile = synthetic_profile(tiny_space, layouts=True)
     stripped = type(profile)(**{**profile.__dict__, "transposes": []})
-    with pytest.raises(CodesignError, match="no transpose timings"):
+    with pytest.raises(CodesignError, match="no timings of layout changes"):
         LatencyModel.from_profile(stripped)
 
 

@@ -280,7 +280,7 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
 
 def test_bad_layouts_are_one_line_errors_before_any_work(tmp_path):
     out = tmp_path / "p.json"
-    for spec, message in (("NHWC", "must include NCHW"), ("NCHW,NCHW8c", "unknown data layout 'NCHW8C'")):
+    for spec, message in (("NHWC", "must include NCHW"), ("NCHW,NCHW16c", "unknown data layout 'NCHW16c'")):
         result = run_cli("profile", "--space", "tiny", "--layouts", spec, "-o", str(out))
         assert result.returncode == 1 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1

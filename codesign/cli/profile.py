@@ -20,8 +20,9 @@ class ProfileCommand(Command):
         "After the kernels, --calibration-models whole random subnets are compiled with TVM under the\n"
         "schedules their genes choose and measured; a gradient-boosted kernel predictor (JSON) fills the\n"
         "kernels the budget left unmeasured, and a calibration learns what the per-kernel sum misses.\n"
-        "On CPUs kernels are tuned in NCHW and NHWC (--layouts): a candidate fixes its kernel's layout,\n"
-        "and the transposes a change of layout compiles to are timed too, so the search can mix layouts.\n"
+        "On CPUs kernels are tuned in NCHW, NHWC and the packed NCHW8c (--layouts): a candidate fixes its\n"
+        "kernel's layout, and the layout changes between kernels are timed too, so the search can mix NCHW\n"
+        "with one other layout per network (NCHW8c only where channels divide into blocks of 8).\n"
         "With --rpc-tracker/--rpc-key everything is compiled here and timed on the remote device (a\n"
         "board or server running `python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY`).\n"
         "\n"
@@ -99,9 +100,9 @@ class ProfileCommand(Command):
         parser.add_argument(
             "--layouts",
             default=None,
-            metavar="NCHW[,NHWC]",
-            help="data layouts to tune kernels in; each becomes schedule candidates the search may mix, "
-            "with measured transposes between them (default: NCHW,NHWC on CPUs, NCHW otherwise)",
+            metavar="NCHW[,NHWC][,NCHW8c]",
+            help="data layouts to tune kernels in; each becomes schedule candidates the search may mix with "
+            "NCHW, with measured layout changes between them (default: NCHW,NHWC,NCHW8c on CPUs, NCHW otherwise)",
         )
         parser.add_argument(
             "--recalibrate",
@@ -257,7 +258,8 @@ def _layouts(spec: str | None, target: dict[str, Any]) -> tuple[str, ...]:
 
     if spec is None:
         return LAYOUT_NAMES if target.get("kind") == "llvm" else ("NCHW",)
-    names = [name.strip().upper() for name in spec.split(",") if name.strip()]
+    spelled = {name.upper(): name for name in LAYOUT_NAMES}
+    names = [spelled.get(name.strip().upper(), name.strip()) for name in spec.split(",") if name.strip()]
     for name in names:
         layout_id(name)
     if "NCHW" not in names:

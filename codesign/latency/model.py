@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from codesign.compiler.layouts import fits_layout
 from codesign.errors import CodesignError
 from codesign.latency.positions import PositionTable, candidate_layouts
-from codesign.latency.transposes import LAYOUT_NAMES, TransposeCosts
+from codesign.latency.transposes import LAYOUT_NAMES, TransposeCosts, change_fits
 from codesign.latency.workloads import Workload, kernel_family
 from codesign.space import Genome, SearchSpace
 
@@ -172,23 +173,18 @@ class LatencyModel:
             self._prepare_layouts(transposes)
 
     def _prepare_layouts(self, transposes: TransposeCosts | None) -> None:
-        """Per workload: transpose costs of its input and output into each layout, best kernel per layout."""
+        """Per workload: the cost of each layout change of its input and output, best kernel per layout.
+
+        A packed candidate of a kernel whose channels do not divide into blocks cannot compile: it
+        is marked failed (infinite latency), as is any layout change the profile did not time.
+        """
         if not transposes:
             raise CodesignError(
-                "the profile offers NHWC schedules but holds no transpose timings; re-run `codesign profile`"
+                "the profile offers NHWC or packed schedules but holds no timings of layout changes; "
+                "re-run `codesign profile`"
             )
         table = self.positions
-        count = len(table.workloads)
-        self.transpose_in = np.zeros((count, len(LAYOUT_NAMES)))
-        self.transpose_out = np.zeros((count, len(LAYOUT_NAMES)))
-        for i, w in enumerate(table.workloads):
-            for lay, name in enumerate(LAYOUT_NAMES):
-                if w.kind == "pool_fc":  # an NHWC head's pooled vector, back to NCHW for the classifier
-                    self.transpose_in[i, lay] = transposes.ms(w.in_channels, 1, "NCHW")
-                    continue
-                self.transpose_in[i, lay] = transposes.ms(w.in_channels, w.resolution, name)
-                self.transpose_out[i, lay] = transposes.ms(w.out_channels, w.out_resolution, name)
-        self.residual = np.asarray([w.residual for w in table.workloads], dtype=bool)
+        count, names = len(table.workloads), len(LAYOUT_NAMES)
         # layouts of each workload's candidates (the family is a property of the workload)
         by_workload = np.zeros((count, self.table.shape[1]), dtype=np.int64)
         first_position: dict[int, int] = {}
@@ -197,6 +193,35 @@ class LatencyModel:
                 first_position.setdefault(wid, p)
         for wid, p in first_position.items():
             by_workload[wid] = self.layout_of[p]
+        for i, w in enumerate(table.workloads):
+            for lay, name in enumerate(LAYOUT_NAMES):
+                if not fits_layout(name, w.in_channels, w.out_channels) and w.kind != "pool_fc":
+                    misfit = by_workload[i] == lay
+                    self.table[i, misfit] = np.inf
+                    self.sources[i, misfit] = FAILED
+        present = sorted({int(x) for x in np.unique(self.layout_of)} - {0})
+        self.layout_sets: list[tuple[int, ...]] = [(0, lay) for lay in present]
+        # [workload, from, to]: changing the kernel's input (out: its output's shape, a residual
+        # skip) between two layouts; inf where the profile has no such change or channels misfit
+        self.transpose_in = np.full((count, names, names), np.inf)
+        self.transpose_out = np.full((count, names, names), np.inf)
+        changes = [(0, lay) for lay in present] + [(lay, 0) for lay in present]
+        for i, w in enumerate(table.workloads):
+            self.transpose_in[i, range(names), range(names)] = 0.0
+            self.transpose_out[i, range(names), range(names)] = 0.0
+            for a, b in changes:
+                src, dst = LAYOUT_NAMES[a], LAYOUT_NAMES[b]
+                if not transposes.has(src, dst):
+                    continue
+                if w.kind == "pool_fc":  # a head's pooled vector, back to NCHW for the classifier
+                    if change_fits(w.in_channels, src, dst):
+                        self.transpose_in[i, a, b] = transposes.ms(w.in_channels, 1, dst, src)
+                    continue
+                if change_fits(w.in_channels, src, dst):
+                    self.transpose_in[i, a, b] = transposes.ms(w.in_channels, w.resolution, dst, src)
+                if change_fits(w.out_channels, src, dst):
+                    self.transpose_out[i, a, b] = transposes.ms(w.out_channels, w.out_resolution, dst, src)
+        self.residual = np.asarray([w.residual for w in table.workloads], dtype=bool)
         self.best_ms = np.full((count, len(LAYOUT_NAMES)), np.inf)
         self.best_gene = np.zeros((count, len(LAYOUT_NAMES)), dtype=np.int64)
         for lay in range(len(LAYOUT_NAMES)):
@@ -277,43 +302,48 @@ class LatencyModel:
         return latency, active, ids, genes
 
     def layouts_by_position(self, genes: np.ndarray) -> np.ndarray:
-        """``(positions, N)`` layout ids (0 NCHW, 1 NHWC) the schedule genes choose."""
+        """``(positions, N)`` layout ids (indices into ``LAYOUT_NAMES``) the schedule genes choose."""
         chosen = np.clip(genes, 0, self.layout_of.shape[1] - 1)
         return np.take_along_axis(self.layout_of, chosen, axis=1)
 
     def transposes_by_position(
         self, ids: np.ndarray, active: np.ndarray, layouts: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Transposes the compiled subnets contain: their summed latency (ms) and count, each ``(N,)``.
+        """Layout changes the compiled subnets contain: their summed latency (ms) and count, each ``(N,)``.
 
         As :func:`codesign.compiler.layouts.apply_layouts` builds the graph (a test compares the
-        counts on random subnets): a transpose wherever a convolution's input arrives in the
-        other layout (the image arrives NCHW), one of the block input wherever a residual
-        projection's layout differs from it, and one of the pooled vector after an NHWC head.
+        counts on random subnets): a change wherever a convolution's input arrives in another
+        layout (the image arrives NCHW), one of the block input wherever a residual projection's
+        layout differs from it, and one of the pooled vector after a head not in NCHW. A subnet
+        mixing NHWC with a packed layout does not compile: its latency is infinite.
         """
         n = ids.shape[1]
         total = np.zeros(n)
         count = np.zeros(n, dtype=np.int64)
         current = np.zeros(n, dtype=np.int64)
         block_input = current
+        used = np.zeros((len(LAYOUT_NAMES), n), dtype=bool)
         for p, role in enumerate(self.roles):
             on = active[p]
             if role == "pool_fc":
-                needed = on & (current == 1)
-                total += np.where(needed, self.transpose_in[ids[p], 0], 0.0)
+                needed = on & (current != 0)
+                total += np.where(needed, self.transpose_in[ids[p], current, 0], 0.0)
                 count += needed
                 continue
             lay = layouts[p]
+            used[lay, np.arange(n)] |= on
             if role == "expand":
                 block_input = current
             needed = on & (lay != current)
-            total += np.where(needed, self.transpose_in[ids[p], lay], 0.0)
+            total += np.where(needed, self.transpose_in[ids[p], current, lay], 0.0)
             count += needed
             if role == "project":
                 skip = on & self.residual[ids[p]] & (block_input != lay)
-                total += np.where(skip, self.transpose_out[ids[p], lay], 0.0)
+                total += np.where(skip, self.transpose_out[ids[p], block_input, lay], 0.0)
                 count += skip
             current = np.where(on, lay, current)
+        if len(LAYOUT_NAMES) > 2:
+            total = np.where(used[1] & used[2:].any(axis=0), np.inf, total)
         return total, count
 
     def terms(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -364,14 +394,22 @@ class LatencyModel:
         """``(N, positions)`` schedule genes minimizing each vector's predicted latency.
 
         For given architecture and pruning genes the predicted latency is a non-negatively weighted
-        sum over kernels and transposes. With one layout every kernel takes its fastest candidate;
-        with several, a dynamic program over the blocks (state: the layout of the block's output)
-        picks the layouts, and each kernel the fastest candidate of its layout. Both are exact.
+        sum over kernels and layout changes. With one layout every kernel takes its fastest
+        candidate; with several, a dynamic program over the blocks (state: the layout of the block's
+        output) picks the layouts, and each kernel the fastest candidate of its layout. A network
+        mixes NCHW with one other layout, so the program runs once per such pair and each vector
+        takes the cheaper outcome. All exact.
         """
         ids = self.positions.workload_ids_by_position(np.asarray(vectors, dtype=np.int64))
         if self.has_layouts:
             active = np.ascontiguousarray(self.positions.active(np.asarray(vectors, dtype=np.int64)).T)
-            return np.ascontiguousarray(self._layout_program(ids, active).T)
+            best_genes, best_cost = self._layout_program(ids, active, self.layout_sets[0])
+            for layouts in self.layout_sets[1:]:
+                genes, cost = self._layout_program(ids, active, layouts)
+                better = cost < best_cost
+                best_genes = np.where(better[None, :], genes, best_genes)
+                best_cost = np.minimum(cost, best_cost)
+            return np.ascontiguousarray(best_genes.T)
         genes = np.empty_like(ids)
         for count in np.unique(self.candidate_counts):
             best = np.argmin(self.table[:, :count], axis=1)
@@ -379,39 +417,48 @@ class LatencyModel:
             genes[rows] = best[ids[rows]]
         return np.ascontiguousarray(genes.T)
 
-    def _layout_program(self, ids: np.ndarray, active: np.ndarray) -> np.ndarray:
-        """The dynamic program of :meth:`fastest_schedule_genes`; returns ``(positions, N)`` genes.
+    def _layout_program(
+        self, ids: np.ndarray, active: np.ndarray, layouts: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The dynamic program of :meth:`fastest_schedule_genes` over ``layouts`` (ids, NCHW first).
 
         Per block the state is (layout of the block input, layout of the last kernel): the input's
-        layout decides whether the residual skip needs a transpose. Costs are in calibrated ms.
+        layout decides whether the residual skip needs a change. Costs are in calibrated ms.
+        Returns ``(positions, N)`` genes and each vector's cost (kernels and layout changes).
         """
         c = self.calibration
         n = ids.shape[1]
         rows = np.arange(n)
-        both = range(len(LAYOUT_NAMES))
+        count = len(layouts)
+        states = range(count)
+        every = np.arange(count)[:, None]
 
-        def kernel(p: int, lay: int) -> np.ndarray:
-            ms = self.best_ms[ids[p], lay]  # inf: no candidate of this layout (0 x inf would be nan)
+        def scaled(ms: np.ndarray) -> np.ndarray:
+            """``layer_scale * ms``, inf (never nan) where ``ms`` is inf: no such kernel or change."""
             return np.where(np.isfinite(ms), c.layer_scale * np.where(np.isfinite(ms), ms, 0.0), np.inf)
 
-        def transpose(ms: np.ndarray, needed: np.ndarray | bool) -> np.ndarray:
-            return np.where(needed, c.layer_scale * ms + c.per_kernel_ms + c.per_transpose_ms, 0.0)
+        def kernel(p: int, s: int) -> np.ndarray:
+            return scaled(self.best_ms[ids[p], layouts[s]])
+
+        def change(ms: np.ndarray, needed: np.ndarray | bool) -> np.ndarray:
+            return np.where(needed, scaled(ms) + c.per_kernel_ms + c.per_transpose_ms, 0.0)
 
         def enter(p: int, before: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            """Cost and argmin over the previous layout of running position ``p`` in each layout."""
+            """Cost and argmin over the previous state of running position ``p`` in each layout."""
             options = np.stack(
                 [
-                    np.stack([before[a] + transpose(self.transpose_in[ids[p], lay], a != lay) for a in both])
-                    for lay in both
+                    np.stack(
+                        [before[a] + change(self.transpose_in[ids[p], layouts[a], layouts[b]], a != b) for a in states]
+                    )
+                    for b in states
                 ]
             )  # (layout of p, previous layout, N)
             came = np.argmin(options, axis=1)
-            return options[np.arange(2)[:, None], came, rows[None, :]] + np.stack(
-                [kernel(p, lay) for lay in both]
-            ), came
+            return options[every, came, rows[None, :]] + np.stack([kernel(p, b) for b in states]), came
 
         chosen = np.zeros((len(self.roles), n), dtype=np.int64)
-        image = np.stack([np.zeros(n), np.full(n, np.inf)])  # the image arrives NCHW
+        image = np.full((count, n), np.inf)
+        image[0] = 0.0  # the image arrives NCHW
         cost, _ = enter(0, image)
         blocks: list[tuple[int, np.ndarray, list[np.ndarray], np.ndarray]] = []
         p = 1
@@ -419,26 +466,34 @@ class LatencyModel:
             on = active[p]
             # per block input layout a: the chain expand -> depthwise -> project
             track: list[np.ndarray] = []
-            ends = np.empty((2, 2, n))  # (input layout, project layout)
-            for a in both:
-                start = np.full((2, n), np.inf)
+            ends = np.empty((count, count, n))  # (input layout, project layout)
+            for a in states:
+                start = np.full((count, n), np.inf)
                 start[a] = cost[a]
                 after, came_e = enter(p, start)
                 after, came_d = enter(p + 1, after)
                 after, came_j = enter(p + 2, after)
                 residual = self.residual[ids[p + 2]]
-                skip = np.stack([transpose(self.transpose_out[ids[p + 2], lay], residual & (a != lay)) for lay in both])
+                skip = np.stack(
+                    [
+                        change(self.transpose_out[ids[p + 2], layouts[a], layouts[b]], residual & (a != b))
+                        for b in states
+                    ]
+                )
                 ends[a] = after + skip
                 track.append(np.stack([came_d, came_j]))
             came_input = np.argmin(ends, axis=0)  # (project layout, N)
-            new_cost = ends[came_input, np.arange(2)[:, None], rows[None, :]]
+            new_cost = ends[came_input, every, rows[None, :]]
             cost = np.where(on[None, :], new_cost, cost)
             blocks.append((p, on, track, came_input))
             p += 3
         head, pool = p, p + 1
         head_cost, head_came = enter(head, cost)
-        final = head_cost + np.stack([np.zeros(n), transpose(self.transpose_in[ids[pool], 0], True)])
+        final = head_cost + np.stack(
+            [np.zeros(n)] + [change(self.transpose_in[ids[pool], layouts[s], 0], True) for s in states if s]
+        )
         state = np.argmin(final, axis=0)
+        total = final[state, rows]
         chosen[head] = state
         state = head_came[state, rows]
         for first, on, track, came_input in reversed(blocks):
@@ -452,8 +507,8 @@ class LatencyModel:
                 chosen[q] = np.where(on, lay, 0)
             state = np.where(on, a, state)
         chosen[0] = state
-        genes = self.best_gene[ids, chosen]
-        return np.where(active, genes, 0)
+        genes = self.best_gene[ids, np.asarray(layouts)[chosen]]
+        return np.where(active, genes, 0), total
 
     def fastest_schedules(self, genome: Genome) -> Genome:
         """``genome`` with every kernel's schedule set to its fastest candidate in the profile."""

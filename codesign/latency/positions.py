@@ -163,7 +163,7 @@ class PositionTable:
         if layout_of is not None and layout_of.any():
             chosen = np.clip(effective, 0, layout_of.shape[1] - 1)
             layouts = np.take_along_axis(layout_of, chosen, axis=1)
-            ids = ids * 2 + layouts
+            ids = ids * (int(layout_of.max()) + 1) + layouts
         active = np.ascontiguousarray(active)
         for p, earlier in enumerate(self.may_share):
             for q in reversed(earlier):
@@ -173,7 +173,7 @@ class PositionTable:
 
 
 def candidate_layouts(table: PositionTable, families: dict[str, list[dict[str, Any]]]) -> np.ndarray:
-    """``(positions, max candidates)`` layout ids (0 NCHW, 1 NHWC) of every position's schedule candidates.
+    """``(positions, max candidates)`` layout ids (see ``LAYOUT_NAMES``) of every position's schedule candidates.
 
     A candidate without a ``layout`` field (profiles made before layouts were candidates) is NCHW.
     """

@@ -1,11 +1,12 @@
 """What a change of data layout costs on a device: measured transpose kernels, and a fit for the rest.
 
-Where neighbouring kernels of a subnet run in different layouts (NCHW, NHWC), the compiled model
-transposes the activation between them in a kernel of its own
-(:func:`codesign.compiler.layouts.emit_isolated_transpose`). The profiler times that kernel for
-the activation shapes of its space, in both directions; :class:`TransposeCosts` answers for any
-shape: the measured median where there is one, else a power law in the element count fitted on
-the measurements of that direction.
+Where neighbouring kernels of a subnet run in different layouts (NCHW, NHWC, or the packed
+NCHW8c), the compiled model changes the activation's layout between them in a kernel of its own
+(a transpose, or a ``layout_transform`` for packed layouts; see :mod:`codesign.compiler.layouts`).
+A network mixes NCHW with one other layout, never NHWC with a packed one, so every change goes
+to or from NCHW. The profiler times that kernel for the activation shapes of its space, in both
+directions; :class:`TransposeCosts` answers for any shape: the measured median where there is
+one, else a power law in the element count fitted on the measurements of that direction.
 """
 
 from __future__ import annotations
@@ -19,20 +20,42 @@ import numpy as np
 from codesign.errors import CodesignError
 from codesign.latency.workloads import Workload
 
-LAYOUT_NAMES: tuple[str, ...] = ("NCHW", "NHWC")  # layout ids: the index in this tuple
+LAYOUT_NAMES: tuple[str, ...] = ("NCHW", "NHWC", "NCHW8c")  # layout ids: the index in this tuple
+PACKED_BLOCK = 8  # channels per block of the packed layout NCHW8c
 
 
 def layout_id(name: str) -> int:
-    """The integer id of a layout name (0 NCHW, 1 NHWC); unknown names are a clear error."""
+    """The integer id of a layout name (0 NCHW, 1 NHWC, 2 NCHW8c); unknown names are a clear error."""
     try:
         return LAYOUT_NAMES.index(name)
     except ValueError:
         raise CodesignError(f"unknown data layout {name!r}; use one of {', '.join(LAYOUT_NAMES)}") from None
 
 
-def transpose_key(channels: int, resolution: int, to_layout: str) -> str:
-    """The journal and profile key of one transpose measurement, e.g. ``transpose_c24_r14_to_NHWC``."""
-    return f"transpose_c{channels}_r{resolution}_to_{to_layout}"
+def default_source(to_layout: str) -> str:
+    """Where a change into ``to_layout`` comes from when the record does not say: NCHW, or NHWC into NCHW."""
+    return "NHWC" if to_layout == "NCHW" else "NCHW"
+
+
+def layout_changes(layouts: Iterable[str]) -> list[tuple[str, str]]:
+    """The ``(from, to)`` layout changes a network over ``layouts`` can contain: to and from NCHW."""
+    return [pair for name in layouts if name != "NCHW" for pair in (("NCHW", name), (name, "NCHW"))]
+
+
+def change_fits(channels: int, from_layout: str, to_layout: str) -> bool:
+    """Whether an activation of ``channels`` can be changed between the two layouts (packed: whole blocks)."""
+    packed = "NCHW8c" in (from_layout, to_layout)
+    return not packed or channels % PACKED_BLOCK == 0
+
+
+def transpose_key(channels: int, resolution: int, to_layout: str, from_layout: str | None = None) -> str:
+    """The journal and profile key of one layout change, e.g. ``transpose_c24_r14_to_NHWC``.
+
+    A change from another layout than :func:`default_source` names it: ``transpose_c24_r14_NCHW8c_to_NCHW``.
+    """
+    if from_layout is None or from_layout == default_source(to_layout):
+        return f"transpose_c{channels}_r{resolution}_to_{to_layout}"
+    return f"transpose_c{channels}_r{resolution}_{from_layout}_to_{to_layout}"
 
 
 def activation_shapes(workloads: Iterable[Workload]) -> list[tuple[int, int]]:
@@ -53,44 +76,55 @@ def activation_shapes(workloads: Iterable[Workload]) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class TransposeCosts:
-    """Median transpose latency (ms) per ``(channels, resolution, to_layout)``, with a fitted fallback."""
+    """Median latency (ms) of a layout change per ``(channels, resolution, from, to)``, with a fitted fallback."""
 
-    measured: dict[tuple[int, int, str], float]
-    fits: dict[str, tuple[float, float]]  # to_layout -> (log-ms intercept, slope in log elements)
+    measured: dict[tuple[int, int, str, str], float]
+    fits: dict[tuple[str, str], tuple[float, float]]  # (from, to) -> (log-ms intercept, slope in log elements)
 
     @classmethod
     def from_records(cls, records: Iterable[dict[str, Any]]) -> TransposeCosts:
         """From profile ``transposes`` records (those with status ``ok``)."""
-        measured: dict[tuple[int, int, str], float] = {}
+        measured: dict[tuple[int, int, str, str], float] = {}
         for r in records:
             if r.get("status") == "ok" and r.get("timing"):
-                measured[(int(r["channels"]), int(r["resolution"]), str(r["to_layout"]))] = float(
+                to_layout = str(r["to_layout"])
+                from_layout = str(r.get("from_layout") or default_source(to_layout))
+                measured[(int(r["channels"]), int(r["resolution"]), from_layout, to_layout)] = float(
                     r["timing"]["median_ms"]
                 )
-        fits: dict[str, tuple[float, float]] = {}
-        for to_layout in LAYOUT_NAMES:
-            points = [(c * h * h, ms) for (c, h, t), ms in measured.items() if t == to_layout and ms > 0]
+        fits: dict[tuple[str, str], tuple[float, float]] = {}
+        for change in {(f, t) for _, _, f, t in measured}:
+            points = [(c * h * h, ms) for (c, h, f, t), ms in measured.items() if (f, t) == change and ms > 0]
             if len(points) >= 2:
                 x = np.log([p[0] for p in points])
                 y = np.log([p[1] for p in points])
                 slope, intercept = np.polyfit(x, y, 1) if np.ptp(x) > 0 else (0.0, float(np.mean(y)))
-                fits[to_layout] = (float(intercept), float(slope))
+                fits[change] = (float(intercept), float(slope))
             elif points:
-                fits[to_layout] = (float(np.log(points[0][1])), 0.0)
+                fits[change] = (float(np.log(points[0][1])), 0.0)
         return cls(measured, fits)
 
     def __bool__(self) -> bool:
         return bool(self.measured)
 
-    def ms(self, channels: int, resolution: int, to_layout: str) -> float:
-        """Latency of transposing a ``channels x resolution x resolution`` activation into ``to_layout``."""
-        value = self.measured.get((channels, resolution, to_layout))
+    def has(self, from_layout: str, to_layout: str) -> bool:
+        """Whether the profile timed changes from ``from_layout`` to ``to_layout``."""
+        return (from_layout, to_layout) in self.fits
+
+    def ms(self, channels: int, resolution: int, to_layout: str, from_layout: str | None = None) -> float:
+        """Latency of changing a ``channels x resolution x resolution`` activation into ``to_layout``.
+
+        ``from_layout`` defaults to :func:`default_source` (NCHW, or NHWC for a change into NCHW).
+        """
+        source = from_layout or default_source(to_layout)
+        value = self.measured.get((channels, resolution, source, to_layout))
         if value is not None:
             return value
-        fit = self.fits.get(to_layout)
+        fit = self.fits.get((source, to_layout))
         if fit is None:
             raise CodesignError(
-                f"the profile has no transpose timings into {to_layout}; re-run `codesign profile` with that layout"
+                f"the profile has no timings of layout changes from {source} to {to_layout}; "
+                "re-run `codesign profile` with that layout"
             )
         intercept, slope = fit
         return float(np.exp(intercept + slope * np.log(channels * resolution * resolution)))

@@ -9,8 +9,10 @@ Method (budgeted, resumable):
    each one's ``top_k`` distinct traces. A family's schedule candidates are: 0 = TVM's default
    lowering, then the NCHW traces; then, per further layout, its default lowering and its traces.
    A candidate fixes the kernel's layout as well as its schedule.
-3. Layouts: with more than one, time the transpose kernel a change of layout compiles to,
-   for every activation shape of the space, in both directions.
+3. Layouts: with more than one, time the kernel a change of layout compiles to (a transpose
+   between NCHW and NHWC, a ``layout_transform`` to or from the packed NCHW8c) for every
+   activation shape of the space, in both directions. A packed layout is only tuned, timed and
+   offered on kernels whose channels divide into its blocks.
 4. Time the most important workloads (``full_fraction`` of the kernel time, rank order) under
    every candidate of their family (a trace tuned on one shape replays onto another of its
    family), recording mean, median, spread and repeat count, or the failure and its reason.
@@ -36,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from codesign.compiler.layouts import fits_layout
 from codesign.latency.workloads import Workload, enumerate_workloads, kernel_family, subnet_workloads
 from codesign.profile.journal import Journal, with_retries
 from codesign.space import Genome, SearchSpace
@@ -191,7 +194,10 @@ class Profiler:
             (family, rep, layout)
             for family in families
             for layout in cfg.layouts
-            for rep in by_family[family][: cfg.representatives]
+            # a packed layout is tuned on kernels whose channels divide into its blocks
+            for rep in [w for w in by_family[family] if fits_layout(layout, w.in_channels, w.out_channels)][
+                : cfg.representatives
+            ]
         ]
         for family, rep, layout in runs:
             key = tuning_key(rep, layout)
@@ -303,6 +309,8 @@ class Profiler:
             if only is not None and index not in only and not others:
                 continue
             layout = str(option.get("layout", "NCHW"))
+            if layout not in by_layout and not fits_layout(layout, w.in_channels, w.out_channels):
+                by_layout[layout] = (None, f"{w.in_channels} -> {w.out_channels} channels do not fit {layout}")
             if layout not in by_layout:
 
                 def extract(layout: str = layout) -> list[Any]:
@@ -498,11 +506,11 @@ class Profiler:
     def _measure_transposes(
         self, ranked: list[tuple[Workload, float]], deadline: float, say: Callable[[str], None]
     ) -> None:
-        """Time the transpose kernel of every activation shape, both directions (largest and smallest first).
+        """Time the layout change of every activation shape, both directions (largest and smallest first).
 
         Past the deadline only the first few shapes are timed: the latency model fits the rest.
         """
-        from codesign.latency.transposes import activation_shapes, transpose_key
+        from codesign.latency.transposes import activation_shapes, change_fits, layout_changes, transpose_key
         from codesign.profile import tvm_backend as tb
 
         cfg = self.config
@@ -510,17 +518,28 @@ class Profiler:
         shapes = activation_shapes(w for w, _ in ranked[: cfg.max_workloads])
         order = [shape for pair in zip(shapes, reversed(shapes), strict=True) for shape in pair]
         order = list(dict.fromkeys(order))
-        pending = [(c, r, t) for c, r in order for t in cfg.layouts if transpose_key(c, r, t) not in done]
+        changes = layout_changes(cfg.layouts)
+        pending = [
+            (c, r, f, t)
+            for c, r in order
+            for f, t in changes
+            if change_fits(c, f, t) and transpose_key(c, r, t, f) not in done
+        ]
         if pending:
-            say(f"timing {len(pending)} transposes (a change of layout between kernels)")
+            say(f"timing {len(pending)} layout changes (transposes and packing between kernels)")
         timed = len(done)
-        for channels, resolution, to_layout in pending:
-            if time.monotonic() > deadline and timed >= 4 * len(cfg.layouts):
+        for channels, resolution, from_layout, to_layout in pending:
+            if time.monotonic() > deadline and timed >= 4 * len(changes):
                 say("transpose budget spent; the latency model fits the shapes left")
                 return
 
-            def measure(channels: int = channels, resolution: int = resolution, to_layout: str = to_layout) -> Any:
-                task = tb.transpose_task(channels, resolution, cfg.target, to_layout=to_layout)
+            def measure(
+                channels: int = channels,
+                resolution: int = resolution,
+                to_layout: str = to_layout,
+                src: str = from_layout,
+            ) -> Any:
+                task = tb.transpose_task(channels, resolution, cfg.target, to_layout=to_layout, from_layout=src)
                 return tb.time_kernel(
                     self._session.load(tb.build_kernel(task, cfg.target)),
                     task,
@@ -533,9 +552,10 @@ class Profiler:
             self.journal.append(
                 {
                     "type": "transpose",
-                    "key": transpose_key(channels, resolution, to_layout),
+                    "key": transpose_key(channels, resolution, to_layout, from_layout),
                     "channels": channels,
                     "resolution": resolution,
+                    "from_layout": from_layout,
                     "to_layout": to_layout,
                     "status": "ok" if timing else "failed",
                     "timing": timing,
@@ -610,9 +630,13 @@ class Profiler:
             v = g.to_vector(self.space)[None, :]
             ids = positions.workload_ids(v)[0]
             genes = []
+            # a network mixes NCHW with at most one other layout (never NHWC with a packed one)
+            others = [name for name in self.config.layouts if name != "NCHW"]
+            allowed = {"NCHW", others[int(rng.integers(len(others)))]} if others else {"NCHW"}
             for p, position in enumerate(positions.positions):
                 count = max(1, len(candidates.get(position.family, [None])))
-                record = measured.get(positions.workloads[ids[p]].key())
+                w = positions.workloads[ids[p]]
+                record = measured.get(w.key())
                 results = {r["candidate"]: r for r in record["results"]} if record else {}
                 # usable: a default lowering, or a schedule seen to build and run on this kernel (a schedule
                 # only checked to replay may send code generation into a build that never ends)
@@ -621,8 +645,12 @@ class Profiler:
                     c
                     for c in range(count)
                     if c == 0
-                    or (c < len(options) and options[c]["trace"] is None)
-                    or results.get(c, {}).get("status") == "ok"
+                    or (
+                        c < len(options)
+                        and str(options[c].get("layout", "NCHW")) in allowed
+                        and fits_layout(str(options[c].get("layout", "NCHW")), w.in_channels, w.out_channels)
+                        and (options[c]["trace"] is None or results.get(c, {}).get("status") == "ok")
+                    )
                 ]
                 genes.append(int(valid[int(rng.integers(len(valid)))]) if valid else 0)
             genomes.append((Genome(**{**g.__dict__, "schedules": tuple(genes)}), "random"))

@@ -119,9 +119,10 @@ class KernelTask:
 def workload_tasks(workload: Workload, target: dict[str, Any], *, layout: str = "NCHW") -> list[KernelTask]:
     """The fused kernels TVM builds for ``workload`` on ``target`` (one for convolutions).
 
-    ``layout="NHWC"`` gives the kernel the workload compiles to when its convolution runs NHWC
-    (see :mod:`codesign.compiler.layouts`); the transposes at the one-layer module's own input
-    and output are not part of the workload and are left out.
+    ``layout="NHWC"`` (or a packed layout such as ``NCHW8c``) gives the kernel the workload
+    compiles to when its convolution runs in that layout (see :mod:`codesign.compiler.layouts`);
+    the layout changes at the one-layer module's own input and output are not part of the
+    workload and are left out.
     """
     tvm = require_tvm()
     from tvm import relax
@@ -139,33 +140,62 @@ def workload_tasks(workload: Workload, target: dict[str, Any], *, layout: str = 
     return [KernelTask(t.task_name, t.dispatched[0], int(t.weight)) for t in kept]
 
 
-def transpose_task(channels: int, resolution: int, target: dict[str, Any], *, to_layout: str = "NHWC") -> KernelTask:
-    """The kernel a change of layout compiles to: one activation (batch 1) transposed to ``to_layout``."""
+def transpose_task(
+    channels: int, resolution: int, target: dict[str, Any], *, to_layout: str = "NHWC", from_layout: str | None = None
+) -> KernelTask:
+    """The kernel a change of layout compiles to: one activation (batch 1) changed to ``to_layout``.
+
+    ``from_layout`` defaults to NCHW (NHWC for a change into NCHW). A change to or from a packed
+    layout (``NCHW8c``) is the isolated ``layout_transform`` kernel the compiled network runs.
+    """
     tvm = require_tvm()
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
-    from codesign.compiler.layouts import emit_isolated_transpose
+    from codesign.compiler.layouts import emit_isolated_transpose, isolate_layout_transforms, packed_block
+    from codesign.latency.transposes import default_source
 
-    if to_layout not in ("NHWC", "NCHW"):
-        raise ValueError(f"unknown layout {to_layout!r}; use NCHW or NHWC")
-    shape = (1, channels, resolution, resolution) if to_layout == "NHWC" else (1, resolution, resolution, channels)
-    axes = [0, 2, 3, 1] if to_layout == "NHWC" else [0, 3, 1, 2]
-    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    source = from_layout or default_source(to_layout)
+    pair = (source, to_layout)
+    x_shape: tuple[int, ...]
+    if pair in (("NCHW", "NHWC"), ("NHWC", "NCHW")):
+        x_shape = (
+            (1, channels, resolution, resolution) if to_layout == "NHWC" else (1, resolution, resolution, channels)
+        )
+        axes = [0, 2, 3, 1] if to_layout == "NHWC" else [0, 3, 1, 2]
+    elif (block := packed_block(to_layout) if source == "NCHW" else packed_block(source)) and "NCHW" in pair:
+        if channels % block:
+            raise ValueError(f"{channels} channels do not divide into {block}-channel blocks")
+        to_packed = source == "NCHW"
+        b = block
+        x_shape = (1, channels, resolution, resolution) if to_packed else (1, channels // b, resolution, resolution, b)
+    else:
+        raise ValueError(f"no layout change from {source!r} to {to_layout!r}; changes go to or from NCHW")
+    x = relax.Var("x", relax.TensorType(x_shape, "float32"))
     builder = relax.BlockBuilder()
     with builder.function("main", [x]):
         with builder.dataflow():
-            out = builder.emit_output(emit_isolated_transpose(builder, x, axes))
+            if len(x_shape) == 4 and "NHWC" in pair:
+                out = builder.emit_output(emit_isolated_transpose(builder, x, axes))
+            elif to_packed:
+                out = builder.emit_output(
+                    relax.op.layout_transform(x, index_map=lambda n, c, h, w: (n, c // b, h, w, c % b))
+                )
+            else:
+                out = builder.emit_output(
+                    relax.op.layout_transform(x, index_map=lambda n, cb, h, w, ci: (n, cb * b + ci, h, w))
+                )
         builder.emit_func_output(out)
-    fused = relax.get_pipeline("zero")(builder.get())
+    mod = builder.get() if "NHWC" in pair else isolate_layout_transforms(builder.get())
+    fused = relax.get_pipeline("zero")(mod)
     (task,) = ms.relax_integration.extract_tasks(fused, tvm.target.Target(target))
     return KernelTask(task.task_name, task.dispatched[0], 1)
 
 
 def _is_transpose(mod: Any) -> bool:
-    """Whether a fused kernel only transposes (the boundary of a one-layer module in another layout)."""
+    """Whether a fused kernel only changes layout (the boundary of a one-layer module in another layout)."""
     text = mod.script()
-    return "T_transpose" in text and "conv2d" not in text
+    return ("T_transpose" in text or "T_layout_trans" in text) and "conv2d" not in text
 
 
 def fast_build(mod: Any, target: Any, _params: Any) -> Any:
