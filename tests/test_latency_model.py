@@ -232,6 +232,24 @@ def test_a_subnet_mixing_nhwc_with_packed_layouts_cannot_compile(packed_model, t
     assert changes[0] >= 1  # the image arrives NCHW
 
 
+def test_a_model_restricted_to_some_layouts_never_offers_the_others(tiny_space):
+    profile = synthetic_profile(tiny_space, layouts=True, packed=True)
+    full = LatencyModel.from_profile(profile)
+    unpacked = LatencyModel.from_profile(profile, layouts=("NCHW", "NHWC"))
+    assert np.isinf(unpacked.best_ms[:, 2]).all() and np.isfinite(full.best_ms[:, 2]).any()
+    vectors = full.vectors([Genome.random(tiny_space, np.random.default_rng(seed)) for seed in range(8)])
+    genes = unpacked.fastest_schedule_genes(vectors)
+    assert not (unpacked.layouts_by_position(genes.T) == 2).any()
+    fastest_full, fastest_unpacked = vectors.copy(), vectors.copy()
+    fastest_full[:, full.arch_length :] = full.fastest_schedule_genes(vectors)
+    fastest_unpacked[:, full.arch_length :] = genes
+    assert (full.predict(fastest_full) <= unpacked.predict(fastest_unpacked) + 1e-12).all()
+    with pytest.raises(CodesignError, match="unknown data layout 'NCHW16c'"):
+        LatencyModel.from_profile(profile, layouts=("NCHW", "NCHW16c"))
+    with pytest.raises(CodesignError, match="must include NCHW"):
+        LatencyModel.from_profile(profile, layouts=("NHWC",))
+
+
 def test_nhwc_candidates_without_transpose_timings_fail_clearly(tiny_space):
     profile = synthetic_profile(tiny_space, layouts=True)
     stripped = type(profile)(**{**profile.__dict__, "transposes": []})

@@ -134,6 +134,12 @@ def main() -> int:
         metavar="DIR",
         help="keep the search and artifacts here and reuse those whose manifest matches (default: a fresh temp dir)",
     )
+    parser.add_argument(
+        "--layouts",
+        default=None,
+        metavar="NCHW[,NHWC][,NCHW8c]",
+        help="search and schedule with only these layouts' candidates (default: every layout the profile has)",
+    )
     parser.add_argument("--export-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.best_of_threads:
@@ -169,13 +175,14 @@ def main() -> int:
                 str(args.threads),
                 "--profile",
                 str(profile_path),
+                *(["--layouts", args.layouts] if args.layouts else []),
             ],
             check=True,
         )
     loaded = load_supernet()
     space = loaded.supernet.space
     profile = resolve_profile(host_llvm_target(args.threads), profile_path, allow_mismatch=True).profile
-    model = LatencyModel.from_profile(profile)
+    model = LatencyModel.from_profile(profile, layouts=args.layouts.split(",") if args.layouts else None)
     data = json.loads(recommended.read_text())
     genomes = {
         "recommended": Genome.from_dict(data.get("genome", data)),
@@ -285,9 +292,11 @@ def _best_of_threads(args: argparse.Namespace) -> int:
     if not recommended.exists():
         search = [sys.executable, "-m", "codesign", "search", "--latency-ms", "0.35", "--allow-mismatch"]
         search += ["--profile", str(profile_path), "-o", str(work / "search"), "--no-progress"]
+        search += ["--layouts", args.layouts] if args.layouts else []
         subprocess.run([*search, "--threads", str(max(counts))], check=True)
     common = [sys.executable, __file__, "--recommended", str(recommended), "--profile", str(profile_path)]
     common += ["--work", str(work), "--retune-trials", str(args.retune_trials)]
+    common += ["--layouts", args.layouts] if args.layouts else []
     if args.retune_minutes is not None:
         common += ["--retune-minutes", str(args.retune_minutes)]
     # export (and re-tune) once, at the profile's core count, before any timing child reuses the artifacts

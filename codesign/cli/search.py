@@ -89,6 +89,13 @@ class SearchCommand(Command):
             "the others; default: TVM's default schedule for every kernel",
         )
         parser.add_argument(
+            "--layouts",
+            default=None,
+            metavar="NCHW[,NHWC][,NCHW8c]",
+            help="offer only schedule candidates in these data layouts (default: every layout the profile "
+            "has; a network mixes NCHW with one other)",
+        )
+        parser.add_argument(
             "--finalists",
             type=int,
             default=24,
@@ -134,7 +141,8 @@ class SearchCommand(Command):
         target = resolve_target(args.target)
         loaded_profile = resolve_profile(target, args.profile, allow_mismatch=args.allow_mismatch)
         profile_path = loaded_profile.path
-        latency_model = LatencyModel.from_profile(loaded_profile.profile)
+        layouts = [name.strip() for name in args.layouts.split(",")] if args.layouts else None
+        latency_model = LatencyModel.from_profile(loaded_profile.profile, layouts=layouts)
         supernet_file = resolve_supernet_path(args.supernet)
         predictor_path = Path(args.predictor) if args.predictor else default_predictor_path(args.supernet)
         predictor = AccuracyPredictor.load(predictor_path)

@@ -238,8 +238,13 @@ class LatencyModel:
         *,
         target: dict[str, Any] | None = None,
         allow_mismatch: bool = False,
+        layouts: Sequence[str] | None = None,
     ) -> LatencyModel:
-        """The model of a profile (a path or a loaded :class:`HardwareProfile`)."""
+        """The model of a profile (a path or a loaded :class:`HardwareProfile`).
+
+        ``layouts`` (e.g. ``("NCHW", "NHWC")``) offers only the schedule candidates of those layouts:
+        for a runtime that should not use the others, or to measure what a layout buys.
+        """
         from codesign.profile.profile_file import HardwareProfile, load_profile
 
         if not isinstance(profile, HardwareProfile):
@@ -247,6 +252,16 @@ class LatencyModel:
         space = SearchSpace.from_dict(profile.space)
         families = dict(profile.tuning_records.get("families", {}))
         table, sources = kernel_table_from_profile(profile)
+        if layouts is not None:
+            for name in layouts:
+                if name not in LAYOUT_NAMES:
+                    raise CodesignError(f"unknown data layout {name!r}; use one of {', '.join(LAYOUT_NAMES)}")
+            if "NCHW" not in layouts:
+                raise CodesignError("the layouts offered must include NCHW (every kernel's default lowering)")
+            for key, row in sources.items():
+                for c, option in enumerate(families.get(_family_of_key(key), [])[: len(row)]):
+                    if str(option.get("layout", "NCHW")) not in layouts:
+                        row[c] = FAILED
         fitted = profile.predictor or {}
         calibration = Calibration(**fitted.get("calibration", {}).get("terms", {}))
         transposes = TransposeCosts.from_records(profile.transposes)
