@@ -295,3 +295,34 @@ def test_nhwc_traces_only_checked_to_replay_are_never_offered(tiny_space):
     assert np.isfinite(model.table[row, 3]) and model.table[row, 3] == 1.0  # NCHW: the predictor's value
     assert np.isinf(model.table[row, 5])  # NHWC: not offered
     assert np.isfinite(model.table[row, 4])  # NHWC's default lowering always compiles
+
+
+def test_packed_traces_only_checked_to_replay_are_offered_at_their_predicted_latency(tiny_space):
+    """Unlike NHWC replays, packed ones never hung a build: the kernel predictor's value stands."""
+    import copy
+
+    profile = synthetic_profile(tiny_space, layouts=True, packed=True)
+    families = copy.deepcopy(profile.tuning_records["families"])
+    for options in families.values():
+        options[5]["trace"] = ["an NHWC trace"]
+        options[7]["trace"] = ["a packed trace"]  # 3 NCHW traces, NHWC default + #0, NCHW8c default + #0
+    measurements = copy.deepcopy(profile.measurements)
+    record = next(
+        m for m in measurements if m["workload"]["kind"] == "depthwise" and m["workload"]["in_channels"] % 8 == 0
+    )
+    for r in record["results"]:
+        if r["candidate"] in (5, 7):
+            r.update(status="unmeasured", timing=None)
+    filled = {m["key"]: [1.0] * len(m["results"]) for m in measurements}
+    changed = type(profile)(
+        **{
+            **profile.__dict__,
+            "measurements": measurements,
+            "tuning_records": {"families": families},
+            "predictor": {**(profile.predictor or {}), "filled": filled},
+        }
+    )
+    model = LatencyModel.from_profile(changed)
+    row = model.positions.workloads.index(next(w for w in model.positions.workloads if w.key() == record["key"]))
+    assert np.isinf(model.table[row, 5])
+    assert model.table[row, 7] == 1.0

@@ -48,11 +48,11 @@ def main() -> int:
 
 
 def print_layouts(profile: object, families: dict) -> None:
-    """Per family, the fastest NHWC candidate against the fastest NCHW one, and what transposes cost."""
+    """Per family, the fastest candidate of each other layout against the fastest NCHW one, and layout changes."""
     if not any(c.get("layout", "NCHW") != "NCHW" for options in families.values() for c in options):
         print("one data layout (NCHW): no layout candidates in this profile")
         return
-    by_family: dict[str, list[float]] = collections.defaultdict(list)
+    by_family: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
     for m in profile.measurements:  # type: ignore[attr-defined]
         options = families.get(m["family"], [])
         best: dict[str, float] = {}
@@ -60,20 +60,32 @@ def print_layouts(profile: object, families: dict) -> None:
             if r["status"] == "ok" and r["candidate"] < len(options):
                 layout = options[r["candidate"]].get("layout", "NCHW")
                 best[layout] = min(best.get(layout, np.inf), r["timing"]["median_ms"])
-        if len(best) == 2:
-            by_family[m["family"]].append(best["NHWC"] / best["NCHW"])
-    for family, ratios in sorted(by_family.items()):
+        for layout, ms in best.items():
+            if layout != "NCHW" and "NCHW" in best:
+                by_family[(m["family"], layout)].append(ms / best["NCHW"])
+    for (family, layout), ratios in sorted(by_family.items()):
         r = np.asarray(ratios)
         print(
-            f"  {family}: fastest NHWC / fastest NCHW candidate over {len(r)} kernels: median {np.median(r):.2f}x, "
-            f"NHWC faster on {np.mean(r < 1):.0%}"
+            f"  {family}: fastest {layout} / fastest NCHW candidate over {len(r)} kernels: median "
+            f"{np.median(r):.2f}x, {layout} faster on {np.mean(r < 1):.0%}"
         )
-    timed = [t["timing"]["median_ms"] * 1e3 for t in profile.transposes if t.get("status") == "ok"]  # type: ignore[attr-defined]
-    if timed:
-        print(
-            f"transposes: {len(timed)} timed, median {np.median(timed):.1f} us "
-            f"(range {min(timed):.1f}-{max(timed):.1f} us)"
-        )
+    for change in sorted(
+        {
+            (t.get("from_layout") or ("NHWC" if t["to_layout"] == "NCHW" else "NCHW"), t["to_layout"])
+            for t in profile.transposes
+        }
+    ):  # type: ignore[attr-defined]
+        timed = [
+            t["timing"]["median_ms"] * 1e3
+            for t in profile.transposes  # type: ignore[attr-defined]
+            if t.get("status") == "ok"
+            and (t.get("from_layout") or ("NHWC" if t["to_layout"] == "NCHW" else "NCHW"), t["to_layout"]) == change
+        ]
+        if timed:
+            print(
+                f"layout changes {change[0]} -> {change[1]}: {len(timed)} timed, median {np.median(timed):.1f} us "
+                f"(range {min(timed):.1f}-{max(timed):.1f} us)"
+            )
     terms = ((profile.predictor or {}).get("calibration") or {}).get("terms", {})  # type: ignore[attr-defined]
     print(f"calibration: {terms}")
 

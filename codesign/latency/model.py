@@ -635,9 +635,10 @@ def kernel_table_from_profile(profile: Any) -> tuple[dict[str, list[float | None
                 row[c], src[c] = median, MEASURED
             elif result.get("status") == "failed":
                 src[c] = FAILED
-            elif (option := options_of(record["family"], c)).get("layout", "NCHW") != "NCHW" and option.get("trace"):
+            elif (option := options_of(record["family"], c)).get("layout", "NCHW") == "NHWC" and option.get("trace"):
                 # an NHWC trace seen to replay but never built here: such replays have sent LLVM into
                 # code generation that never ended, so only NHWC traces built and timed are offered
+                # (packed replays have not: 0 build timeouts in the first NCHW8c profile, 2026-12-05)
                 src[c] = UNVERIFIED
             else:  # "unmeasured": seen to replay, not timed; the filled prediction stands
                 src[c] = PREDICTED
