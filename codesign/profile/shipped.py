@@ -9,6 +9,8 @@ from typing import Any
 
 from codesign.profile.profile_file import ProfileError, target_mismatch
 
+PORTABLE_FALLBACK = "llvm-znver3-2c.json"  # AVX2 code: runs on any x86-64 CPU since 2015 (AVX-512 ones do not)
+
 
 def shipped_profiles_dir() -> Path:
     """``codesign/hw_profiles`` in an installed package, else the source tree's ``hw_profiles/``."""
@@ -45,7 +47,8 @@ def find_shipped_profile(target: dict[str, Any], *, allow_mismatch: bool = False
         if recorded.get("kind") == target.get("kind"):
             same_kind.append(path)
     if allow_mismatch and same_kind:
-        return same_kind[0]
+        # the portable profile first: kernels built for another CPU may use instructions this one lacks
+        return min(same_kind, key=lambda path: (path.name != PORTABLE_FALLBACK, path.name))
     shipped = ", ".join(p.name for p in shipped_profiles()) or "none"
     if target.get("kind") == "cuda":
         which = f"this GPU ({target['arch']})" if target.get("arch") else "a cuda GPU"
