@@ -61,8 +61,15 @@ def test_nhwc_kernels_and_the_transposes_between_layouts_build_and_time(target):
     assert "T_transpose" not in residual.mod.script(), "the block input arrives NHWC: no transpose inside"
     for task in (nhwc, residual, transpose_task(24, 6, target), transpose_task(24, 6, target, to_layout="NCHW")):
         assert time_kernel(build_kernel(task, target), task, repeat=3, min_repeat_ms=5).median_ms > 0
-    with pytest.raises(ValueError, match="unknown layout"):
-        transpose_task(24, 6, target, to_layout="NCHW8c")
+    packing = transpose_task(24, 6, target, to_layout="NCHW8c")
+    unpacking = transpose_task(24, 6, target, to_layout="NCHW", from_layout="NCHW8c")
+    for task in (packing, unpacking):
+        assert "T_layout_trans" in task.mod.script() and "conv2d" not in task.mod.script()
+        assert time_kernel(build_kernel(task, target), task, repeat=3, min_repeat_ms=5).median_ms > 0
+    with pytest.raises(ValueError, match="no layout change from 'NHWC' to 'NCHW8c'"):
+        transpose_task(24, 6, target, to_layout="NCHW8c", from_layout="NHWC")
+    with pytest.raises(ValueError, match="12 channels do not divide into 8-channel blocks"):
+        transpose_task(12, 6, target, to_layout="NCHW8c")
 
 
 def test_builds_run_in_a_child_with_a_time_limit(target):

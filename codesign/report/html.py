@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import collections
 import html
 import json
 import time
@@ -166,17 +167,19 @@ def _breakdown(inputs: ReportInputs) -> str:
     default = sum(layer["default_ms"] for layer in explanation["layers"])
     calibration = explanation["calibration"]
     transposes = int(explanation.get("transposes", 0))
-    nhwc = sum(layer.get("layout") == "NHWC" for layer in explanation["layers"])
+    layers = explanation["layers"]
+    others = collections.Counter(str(layer.get("layout", "NCHW")) for layer in layers if layer.get("layout") != "NCHW")
+    in_layouts = ", ".join(f"{count} {name}" for name, count in sorted(others.items()))
     layouts = (
-        f" ({nhwc} of them NHWC) and {transposes} transposes between layouts, measured at "
-        f"{explanation.get('transpose_ms', 0.0) * 1e3:.1f} us in all"
-        if nhwc or transposes
+        f": {len(layers)} layers ({in_layouts or 'all NCHW'}) and {transposes} layout changes between them, "
+        f"measured at {explanation.get('transpose_ms', 0.0) * 1e3:.1f} us in all"
+        if others or transposes
         else ""
     )
     per_transpose = calibration.get("per_transpose_ms", 0.0)
     transpose_term = f" + {per_transpose * 1e3:.2f} us per transpose" if per_transpose else ""
     text = (
-        f"<p>{len(explanation['layers'])} fused kernels{layouts}. Their measured (or kernel-model) latencies "
+        f"<p>{explanation['kernels']} fused kernels{layouts}. The layers' measured (or kernel-model) latencies "
         f"under the chosen schedules sum to {chosen:.3f} ms; under TVM's default lowering the same kernels sum "
         f"to {default:.3f} ms ({default / chosen:.1f}x). The whole-model calibration fitted on compiled subnets "
         f"turns the sum into the prediction: {calibration['layer_scale']:.3f} x sum + "
