@@ -156,37 +156,35 @@ def transpose_task(
     from codesign.latency.transposes import default_source
 
     source = from_layout or default_source(to_layout)
-    pair = (source, to_layout)
-    x_shape: tuple[int, ...]
-    if pair in (("NCHW", "NHWC"), ("NHWC", "NCHW")):
-        x_shape = (
-            (1, channels, resolution, resolution) if to_layout == "NHWC" else (1, resolution, resolution, channels)
-        )
-        axes = [0, 2, 3, 1] if to_layout == "NHWC" else [0, 3, 1, 2]
-    elif (block := packed_block(to_layout) if source == "NCHW" else packed_block(source)) and "NCHW" in pair:
-        if channels % block:
-            raise ValueError(f"{channels} channels do not divide into {block}-channel blocks")
-        to_packed = source == "NCHW"
-        b = block
-        x_shape = (1, channels, resolution, resolution) if to_packed else (1, channels // b, resolution, resolution, b)
+    packed = packed_block(to_layout if source == "NCHW" else source)
+    c, r = channels, resolution
+    if (source, to_layout) in (("NCHW", "NHWC"), ("NHWC", "NCHW")):
+        x_shape: tuple[int, ...] = (1, c, r, r) if to_layout == "NHWC" else (1, r, r, c)
+    elif packed and "NCHW" in (source, to_layout):
+        if channels % packed:
+            raise ValueError(f"{channels} channels do not divide into {packed}-channel blocks")
+        x_shape = (1, c, r, r) if source == "NCHW" else (1, c // packed, r, r, packed)
     else:
         raise ValueError(f"no layout change from {source!r} to {to_layout!r}; changes go to or from NCHW")
     x = relax.Var("x", relax.TensorType(x_shape, "float32"))
     builder = relax.BlockBuilder()
     with builder.function("main", [x]):
         with builder.dataflow():
-            if len(x_shape) == 4 and "NHWC" in pair:
+            if packed is None:
+                axes = [0, 2, 3, 1] if to_layout == "NHWC" else [0, 3, 1, 2]
                 out = builder.emit_output(emit_isolated_transpose(builder, x, axes))
-            elif to_packed:
+            elif source == "NCHW":
+                b = packed
                 out = builder.emit_output(
                     relax.op.layout_transform(x, index_map=lambda n, c, h, w: (n, c // b, h, w, c % b))
                 )
             else:
+                b = packed
                 out = builder.emit_output(
                     relax.op.layout_transform(x, index_map=lambda n, cb, h, w, ci: (n, cb * b + ci, h, w))
                 )
         builder.emit_func_output(out)
-    mod = builder.get() if "NHWC" in pair else isolate_layout_transforms(builder.get())
+    mod = builder.get() if packed is None else isolate_layout_transforms(builder.get())
     fused = relax.get_pipeline("zero")(mod)
     (task,) = ms.relax_integration.extract_tasks(fused, tvm.target.Target(target))
     return KernelTask(task.task_name, task.dispatched[0], 1)
