@@ -268,18 +268,22 @@ def test_calibration_fits_a_transpose_term():
     assert fitted.layer_scale == pytest.approx(1.1, rel=1e-6)
 
 
-def test_nhwc_traces_only_checked_to_replay_are_never_offered(tiny_space):
-    """Such replays have hung LLVM's code generation; an NHWC trace is offered only where it was built and timed."""
+def _replay_only(profile, traced: dict[int, str], replay_only: tuple[int, ...], *, packed: bool = False):
+    """``profile`` with traces on the ``traced`` candidates of every family, and on one depthwise kernel
+    (channels in whole blocks of 8) the ``replay_only`` candidates only checked to replay (predicted at 1.0).
+    Returns the latency model and that kernel's row."""
     import copy
 
-    profile = synthetic_profile(tiny_space, layouts=True)
     families = copy.deepcopy(profile.tuning_records["families"])
     for options in families.values():
-        options[5]["trace"] = ["a trace"]  # the tuned NHWC candidate (3 NCHW traces, then NHWC default, NHWC #0)
+        for candidate, trace in traced.items():
+            options[candidate]["trace"] = [trace]
     measurements = copy.deepcopy(profile.measurements)
-    record = next(m for m in measurements if m["workload"]["kind"] == "depthwise")
+    record = next(
+        m for m in measurements if m["workload"]["kind"] == "depthwise" and m["workload"]["in_channels"] % 8 == 0
+    )
     for r in record["results"]:
-        if r["candidate"] in (3, 5):  # an NCHW and an NHWC trace, each only checked to replay
+        if r["candidate"] in replay_only:
             r.update(status="unmeasured", timing=None)
     filled = {m["key"]: [1.0] * len(m["results"]) for m in measurements}
     changed = type(profile)(
@@ -292,6 +296,13 @@ def test_nhwc_traces_only_checked_to_replay_are_never_offered(tiny_space):
     )
     model = LatencyModel.from_profile(changed)
     row = model.positions.workloads.index(next(w for w in model.positions.workloads if w.key() == record["key"]))
+    return model, row
+
+
+def test_nhwc_traces_only_checked_to_replay_are_never_offered(tiny_space):
+    """Such replays have hung LLVM's code generation; an NHWC trace is offered only where it was built and timed."""
+    # candidates: default, 3 NCHW traces, NHWC default, NHWC #0; an NCHW and an NHWC trace only checked to replay
+    model, row = _replay_only(synthetic_profile(tiny_space, layouts=True), {5: "a trace"}, (3, 5))
     assert np.isfinite(model.table[row, 3]) and model.table[row, 3] == 1.0  # NCHW: the predictor's value
     assert np.isinf(model.table[row, 5])  # NHWC: not offered
     assert np.isfinite(model.table[row, 4])  # NHWC's default lowering always compiles
@@ -299,30 +310,8 @@ def test_nhwc_traces_only_checked_to_replay_are_never_offered(tiny_space):
 
 def test_packed_traces_only_checked_to_replay_are_offered_at_their_predicted_latency(tiny_space):
     """Unlike NHWC replays, packed ones never hung a build: the kernel predictor's value stands."""
-    import copy
-
+    # candidates: default, 3 NCHW traces, NHWC default + #0, NCHW8c default + #0
     profile = synthetic_profile(tiny_space, layouts=True, packed=True)
-    families = copy.deepcopy(profile.tuning_records["families"])
-    for options in families.values():
-        options[5]["trace"] = ["an NHWC trace"]
-        options[7]["trace"] = ["a packed trace"]  # 3 NCHW traces, NHWC default + #0, NCHW8c default + #0
-    measurements = copy.deepcopy(profile.measurements)
-    record = next(
-        m for m in measurements if m["workload"]["kind"] == "depthwise" and m["workload"]["in_channels"] % 8 == 0
-    )
-    for r in record["results"]:
-        if r["candidate"] in (5, 7):
-            r.update(status="unmeasured", timing=None)
-    filled = {m["key"]: [1.0] * len(m["results"]) for m in measurements}
-    changed = type(profile)(
-        **{
-            **profile.__dict__,
-            "measurements": measurements,
-            "tuning_records": {"families": families},
-            "predictor": {**(profile.predictor or {}), "filled": filled},
-        }
-    )
-    model = LatencyModel.from_profile(changed)
-    row = model.positions.workloads.index(next(w for w in model.positions.workloads if w.key() == record["key"]))
+    model, row = _replay_only(profile, {5: "an NHWC trace", 7: "a packed trace"}, (5, 7))
     assert np.isinf(model.table[row, 5])
     assert model.table[row, 7] == 1.0
