@@ -315,3 +315,14 @@ def test_packed_traces_only_checked_to_replay_are_offered_at_their_predicted_lat
     model, row = _replay_only(profile, {5: "an NHWC trace", 7: "a packed trace"}, (5, 7))
     assert np.isinf(model.table[row, 5])
     assert model.table[row, 7] == 1.0
+
+
+def test_layout_names_are_read_case_blind_and_changes_fit_whole_blocks():
+    from codesign.latency.transposes import canonical_layout, change_fits
+
+    assert canonical_layout(" nchw8c") == "NCHW8c" and canonical_layout("nhwc") == "NHWC"
+    with pytest.raises(CodesignError, match="unknown data layout 'NCHW16c'"):
+        canonical_layout("NCHW16c")
+    assert change_fits(16, "NCHW", "NCHW8c") and change_fits(16, "NCHW8c", "NCHW")
+    assert not change_fits(12, "NCHW", "NCHW8c") and not change_fits(12, "NCHW8c", "NCHW")
+    assert change_fits(12, "NCHW", "NHWC")

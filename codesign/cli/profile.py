@@ -254,14 +254,11 @@ def _recalibrate(args: argparse.Namespace) -> int:
 def _layouts(spec: str | None, target: dict[str, Any]) -> tuple[str, ...]:
     """The ``--layouts`` to tune in: validated, NCHW first (candidate 0 is always NCHW's default lowering)."""
     from codesign.errors import CodesignError
-    from codesign.latency.transposes import LAYOUT_NAMES, layout_id
+    from codesign.latency.transposes import LAYOUT_NAMES, canonical_layout, layout_id
 
     if spec is None:
         return LAYOUT_NAMES if target.get("kind") == "llvm" else ("NCHW",)
-    spelled = {name.upper(): name for name in LAYOUT_NAMES}
-    names = [spelled.get(name.strip().upper(), name.strip()) for name in spec.split(",") if name.strip()]
-    for name in names:
-        layout_id(name)
+    names = [canonical_layout(name) for name in spec.split(",") if name.strip()]
     if "NCHW" not in names:
         raise CodesignError("--layouts must include NCHW (every kernel's first candidate is NCHW's default)")
     return tuple(sorted(set(names), key=layout_id))

@@ -117,6 +117,7 @@ class SearchCommand(Command):
 
         from codesign.errors import CodesignError
         from codesign.latency.model import LatencyModel
+        from codesign.latency.transposes import canonical_layout
         from codesign.profile.shipped import resolve_profile
         from codesign.search.accuracy_data import file_sha256, resolve_evaluator_kind
         from codesign.search.accuracy_predictor import AccuracyPredictor
@@ -141,7 +142,7 @@ class SearchCommand(Command):
         target = resolve_target(args.target)
         loaded_profile = resolve_profile(target, args.profile, allow_mismatch=args.allow_mismatch)
         profile_path = loaded_profile.path
-        layouts = [name.strip() for name in args.layouts.split(",")] if args.layouts else None
+        layouts = [canonical_layout(name) for name in args.layouts.split(",") if name.strip()] if args.layouts else None
         latency_model = LatencyModel.from_profile(loaded_profile.profile, layouts=layouts)
         supernet_file = resolve_supernet_path(args.supernet)
         predictor_path = Path(args.predictor) if args.predictor else default_predictor_path(args.supernet)

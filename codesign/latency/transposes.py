@@ -21,7 +21,6 @@ from codesign.errors import CodesignError
 from codesign.latency.workloads import Workload
 
 LAYOUT_NAMES: tuple[str, ...] = ("NCHW", "NHWC", "NCHW8c")  # layout ids: the index in this tuple
-PACKED_BLOCK = 8  # channels per block of the packed layout NCHW8c
 
 
 def layout_id(name: str) -> int:
@@ -44,8 +43,18 @@ def layout_changes(layouts: Iterable[str]) -> list[tuple[str, str]]:
 
 def change_fits(channels: int, from_layout: str, to_layout: str) -> bool:
     """Whether an activation of ``channels`` can be changed between the two layouts (packed: whole blocks)."""
-    packed = "NCHW8c" in (from_layout, to_layout)
-    return not packed or channels % PACKED_BLOCK == 0
+    from codesign.compiler.layouts import packed_block
+
+    block = packed_block(from_layout) or packed_block(to_layout)
+    return block is None or channels % block == 0
+
+
+def canonical_layout(name: str) -> str:
+    """``name`` as :data:`LAYOUT_NAMES` spells it (``nchw8c`` -> ``NCHW8c``); unknown names are a clear error."""
+    spelled = {known.upper(): known for known in LAYOUT_NAMES}
+    canonical = spelled.get(name.strip().upper(), name.strip())
+    layout_id(canonical)
+    return canonical
 
 
 def transpose_key(channels: int, resolution: int, to_layout: str, from_layout: str | None = None) -> str:
