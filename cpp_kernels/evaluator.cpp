@@ -24,7 +24,6 @@ namespace eval {
 namespace {
 
 typedef float V8 __attribute__((vector_size(32)));
-typedef int32_t V8I __attribute__((vector_size(32)));
 
 // The kernels of one instruction set (see evaluator_kernels.inc).
 struct KernelTable {
@@ -68,8 +67,9 @@ namespace isa_avx2 {
 #pragma GCC pop_options
 #endif
 
-// The same 8-wide code under AVX-512VL: 32 vector registers instead of 16 (the pointwise tiles
-// keep more accumulators live) and compares into mask registers; the vectors stay 256 bits wide.
+// The same code under AVX-512: 32 vector registers instead of 16 and compares into mask
+// registers; the pointwise kernels use 512-bit vectors (CODESIGN_WIDE_VECTORS), the others stay
+// 256 bits wide.
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))), \
                              apply_to = function)
@@ -77,9 +77,11 @@ namespace isa_avx2 {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
 #endif
+#define CODESIGN_WIDE_VECTORS 1
 namespace isa_avx512 {
 #include "evaluator_kernels.inc"
 }  // namespace isa_avx512
+#undef CODESIGN_WIDE_VECTORS
 #if defined(__clang__)
 #pragma clang attribute pop
 #else

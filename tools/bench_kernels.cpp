@@ -1,4 +1,4 @@
-// Microbenchmark of the C++ evaluator's kernels (AVX2 unless -DBENCH_ISA=isa_avx512 or isa_base) on the default space's layer shapes (one
+// Microbenchmark of the C++ evaluator's kernels (AVX2 unless -DBENCH_ISA=isa_avx512, 512-bit, or isa_base) on the default space's layer shapes (one
 // thread, 8 images per call as the evaluator runs them). Built and run by tools/bench_kernels.sh,
 // which compiles in cpp_kernels/evaluator.cpp of this checkout and, optionally, of an earlier commit.
 #include <chrono>
