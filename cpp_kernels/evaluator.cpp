@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -24,6 +25,30 @@ namespace eval {
 namespace {
 
 typedef float V8 __attribute__((vector_size(32)));
+
+// Allocates on 64-byte (cache line) boundaries: a 512-bit load from a 16-byte aligned buffer (what
+// malloc gives) spans two cache lines.
+template <class T>
+struct CacheLineAllocator {
+  using value_type = T;
+  static constexpr std::align_val_t kAlign{64};
+  CacheLineAllocator() = default;
+  template <class U>
+  CacheLineAllocator(const CacheLineAllocator<U>&) noexcept {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
+  void deallocate(T* p, size_t) noexcept { ::operator delete(p, kAlign); }
+  template <class U>
+  bool operator==(const CacheLineAllocator<U>&) const noexcept {
+    return true;
+  }
+  template <class U>
+  bool operator!=(const CacheLineAllocator<U>&) const noexcept {
+    return false;
+  }
+};
+
+// Activations and packed weights the vector kernels read.
+using Floats = std::vector<float, CacheLineAllocator<float>>;
 
 // The kernels of one instruction set (see evaluator_kernels.inc).
 struct KernelTable {
@@ -170,9 +195,9 @@ struct Layer {
   bool residual = false;  // adds the block input after BN (project layers of residual blocks)
   const Tensor* src = nullptr;
   const BatchNorm* bn = nullptr;
-  std::vector<float> w, bias;                 // packed weights (BN folded in for inference)
+  Floats w, bias;                             // packed weights (BN folded in for inference)
   std::vector<double> run_mean, run_var;      // recalibrated statistics
-  std::vector<float> bn_scale, bn_shift;      // train-mode BN of the current batch (Cp long)
+  Floats bn_scale, bn_shift;                  // train-mode BN of the current batch (Cp long)
   int64_t batches = 0;
 };
 
@@ -312,7 +337,7 @@ struct Member {
   Team* team = nullptr;
   int rank = 0;
   int phase = 0;
-  std::vector<float> buf[4];
+  Floats buf[4];
   std::vector<double> total, acc;
   std::vector<float> meanf, pooled;
 
@@ -637,7 +662,7 @@ struct PrefixNode {
   int entries = 0;        // requests that start from this node
   int children = 0;       // nodes computed from this one, still to do
   const EvalRequest* source = nullptr;  // a request of the group (its inputs)
-  std::vector<float> calibration, scored;
+  Floats calibration, scored;
 };
 
 // Multiply-accumulates per image of a program's layers from `begin` on (a scheduling estimate).
@@ -918,8 +943,8 @@ void SubnetEvaluator::run(std::vector<EvalRequest>& requests, int num_threads, i
     if (error) std::rethrow_exception(error);
   };
   auto release = [](PrefixNode& node) {
-    std::vector<float>().swap(node.calibration);
-    std::vector<float>().swap(node.scored);
+    Floats().swap(node.calibration);
+    Floats().swap(node.scored);
   };
   // Shared prefixes first, parents before children, all threads on each node.
   if (!nodes.empty())
