@@ -92,9 +92,8 @@ namespace isa_avx2 {
 #pragma GCC pop_options
 #endif
 
-// The same code under AVX-512: 32 vector registers instead of 16 and compares into mask
-// registers; the pointwise kernels use 512-bit vectors (CODESIGN_WIDE_VECTORS), the others stay
-// 256 bits wide.
+// The same code under AVX-512: 32 vector registers instead of 16, compares into mask registers,
+// and 512-bit vectors (CODESIGN_WIDE_VECTORS) in the pointwise, depthwise and BN-apply kernels.
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))), \
                              apply_to = function)

@@ -4,8 +4,8 @@
 ``codesign._kernels.SubnetEvaluator`` once; every subnet is then sliced, BN-recalibrated and scored
 in C++ (threads, no GIL). The weights are a snapshot: build a new evaluator after changing the
 supernet. :class:`TorchSubnetEvaluator` stays the reference and the fallback. The kernels are built
-for several instruction sets (portable baseline, AVX2+FMA, AVX-512VL) and the fastest one this CPU
-runs is picked at run time; ``CODESIGN_EVAL_ISA=base|avx2|avx512`` caps it.
+for several instruction sets (portable baseline, AVX2+FMA, AVX-512 with 512-bit vectors) and the
+fastest one this CPU runs is picked at run time; ``CODESIGN_EVAL_ISA=base|avx2|avx512`` caps it.
 """
 
 from __future__ import annotations
