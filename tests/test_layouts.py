@@ -31,13 +31,17 @@ def _packed(w, *, block=4):
 
 def _layouts(space, genome, nhwc_kinds):
     """The subnet's convolutions and their layouts: NHWC for ``nhwc_kinds`` (``"random"``: a seeded coin
-    each; ``"packed"``: NCHW4c wherever the channels allow; ``"all"``: a seeded draw of all four)."""
+    each; ``"packed"``: NCHW4c wherever the channels allow; ``"packed, residual NCHW"``: NCHW4c where the
+    channels allow except residual projections (a packed skip added to an NCHW convolution); ``"all"``:
+    a seeded draw of all four)."""
     convs = [w for w in subnet_workloads(space, genome) if w.kind != "pool_fc"]
     if nhwc_kinds == "random":
         coins = np.random.default_rng(5).random(len(convs))
         return convs, ["NHWC" if coin < 0.5 else "NCHW" for coin in coins]
     if nhwc_kinds == "packed":
         return convs, [_packed(w) for w in convs]
+    if nhwc_kinds == "packed, residual NCHW":
+        return convs, ["NCHW" if w.residual else _packed(w) for w in convs]
     if nhwc_kinds == "all":
         draws = np.random.default_rng(7).integers(0, 3, len(convs))
         return convs, [("NCHW", "NHWC", _packed(w))[d] for w, d in zip(convs, draws, strict=True)]
@@ -62,11 +66,13 @@ def test_layouts_change_speed_not_values_and_transpose_only_where_they_change(sm
     _, packed = _layouts(space, genome, "packed")
     assert {"NCHW4c", "NCHW"} <= set(packed)
     all_packed = apply_layouts(raw, packed)
+    _, residual_nchw = _layouts(space, genome, "packed, residual NCHW")
+    packed_skips = apply_layouts(raw, residual_nchw)
     _, four = _layouts(space, genome, "all")
     assert len(set(four)) >= 3
     with pytest.raises(ValueError, match="not NHWC with packed ones"):
         apply_layouts(raw, four)
-    for mod in (all_nhwc, mixed, all_packed):
+    for mod in (all_nhwc, mixed, all_packed, packed_skips):
         np.testing.assert_allclose(_run(mod, x), reference, rtol=1e-5, atol=1e-5)
 
 
@@ -95,9 +101,13 @@ def test_packed_layouts_match_onnxruntime_on_real_weights(default_space, tmp_pat
         np.testing.assert_allclose(_run(compiled, x), want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("nhwc_kinds", [{"conv", "depthwise"}, {"depthwise"}, "random", "packed"])
+@pytest.mark.parametrize(
+    "nhwc_kinds", [{"conv", "depthwise"}, {"depthwise"}, "random", "packed", "packed, residual NCHW"]
+)
 def test_every_kernel_of_a_mixed_network_is_the_profiled_kernel_of_its_layout(small_subnet, nhwc_kinds):
-    """What makes tuning records of one-layer kernels apply to whole networks in any layout mix."""
+    """What makes tuning records of one-layer kernels apply to whole networks in any layout mix:
+    each profiled kernel is a kernel of the network, and each convolution kernel of the network is
+    a profiled one (a residual add split from its convolution would leave a kernel without a schedule)."""
     import tvm
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
@@ -108,12 +118,16 @@ def test_every_kernel_of_a_mixed_network_is_the_profiled_kernel_of_its_layout(sm
     whole = ms.relax_integration.extract_tasks(
         relax.get_pipeline("zero")(apply_layouts(raw, layouts)), tvm.target.Target(target)
     )
-    database = ms.database.MemoryDatabase()
+    database, profiled = ms.database.MemoryDatabase(), ms.database.MemoryDatabase()
     for task in whole:
         database.commit_workload(task.dispatched[0])
     for workload, layout in zip(convs, layouts, strict=True):
         (kernel,) = workload_tasks(workload, target, layout=layout)
+        profiled.commit_workload(kernel.mod)
         assert database.has_workload(kernel.mod), f"{workload.key()} in {layout} compiles differently in the network"
+    for task in whole:
+        if "conv2d" in task.task_name:
+            assert profiled.has_workload(task.dispatched[0]), f"{task.task_name} is no profiled kernel ({layouts})"
 
 
 def test_bad_layouts_are_clear_errors(small_subnet):

@@ -257,6 +257,50 @@ def swap_residual_adds(mod: Any) -> Any:
     return rewriter.builder_.finalize()
 
 
+def residual_adds_follow_convolutions(mod: Any) -> Any:
+    """``mod`` with every residual add of an NCHW convolution and a packed skip run in NCHW.
+
+    ``ConvertLayout`` runs an add whose operands differ in layout in the packed one, whichever
+    operand comes first: the projection convolution's output would be converted to the packed
+    layout and added in a kernel of its own, leaving the projection without its residual, a kernel
+    no profiled schedule was tuned for (TVM's default lowering then runs it, several times slower).
+    Here the skip is converted to NCHW instead and added in the convolution's layout, so the
+    projection compiles to the profiled residual kernel; its output is converted back to the packed
+    layout for its consumers. This is the arrangement the latency model prices: a residual kernel
+    runs in its own layout, the skip changed to it. ``ConvertLayout`` keeps the operands in the order
+    :func:`swap_residual_adds` gave them: the convolution's side first, the skip second.
+    """
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    relax = _relax()
+
+    def rank(expr: Any) -> int:
+        return len(getattr(expr.ty, "shape", None) or ())
+
+    @mutator
+    class _Rehome(PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            if not _is_op(call, "relax.add") or rank(call) != 5:
+                return call
+            converted, skip = call.args  # the convolution's side first (see swap_residual_adds)
+            bound = self.lookup_binding(converted) if isinstance(converted, relax.Var) else None
+            if bound is None or not _is_op(bound, "relax.layout_transform") or not isinstance(skip, relax.Var):
+                return call
+            source = bound.args[0]
+            if not (isinstance(source, relax.Var) and rank(source) == 4):
+                return call  # a bias (constant) converted for a packed convolution's own add
+            to_packed = bound.attrs.index_map
+            back = to_packed.inverse([int(d) for d in source.ty.shape])
+            skip_nchw = self.builder_.emit(relax.op.layout_transform(skip, index_map=back))
+            summed = self.builder_.emit(relax.op.add(source, skip_nchw))
+            return relax.op.layout_transform(summed, index_map=to_packed)
+
+    rewriter = _Rehome(mod)
+    rewriter.builder_.update_func(mod.get_global_var("main"), rewriter.visit_expr(mod["main"]))
+    return relax.transform.DeadCodeElimination(["main"])(rewriter.builder_.finalize())
+
+
 OPAQUE_PATTERN = 8  # TVM's kOpaque: FuseOps fuses nothing into or out of such a kernel
 
 
@@ -429,7 +473,10 @@ def apply_layouts(mod: Any, layouts: Sequence[str]) -> Any:
                 return {"relax.nn.conv2d": [layout, kernel_layout(layout, depthwise=int(call.attrs.groups) > 1)]}
         raise ValueError("ConvertLayout visited a convolution that conv_calls did not find")
 
-    converted = swap_residual_adds(relax.transform.ConvertLayout({}, desired)(swap_residual_adds(mod)))
+    converted = relax.transform.ConvertLayout({}, desired)(swap_residual_adds(mod))
+    if blocks:
+        converted = residual_adds_follow_convolutions(converted)
+    converted = swap_residual_adds(converted)
     converted = relax.transform.FoldConstant()(converted)
     if any(packed_block(layout) for layout in layouts):
         converted = isolate_layout_transforms(legalize_packed_convolutions(converted))
