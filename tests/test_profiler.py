@@ -265,6 +265,28 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
     models = load_profile(twice).profile.models
     assert [m["key"] for m in models[:4]] == [m["key"] for m in recalibrated.models]
     assert len(models) == 5 and models[4]["key"] == "recalibration1-000"
+    # after a change to the compiler, the subnets the profile holds are timed again, in place
+    retimed_path = tmp_path / "retimed.json"
+    result = run_cli(
+        "profile",
+        "--recalibrate",
+        str(twice),
+        "--calibration-models",
+        "0",
+        "--retime-models",
+        "--cores",
+        "1",
+        "-o",
+        str(retimed_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "5 of them re-timed" in result.stdout
+    retimed = load_profile(retimed_path).profile
+    assert [m["key"] for m in retimed.models] == [m["key"] for m in models]
+    assert [m["genome"] for m in retimed.models] == [m["genome"] for m in models]
+    assert all(m["retimed"] == "recalibration2" and m["status"] == "ok" for m in retimed.models)
+    assert all(a["timing"] != b["timing"] for a, b in zip(retimed.models, models, strict=True))
+    assert retimed.predictor["calibration"]["recalibrations"][-1]["models_retimed"] == 5
     # a profile of another CPU is not recalibrated here
     foreign = json.loads(out.read_text())
     foreign["target"]["mcpu"] = "cortex-a72"

@@ -117,6 +117,12 @@ class ProfileCommand(Command):
             action="store_true",
             help="with --recalibrate: time no kernels, only the whole subnets (the kernel table is kept)",
         )
+        parser.add_argument(
+            "--retime-models",
+            action="store_true",
+            help="with --recalibrate: first compile and time again every whole subnet PROFILE holds, replacing "
+            "their timings (after a change to how codesign compiles them); --calibration-models may then be 0",
+        )
         bundle = parser.add_argument_group("measurement bundles (build here, measure on a device without TVM)")
         bundle.add_argument("--build-only", action="store_true", help="compile a measurement bundle into -o DIR")
         bundle.add_argument("--measure", metavar="BUNDLE", help="measure BUNDLE on this machine (runs its measure.py)")
@@ -215,8 +221,8 @@ def _recalibrate(args: argparse.Namespace) -> int:
 
     if args.rpc_tracker:
         raise CodesignError("--recalibrate measures on this machine; it does not take --rpc-tracker")
-    if args.calibration_models < 1:
-        raise CodesignError("--recalibrate needs --calibration-models of at least 1")
+    if args.calibration_models < (0 if args.retime_models else 1):
+        raise CodesignError("--recalibrate needs --calibration-models of at least 1 (or --retime-models)")
     target = host_llvm_target(args.cores)
     loaded = load_profile(args.recalibrate, target=target, tvm_version=software_versions()["tvm"], allow_mismatch=True)
     if loaded.warnings:
@@ -234,14 +240,16 @@ def _recalibrate(args: argparse.Namespace) -> int:
         seed=args.seed,
         budget_minutes=args.budget_minutes,
         time_kernels=not args.models_only,
+        retime_models=args.retime_models,
         progress=print,
     )
     save_profile(out, profile)
     models = sum(1 for m in profile.models if m.get("status") == "ok")
-    kernels = profile.predictor["calibration"]["recalibrations"][-1]["kernel_records_added"]
+    latest = profile.predictor["calibration"]["recalibrations"][-1]
+    retimed = f", {latest['models_retimed']} of them re-timed" if args.retime_models else ""
     print(
-        f"profile written to {out}: {kernels} kernel records added, calibration re-fitted on {models} whole "
-        f"models (journal in {work_dir})"
+        f"profile written to {out}: {latest['kernel_records_added']} kernel records added, calibration re-fitted "
+        f"on {models} whole models{retimed} (journal in {work_dir})"
     )
     if before:
         print(

@@ -822,6 +822,7 @@ def recalibrate_profile(
     budget_minutes: float = 30.0,
     model_build_timeout_s: float = 180.0,
     time_kernels: bool = True,
+    retime_models: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> Any:
     """``profile`` refined where the search goes: its picks' kernels timed, whole subnets measured, all re-fitted.
@@ -833,6 +834,11 @@ def recalibrate_profile(
     fastest of several predictions is the most optimistic one, and the search picks exactly those.
     Then each pick is compiled whole and timed, and the calibration is re-fitted on all the
     profile's whole subnets. Everything measured is journaled in ``work_dir``: rerunning resumes.
+
+    With ``retime_models``, every whole subnet the profile already holds is compiled and timed
+    again first and its new timing replaces the old one (its genome and key stay): for a profile
+    whose subnets were measured before a change to how codesign compiles them, since those timings
+    are the ground truth the calibration is fitted on and judged by.
     """
     from dataclasses import replace
 
@@ -858,7 +864,7 @@ def recalibrate_profile(
     model = LatencyModel.from_profile(profile)  # its picks are the search's: calibration costs transposes too
     measurements = list(profile.measurements)
     predictor = dict(profile.predictor)
-    if time_kernels:
+    if time_kernels and architectures:
         wanted = model.predicted_choices([model.fastest_schedules(a) for a in architectures])
         profiler.time_candidates(wanted, families, deadline=deadline, say=say)
         # a work dir reused from an earlier round holds kernels the profile already has
@@ -871,11 +877,35 @@ def recalibrate_profile(
             if refit is not None:
                 predictor = {**refit, "calibration": predictor.get("calibration", refit["calibration"])}
                 model = LatencyModel.from_profile(replace(profile, measurements=measurements, predictor=predictor))
+    kept = list(profile.models)
+    if retime_models:
+        retimed_prefix = f"{prefix}retimed-"
+        old = [m for m in kept if m.get("genome")]
+        say(f"re-timing the profile's {len(old)} whole subnets")
+        profiler.measure_models(
+            [(Genome.from_dict(m["genome"]), str(m.get("schedules", "fastest"))) for m in old],
+            families,
+            deadline=deadline,
+            say=say,
+            prefix=retimed_prefix,
+        )
+        retimed = {r["key"]: r for r in profiler.journal if r.get("type") == "model"}
+        replaced = {}
+        for i, m in enumerate(old):
+            new = retimed.get(f"{retimed_prefix}{i:03d}")
+            if new is not None:
+                fields = {k: new[k] for k in ("status", "timing", "error", "seconds")}
+                replaced[m["key"]] = {**m, **fields, "retimed": prefix.rstrip("-")}
+        kept = [replaced.get(m.get("key"), m) for m in kept]
     genomes = [(model.fastest_schedules(a), "fastest") for a in architectures]
     profiler.measure_models(genomes, families, deadline=deadline, say=say, prefix=prefix)
-    added = [r for r in profiler.journal if r.get("type") == "model" and r["key"].startswith(prefix)]
+    added = [
+        r
+        for r in profiler.journal
+        if r.get("type") == "model" and r["key"].startswith(prefix) and not r["key"].startswith(f"{prefix}retimed-")
+    ]
     added_keys = {r["key"] for r in added}
-    all_models = [m for m in profile.models if m.get("key") not in added_keys] + added
+    all_models = [m for m in kept if m.get("key") not in added_keys] + added
     section = {**predictor}
     section.update(fit_calibration(space, families, measurements, all_models, section, profile.transposes))
     history.append(
@@ -883,6 +913,7 @@ def recalibrate_profile(
             "created": now_utc(),
             "command": current_command(),
             "models_added": sum(1 for r in added if r["status"] == "ok"),
+            "models_retimed": sum(1 for m in all_models if m.get("retimed") == prefix.rstrip("-")),
             "kernel_records_added": len(measurements) - len(profile.measurements),
             "seconds": round(time.monotonic() - started, 1),
         }
