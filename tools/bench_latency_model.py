@@ -16,6 +16,12 @@ Every subnet is timed twice, in two passes minutes apart (the second in reverse 
 share of subnets whose two timings agree within +-10% is the machine's own repeatability, the
 ceiling any model can reach on it; the model is scored against the mean of the two timings.
 
+A shared or virtual machine's speed drifts by 10-15% over hours, which alone moves predictions out
+of +-10%. ``--speed-probe N`` first re-times N of the profile's own subnets (never the held-out
+ones) and scales the model's predictions, and the FLOPs baseline's, by the median ratio of their
+time now to their recorded time; the report then scores both the model as profiled and at the
+probed speed, and the RESULT line scores the latter.
+
 Run it on an otherwise idle machine: it measures. Last line:
 ``RESULT latency_model within10=<share> rmspe=<value> flops_within10=<share> n=<count>``.
 
@@ -79,8 +85,9 @@ def draw_held_out(model: Any, profile: Any, count: int, seed: int) -> list[tuple
     return drawn
 
 
-def flops_factor(model: Any, profile: Any) -> float:
-    """ms per MAC of the FLOPs-proportional baseline, least squares in relative error on the calibration models."""
+def flops_factor(model: Any, profile: Any, speed: float = 1.0) -> float:
+    """ms per MAC of the FLOPs-proportional baseline, least squares in relative error on the calibration models,
+    times ``speed`` (the device's probed speed, as the latency model gets it)."""
     from codesign.latency.workloads import subnet_macs
     from codesign.space import Genome
 
@@ -89,7 +96,7 @@ def flops_factor(model: Any, profile: Any) -> float:
         raise SystemExit("the profile has no whole-model measurements to fit the FLOPs baseline on")
     macs = np.asarray([subnet_macs(model.space, Genome.from_dict(m["genome"])) for m in calib], dtype=np.float64)
     ms = np.asarray([m["timing"]["median_ms"] for m in calib])
-    return float(np.sum(macs / ms) / np.sum((macs / ms) ** 2))
+    return speed * float(np.sum(macs / ms) / np.sum((macs / ms) ** 2))
 
 
 def report(rows: list[dict[str, Any]], profile: Any, second_label: str) -> int:
@@ -117,6 +124,12 @@ def report(rows: list[dict[str, Any]], profile: Any, second_label: str) -> int:
     for kind in ("fastest", "random"):
         s = summary("predicted_ms", kind)
         print(f"  schedules={kind:7s}: {s['within10']:.1%} within +-10%, RMSPE {s['rmspe']:.3f} (n={s['n']})")
+    if all("profile_ms" in r for r in rows):
+        raw = summary("profile_ms")
+        print(
+            f"  as profiled (no speed probe): {raw['within10']:.1%} within +-10%, RMSPE {raw['rmspe']:.3f}, "
+            f"worst {raw['max_abs_pct']:.1f}%"
+        )
     print(
         f"FLOPs baseline: {flops['within10']:.1%} within +-10%, RMSPE {flops['rmspe']:.3f}, "
         f"worst {flops['max_abs_pct']:.1f}%"
@@ -124,15 +137,21 @@ def report(rows: list[dict[str, Any]], profile: Any, second_label: str) -> int:
     return 0
 
 
-def measure_here(args: argparse.Namespace, model: Any, profile: Any, drawn: list[tuple[Any, str]]) -> list[dict]:
-    """Compile and time every drawn subnet on this machine, twice, minutes apart."""
+def measure_here(
+    args: argparse.Namespace, model: Any, profile: Any, drawn: list[tuple[Any, str]], speed: float | None
+) -> list[dict]:
+    """Compile and time every drawn subnet on this machine, twice, minutes apart.
+
+    With a probed ``speed``, predictions are the model's at that speed, beside the unscaled ones (``profile_ms``).
+    """
     from codesign.compiler.tvm_compile import compile_subnet, time_executable
     from codesign.latency.workloads import subnet_macs
 
     space = model.space
-    k = flops_factor(model, profile)
+    k = flops_factor(model, profile, speed or 1.0)
     genomes = [g for g, _ in drawn]
-    predicted = model.predict(genomes)
+    as_profiled = model.predict(genomes)
+    predicted = model.at_speed(speed).predict(genomes) if speed else as_profiled
     transposes = model.terms(model.vectors(genomes))[2]  # layout changes in each compiled subnet
     rows = []
     executables = []
@@ -150,6 +169,7 @@ def measure_here(args: argparse.Namespace, model: Any, profile: Any, drawn: list
                 "first_ms": timing.median_ms,
                 "std_ms": timing.std_ms,
                 "predicted_ms": float(predicted[i]),
+                **({"profile_ms": float(as_profiled[i])} if speed else {}),
                 "flops_ms": k * macs,
                 "macs": macs,
                 "transposes": int(transposes[i]),
@@ -286,6 +306,13 @@ def main() -> int:
         default=None,
         help="TVM runtime threads (default: the profile target's num-cores, the count it was measured with)",
     )
+    parser.add_argument(
+        "--speed-probe",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first re-time N of the profile's own subnets and score the model at the speed they show (default 0: off)",
+    )
     remote = parser.add_argument_group("devices without TVM (measured through a models-only bundle)")
     remote.add_argument(
         "--build-bundle", metavar="DIR", help="compile the held-out subnets into a bundle, measure nothing"
@@ -311,7 +338,14 @@ def main() -> int:
         drawn = draw_held_out(model, profile, args.subnets, args.seed)
         if args.build_bundle:
             return build_held_out_bundle(args, model, profile, drawn)
-        rows = measure_here(args, model, profile, drawn)
+        speed = None
+        if args.speed_probe:
+            from codesign.profile.speed_probe import probe_device_speed
+
+            probe = probe_device_speed(profile, subnets=args.speed_probe, repeat=args.repeat, progress=print)
+            print(probe.describe(), flush=True)
+            speed = probe.factor
+        rows = measure_here(args, model, profile, drawn, speed)
         second_label = "the second pass"
     if not rows:
         print("no subnet was measured", file=sys.stderr)

@@ -22,6 +22,7 @@ for exactly where the compiled graph puts them).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import re
 from collections.abc import Sequence
@@ -266,6 +267,21 @@ class LatencyModel:
         calibration = Calibration(**fitted.get("calibration", {}).get("terms", {}))
         transposes = TransposeCosts.from_records(profile.transposes)
         return cls(space, families, table, sources, calibration, name=profile.device.name, transposes=transposes)
+
+    def at_speed(self, factor: float) -> LatencyModel:
+        """This model with every prediction multiplied by ``factor`` (the device's speed now, relative to its
+        profile, from :func:`codesign.profile.speed_probe.probe_device_speed`); its choices do not change."""
+        if not (np.isfinite(factor) and factor > 0):
+            raise CodesignError(f"a speed factor must be a positive number, not {factor}")
+        c = self.calibration
+        scaled = copy.copy(self)
+        scaled.calibration = Calibration(
+            layer_scale=c.layer_scale * factor,
+            per_kernel_ms=c.per_kernel_ms * factor,
+            constant_ms=c.constant_ms * factor,
+            per_transpose_ms=c.per_transpose_ms * factor,
+        )
+        return scaled
 
     # ------------------------------------------------------------------ encodings
     @property

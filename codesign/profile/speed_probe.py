@@ -1,0 +1,99 @@
+"""How fast the device runs *now*, relative to when its profile was measured.
+
+A shared or virtual machine does not keep one speed: on the CI machine class the same compiled
+subnets ran 10-15% faster in an afternoon than in the morning of the same day, which alone moves
+most predictions outside +-10%. :func:`probe_device_speed` re-times a few of the profile's own
+whole-subnet measurements (compiled exactly as the profile compiled them) and returns the median
+ratio of the new time to the recorded one; :meth:`LatencyModel.at_speed` scales every prediction
+by it. The probe uses only subnets the profile already holds, never the ones it is asked about,
+so it tells the model about the machine and nothing about the answers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from codesign.errors import CodesignError
+
+
+@dataclass(frozen=True)
+class SpeedProbe:
+    """The result of a probe: ``factor`` = median over ``keys`` of (time now / time in the profile)."""
+
+    factor: float
+    ratios: tuple[float, ...]
+    keys: tuple[str, ...]
+    seconds: float
+
+    @property
+    def spread(self) -> float:
+        """Half the range between the 25th and 75th percentile ratios, relative to the median."""
+        q25, q75 = np.percentile(self.ratios, [25, 75])
+        return float((q75 - q25) / 2 / self.factor)
+
+    def describe(self) -> str:
+        """One line for a log."""
+        return (
+            f"speed probe: {len(self.keys)} of the profile's subnets run {self.factor:.3f}x their recorded time "
+            f"(ratios {min(self.ratios):.3f}-{max(self.ratios):.3f}, {self.seconds:.0f} s)"
+        )
+
+
+def probe_subnets(profile: Any, count: int) -> list[dict[str, Any]]:
+    """``count`` of the profile's measured subnets spread evenly over their latency range (deterministic).
+
+    Subnets at their fastest schedules come first (what the search picks; their timings repeat best).
+    """
+    ok = [m for m in profile.models if m.get("status") == "ok" and m.get("timing")]
+    preferred = [m for m in ok if m.get("schedules") == "fastest"] or ok
+    if count < 1:
+        raise CodesignError("a speed probe needs at least one subnet")
+    if not preferred:
+        raise CodesignError("the profile has no measured whole subnets to probe the device's speed with")
+    ranked = sorted(preferred, key=lambda m: m["timing"]["median_ms"])
+    if count >= len(ranked):
+        return ranked
+    picks = np.unique(np.round(np.linspace(0, len(ranked) - 1, count)).astype(int))
+    return [ranked[i] for i in picks]
+
+
+def probe_device_speed(
+    profile: Any,
+    *,
+    subnets: int = 8,
+    repeat: int = 10,
+    progress: Callable[[str], None] | None = None,
+) -> SpeedProbe:
+    """Compile ``subnets`` of ``profile``'s measured subnets, time them here and compare with the profile.
+
+    Runs on this machine (the profile's target must be this CPU); the TVM runtime uses as many
+    threads as ``TVM_NUM_THREADS`` says, which should be what the profile was measured with.
+    """
+    from codesign.compiler.tvm_compile import compile_subnet, time_executable
+    from codesign.latency.positions import PositionTable
+    from codesign.space import Genome, SearchSpace
+
+    space = SearchSpace.from_dict(profile.space)
+    positions = PositionTable(space)
+    families = profile.tuning_records.get("families", {})
+    started = time.perf_counter()
+    ratios, keys = [], []
+    for record in probe_subnets(profile, subnets):
+        genome = Genome.from_dict(record["genome"])
+        executable = compile_subnet(space, genome, profile.target, families, positions=positions)
+        now = time_executable(executable, space, genome.resolution, repeat=repeat).median_ms
+        ratios.append(now / float(record["timing"]["median_ms"]))
+        keys.append(str(record["key"]))
+        if progress is not None:
+            progress(f"speed probe {len(keys)}: {record['key']} {now:.3f} ms now, {ratios[-1]:.3f}x the profile's")
+    return SpeedProbe(
+        factor=float(np.median(ratios)),
+        ratios=tuple(ratios),
+        keys=tuple(keys),
+        seconds=time.perf_counter() - started,
+    )
