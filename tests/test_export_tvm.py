@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from codesign.export.pipeline import export_subnet
+from codesign.export.pipeline import describe, export_subnet
 from codesign.export.threads import candidate_thread_counts
 from codesign.latency.model import LatencyModel
 from codesign.profile.profile_file import load_profile
@@ -46,6 +46,7 @@ def test_tvm_artifacts_match_onnxruntime(shipped, fmnist_splits, tmp_path):
             evaluate_test=False,
             profile=profile,
             measure_latency=i == 0,
+            speed_probe=2 if i == 0 else 0,
         )
         tvm = result.manifest["tvm"]
         assert tvm["tvm_vs_onnxruntime_max_abs"] <= 1e-4
@@ -66,8 +67,17 @@ def test_tvm_artifacts_match_onnxruntime(shipped, fmnist_splits, tmp_path):
                 assert set(timings) == {str(t) for t in candidate_thread_counts(cores)}
                 assert all(t["median_ms"] > 0 and t["repeats"] == 30 for t in timings.values())
                 assert str(latency["recommended_threads"]) in timings
+                probe = latency["speed_probe"]  # two of the profile's subnets re-timed the artifact's way
+                assert len(probe["subnets"]) == 2 and 0.3 < probe["factor"] < 3.0
+                assert probe["factor"] == pytest.approx(float(np.median(probe["ratios"])))
+                assert latency["predicted_at_probed_speed_ms"] == pytest.approx(
+                    probe["factor"] * latency["predicted_ms"]
+                )
+                assert "speed probe" in describe(result.manifest)
+                assert not (tmp_path / f"a{i}" / ".speed_probe").exists()
             else:
                 assert latency["measured"] is None and "not this machine" in latency["not_measured"]
+                assert "speed_probe" not in latency
 
 
 def test_run_command_uses_the_artifact(shipped, fmnist_splits, tmp_path):

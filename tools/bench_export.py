@@ -22,6 +22,11 @@ otherwise idle machine. Last line:
     python tools/bench_export.py --best-of-threads 1,2 --retune-trials 32 --retune-minutes 10 --work out/bench
         # artifacts re-tuned here (codesign export --retune-trials), kept in --work for the next run
 
+A shared VM's speed drifts by 10-15% over hours (``tools/bench_latency_model.py`` measures it):
+``--speed-probe N`` first re-times N of the profile's own subnets in this process and scales the
+predictions by the median ratio of their time now to their recorded time; the table's prediction
+is then the scaled one and the unscaled share is printed beside it.
+
 With ``--retune-trials`` each model is also exported with ``--retune-trials`` (and
 ``--retune-minutes``): that artifact is the "TVM" judged (its manifest's ``predicted_retuned_ms``
 is the prediction), and the profile-only artifact is timed beside it in the same rounds ("plain").
@@ -140,6 +145,13 @@ def main() -> int:
         metavar="NCHW[,NHWC][,NCHW8c]",
         help="search and schedule with only these layouts' candidates (default: every layout the profile has)",
     )
+    parser.add_argument(
+        "--speed-probe",
+        type=int,
+        default=0,
+        metavar="N",
+        help="re-time N of the profile's own subnets first and judge predictions at the speed they show (default 0)",
+    )
     parser.add_argument("--export-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.best_of_threads:
@@ -214,6 +226,13 @@ def main() -> int:
             )
     if args.export_only:
         return 0
+    speed = 1.0
+    if args.speed_probe:
+        from codesign.profile.speed_probe import probe_device_speed
+
+        probe = probe_device_speed(profile, subnets=args.speed_probe, progress=print)
+        print(probe.describe(), flush=True)
+        speed = probe.factor
     rows = []
     for label, genome in genomes.items():
         artifact = work / label
@@ -231,7 +250,9 @@ def main() -> int:
             {
                 "model": label,
                 "genome": genome.to_dict(),
-                "predicted_ms": predicted,
+                "predicted_ms": predicted * speed,
+                "predicted_as_profiled_ms": predicted,
+                "speed_factor": speed,
                 "median_ms": medians,
                 "p10_p90_ms": {
                     k: [float(np.percentile(v, 10)), float(np.percentile(v, 90))] for k, v in samples.items()
@@ -256,6 +277,13 @@ def main() -> int:
     if args.retune_trials:
         gain = np.exp(np.mean([np.log(r["median_ms"]["tvm"] / r["median_ms"]["tvm_plain"]) for r in rows]))
         print(f"re-tuned over profile-only artifact, geometric mean: {gain:.3f}")
+    if args.speed_probe:
+        errors = [r["predicted_as_profiled_ms"] / r["median_ms"]["tvm_evaluator"] - 1 for r in rows]
+        print(
+            f"predictions scaled by the probed speed {speed:.3f}; as profiled they were "
+            + ", ".join(f"{e:+.1%}" for e in errors)
+            + f" ({np.mean([abs(e) <= 0.10 for e in errors]):.0%} within 10%)"
+        )
     over_ort = float(np.exp(np.mean([np.log(r["median_ms"]["tvm"] / r["median_ms"]["onnxruntime"]) for r in rows])))
     over_torch = float(np.exp(np.mean([np.log(r["median_ms"]["tvm"] / r["median_ms"]["torch"]) for r in rows])))
     within = float(np.mean([abs(r["pred_error"]) <= 0.10 for r in rows]))
@@ -297,6 +325,7 @@ def _best_of_threads(args: argparse.Namespace) -> int:
     common = [sys.executable, __file__, "--recommended", str(recommended), "--profile", str(profile_path)]
     common += ["--work", str(work), "--retune-trials", str(args.retune_trials)]
     common += ["--layouts", args.layouts] if args.layouts else []
+    common += ["--speed-probe", str(args.speed_probe)] if args.speed_probe else []
     if args.retune_minutes is not None:
         common += ["--retune-minutes", str(args.retune_minutes)]
     # export (and re-tune) once, at the profile's core count, before any timing child reuses the artifacts

@@ -109,6 +109,15 @@ class ExportCommand(Command):
             "(default) times the library here at 1, 2, 4, ... and all cores and takes the fastest; N takes N",
         )
         parser.add_argument(
+            "--speed-probe",
+            type=int,
+            default=0,
+            metavar="N",
+            help="when the library is timed here: also re-time N of the profile's own subnets the same way and "
+            "record how fast this machine runs now relative to its profile, with the prediction at that speed "
+            "(a shared VM drifts 10-15%% over hours; default 0: off)",
+        )
+        parser.add_argument(
             "--rpc-tracker", default=None, metavar="HOST:PORT", help="time the library on the device behind it"
         )
         parser.add_argument("--rpc-key", default=None, metavar="KEY", help="the device's key at the tracker")
@@ -123,6 +132,8 @@ class ExportCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from codesign.errors import ExportError
 
+        if args.speed_probe < 0:
+            raise ExportError("--speed-probe takes a number of subnets, 0 or more")
         if args.format != "tvm" and (args.retune_trials or args.tune_trials or args.retune_minutes is not None):
             raise ExportError("--tune-trials, --retune-trials and --retune-minutes compile with TVM: add --format tvm")
         apply_threads(args.threads)
@@ -160,6 +171,7 @@ class ExportCommand(Command):
             runtime_threads=args.runtime_threads,
             retune_trials=args.retune_trials,
             retune_minutes=args.retune_minutes,
+            speed_probe=args.speed_probe,
         )
         print(f"exported to {result.out_dir}: {describe(result.manifest)}")
         return 0

@@ -61,6 +61,7 @@ def _tvm_artifact(
     schedules_from: str,
     runtime_threads: RuntimeThreads,
     retune: RetuneSettings | None,
+    speed_probe: int = 0,
 ) -> dict[str, Any]:
     from codesign.compiler.tvm_compile import compiled_choices, time_executable
     from codesign.export.tvm_artifact import LIBRARY_NAME, check_tvm_parity, compile_onnx
@@ -137,6 +138,13 @@ def _tvm_artifact(
     here = profile is not None and target_mismatch(target, host_llvm_target()) is None
     if measure_latency and here:
         section["latency"].update(_measure_threads(library, space, genome, target, runtime_threads))
+        if speed_probe and model is not None and predicted is not None:
+            probe = _probe_speed(profile, space, target, speed_probe, staging)
+            latency = section["latency"]
+            latency["speed_probe"] = probe
+            latency["predicted_at_probed_speed_ms"] = predicted * probe["factor"]
+            if "predicted_retuned_ms" in latency:
+                latency["predicted_retuned_at_probed_speed_ms"] = latency["predicted_retuned_ms"] * probe["factor"]
     elif measure_latency:
         section["latency"]["not_measured"] = "the profile's device is not this machine"
     return section
@@ -188,6 +196,37 @@ def _retune_step(
         )
 
     return step
+
+
+def _probe_speed(profile: Any, space: Any, target: dict[str, Any], subnets: int, staging: Path) -> dict[str, Any]:
+    """The machine's speed now relative to ``profile`` (the manifest's ``speed_probe``).
+
+    The probe's subnets are timed exactly as the artifact is: exported, in a fresh process with the
+    runtime-only loader, at the target's core count.
+    """
+    from codesign.export.threads import sweep_threads
+    from codesign.profile.speed_probe import probe_device_speed
+
+    cores = int(target.get("num-cores") or os.cpu_count() or 1)
+    scratch = staging / ".speed_probe"
+    scratch.mkdir()
+
+    def time_subnet(executable: Any, genome: Genome) -> float:
+        library = scratch / "probe.so"
+        executable.export_library(str(library))
+        shape = [1, space.in_channels, genome.resolution, genome.resolution]
+        return sweep_threads(library, shape, counts=[cores], rounds=2).median_ms(cores)
+
+    try:
+        probe = probe_device_speed(profile, subnets=subnets, time_subnet=time_subnet)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {
+        "factor": probe.factor,
+        "ratios": list(probe.ratios),
+        "subnets": list(probe.keys),
+        "seconds": round(probe.seconds, 1),
+    }
 
 
 def _measure_threads(
@@ -292,6 +331,7 @@ def export_subnet(
     runtime_threads: RuntimeThreads = "auto",
     retune_trials: int = 0,
     retune_minutes: float | None = None,
+    speed_probe: int = 0,
 ) -> ExportResult:
     """Extract ``genome``, recalibrate its BN on training images, export ONNX, check it, write a manifest.
 
@@ -311,7 +351,10 @@ def export_subnet(
     kernel of the subnet on this machine with that many trials each (slowest first, within
     ``retune_minutes`` if given) and compiles each with whichever of its own and the profile's
     schedule times faster (see :mod:`codesign.export.retune`); the kernels finished are journaled
-    beside ``out_dir`` until the export succeeds, so a killed export resumes.
+    beside ``out_dir`` until the export succeeds, so a killed export resumes. ``speed_probe`` > 0
+    re-times that many of the profile's own subnets beside the artifact and records the machine's
+    speed now relative to the profile and the prediction at that speed (see
+    :mod:`codesign.profile.speed_probe`).
     """
     space = loaded.supernet.space
     genome = genome.validate(space)
@@ -352,6 +395,7 @@ def export_subnet(
                 schedules_from,
                 runtime_threads,
                 retune,
+                speed_probe,
             )
         from safetensors.torch import save_file
 
@@ -455,6 +499,13 @@ def describe(manifest: dict[str, Any]) -> str:
                 else f", not measured ({latency.get('not_measured', 'skipped')})"
             )
         )
+        if "speed_probe" in latency:
+            probe = latency["speed_probe"]
+            parts.append(
+                f"speed probe: this machine runs {probe['factor']:.3f}x the profile's time now "
+                f"({len(probe['subnets'])} subnets), predicted at that speed "
+                f"{latency.get('predicted_retuned_at_probed_speed_ms', latency['predicted_at_probed_speed_ms']):.3f} ms"
+            )
         retuned = tvm.get("retuned")
         if retuned:
             gains = [k["speedup"] for k in retuned["kernels"] if k["kept"] == "tuned"]

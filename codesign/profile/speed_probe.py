@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from codesign.errors import CodesignError
+from codesign.space import Genome
 
 
 @dataclass(frozen=True)
@@ -67,16 +68,19 @@ def probe_device_speed(
     *,
     subnets: int = 8,
     repeat: int = 10,
+    time_subnet: Callable[[Any, Genome], float] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> SpeedProbe:
     """Compile ``subnets`` of ``profile``'s measured subnets, time them here and compare with the profile.
 
-    Runs on this machine (the profile's target must be this CPU); the TVM runtime uses as many
-    threads as ``TVM_NUM_THREADS`` says, which should be what the profile was measured with.
+    Runs on this machine (the profile's target must be this CPU). By default each executable is
+    timed in this process (the TVM runtime uses as many threads as ``TVM_NUM_THREADS`` says, which
+    should be what the profile was measured with); ``time_subnet(executable, genome) -> median ms``
+    times it the way the caller times what it compares (e.g. an exported library in a fresh process).
     """
     from codesign.compiler.tvm_compile import compile_subnet, time_executable
     from codesign.latency.positions import PositionTable
-    from codesign.space import Genome, SearchSpace
+    from codesign.space import SearchSpace
 
     space = SearchSpace.from_dict(profile.space)
     positions = PositionTable(space)
@@ -86,7 +90,10 @@ def probe_device_speed(
     for record in probe_subnets(profile, subnets):
         genome = Genome.from_dict(record["genome"])
         executable = compile_subnet(space, genome, profile.target, families, positions=positions)
-        now = time_executable(executable, space, genome.resolution, repeat=repeat).median_ms
+        if time_subnet is not None:
+            now = float(time_subnet(executable, genome))
+        else:
+            now = time_executable(executable, space, genome.resolution, repeat=repeat).median_ms
         ratios.append(now / float(record["timing"]["median_ms"]))
         keys.append(str(record["key"]))
         if progress is not None:
