@@ -179,7 +179,7 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
 
     from codesign.latency.model import MEASURED, PREDICTED, LatencyModel
     from codesign.profile.profile_file import load_profile
-    from codesign.space import Genome
+    from codesign.space import Genome, SearchSpace
 
     out = tmp_path / "cpu.json"
     cmd = [
@@ -254,6 +254,8 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
         str(again),
         "--calibration-models",
         "1",
+        "--calibration-sampling",
+        "spread",
         "--models-only",
         "--cores",
         "1",
@@ -265,6 +267,9 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
     models = load_profile(twice).profile.models
     assert [m["key"] for m in models[:4]] == [m["key"] for m in recalibrated.models]
     assert len(models) == 5 and models[4]["key"] == "recalibration1-000"
+    tiny = SearchSpace.from_dict(recalibrated.space)
+    smallest = LatencyModel.from_profile(recalibrated).fastest_schedules(Genome.smallest(tiny).canonical(tiny))
+    assert Genome.from_dict(models[4]["genome"]) == smallest  # spread sampling starts at the range's low end
     # after a change to the compiler, the subnets the profile holds are timed again, in place
     retimed_path = tmp_path / "retimed.json"
     result = run_cli(
@@ -307,3 +312,37 @@ def test_bad_layouts_are_one_line_errors_before_any_work(tmp_path):
         assert result.returncode == 1 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     assert not out.exists() and not (tmp_path / "p.json.work").exists()
+
+
+def test_spread_sampling_spans_the_latency_range(tiny_space):
+    from codesign.latency.model import LatencyModel
+    from codesign.profile.profiler import spread_architectures
+    from codesign.space import Genome
+    from codesign.testing import synthetic_profile
+
+    model = LatencyModel.from_profile(synthetic_profile(tiny_space))
+    picks = spread_architectures(model, 6, np.random.default_rng(0))
+    assert len(picks) == 6 and len({g.to_json() for g in picks}) == 6
+    assert picks[:2] == [
+        Genome.smallest(tiny_space).canonical(tiny_space),
+        Genome.largest(tiny_space).canonical(tiny_space),
+    ]
+    latency = model.predict([model.fastest_schedules(g) for g in picks])
+    assert latency[0] == latency.min() and latency[1] == latency.max()
+    between = latency[2:]
+    assert np.all(np.diff(between) >= 0)  # nearest to rising goals
+    # the largest gap between picks on a log latency scale (the range's ends included) is smaller
+    # than for random draws of the same number: random draws cluster in the middle
+    ends = np.log(latency[:2])
+
+    def widest_gap(values: np.ndarray) -> float:
+        return float(np.diff(np.sort(np.concatenate([np.log(values), ends]))).max())
+
+    rng = np.random.default_rng(1)
+    random_gaps = [
+        widest_gap(model.predict([model.fastest_schedules(Genome.random(tiny_space, rng)) for _ in range(6)]))
+        for _ in range(20)
+    ]
+    assert widest_gap(latency) < np.median(random_gaps)
+    again = spread_architectures(model, 6, np.random.default_rng(0), exclude={picks[0].to_json()})
+    assert picks[0] not in again and again[0] == picks[1]

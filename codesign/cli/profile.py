@@ -118,6 +118,13 @@ class ProfileCommand(Command):
             help="with --recalibrate: time no kernels, only the whole subnets (the kernel table is kept)",
         )
         parser.add_argument(
+            "--calibration-sampling",
+            choices=("random", "spread"),
+            default="random",
+            help="with --recalibrate: random architectures (default), or spread: the space's smallest and "
+            "largest subnets and others spanning the latency range between (a calibration that holds at its ends)",
+        )
+        parser.add_argument(
             "--retime-models",
             action="store_true",
             help="with --recalibrate: first compile and time again every whole subnet PROFILE holds, replacing "
@@ -241,6 +248,7 @@ def _recalibrate(args: argparse.Namespace) -> int:
         budget_minutes=args.budget_minutes,
         time_kernels=not args.models_only,
         retime_models=args.retime_models,
+        sampling=args.calibration_sampling,
         progress=print,
     )
     save_profile(out, profile)

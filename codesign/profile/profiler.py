@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -813,6 +813,72 @@ def profile_from_journal(space: SearchSpace, config: ProfileConfig, work_dir: st
     )
 
 
+CalibrationSampling = Literal["random", "spread"]
+
+
+def sized_genome(space: SearchSpace, level: float, rng: np.random.Generator, *, noise: float = 0.7) -> Genome:
+    """A random architecture of about ``level`` (0: the smallest, 1: the largest) in every choice.
+
+    Each choice takes the option at ``level`` of its range from small to large (fewer blocks, lower
+    resolution, smaller kernels and expand ratios, more pruning first), moved by Gaussian noise of
+    ``noise`` options.
+    """
+
+    def pick(options: tuple[Any, ...], *, larger_is_smaller: bool = False) -> Any:
+        ordered = sorted(options, reverse=larger_is_smaller)
+        index = int(np.clip(np.rint(level * (len(ordered) - 1) + rng.normal(0.0, noise)), 0, len(ordered) - 1))
+        return ordered[index]
+
+    slots = space.block_slots()
+    return Genome(
+        resolution=int(pick(space.resolutions)),
+        depths=tuple(int(pick(s.depths)) for s in space.stages),
+        kernel_sizes=tuple(int(pick(space.stages[si].kernel_sizes)) for si, _ in slots),
+        expand_ratios=tuple(int(pick(space.stages[si].expand_ratios)) for si, _ in slots),
+        block_prune=tuple(float(pick(space.stages[si].block_prune_ratios, larger_is_smaller=True)) for si, _ in slots),
+        width_prune=tuple(float(pick(s.width_prune_ratios, larger_is_smaller=True)) for s in space.stages),
+    )
+
+
+def spread_architectures(
+    model: Any, count: int, rng: np.random.Generator, *, exclude: Collection[str] = (), pool: int = 40
+) -> list[Genome]:
+    """``count`` architectures whose predicted latencies (at the fastest schedules) span the space's range.
+
+    The space's smallest and largest subnets come first (the range's ends, which random draws almost
+    never reach, and where a calibration fitted without them extrapolates); the rest are picked from
+    ``pool`` x ``count`` draws nearest to latencies evenly spaced on a log scale between the two.
+    Half the draws are uniform, half :func:`sized_genome` at a uniform size level, so the pool
+    reaches both ends of the range (uniform draws cluster in its middle). Architectures in
+    ``exclude`` (canonical JSON) are skipped: the profile measured them already.
+    """
+    space = model.space
+    ends = [Genome.smallest(space).canonical(space), Genome.largest(space).canonical(space)]
+    drawn = [
+        (Genome.random(space, rng) if k % 2 else sized_genome(space, float(rng.uniform()), rng)).canonical(space)
+        for k in range(pool * count)
+    ]
+    candidates, seen = [], set(exclude)
+    for g in ends + drawn:
+        if g.to_json() not in seen:
+            seen.add(g.to_json())
+            candidates.append(g)
+    if not candidates or count < 1:
+        return []
+    latency = np.log(model.predict([model.fastest_schedules(g) for g in candidates]))
+    low, high = float(np.log(model.predict([model.fastest_schedules(ends[0])])[0])), float(latency.max())
+    chosen = [i for i, g in enumerate(candidates[:2]) if g in ends][:count]
+    free = np.ones(len(candidates), dtype=bool)
+    free[chosen] = False
+    for goal in np.linspace(low, high, count - len(chosen) + 2)[1:-1]:
+        if not free.any():
+            break
+        i = int(np.argmin(np.where(free, np.abs(latency - goal), np.inf)))
+        chosen.append(i)
+        free[i] = False
+    return [candidates[i] for i in chosen]
+
+
 def recalibrate_profile(
     profile: Any,
     *,
@@ -823,6 +889,7 @@ def recalibrate_profile(
     model_build_timeout_s: float = 180.0,
     time_kernels: bool = True,
     retime_models: bool = False,
+    sampling: CalibrationSampling = "random",
     progress: Callable[[str], None] | None = None,
 ) -> Any:
     """``profile`` refined where the search goes: its picks' kernels timed, whole subnets measured, all re-fitted.
@@ -839,6 +906,10 @@ def recalibrate_profile(
     again first and its new timing replaces the old one (its genome and key stay): for a profile
     whose subnets were measured before a change to how codesign compiles them, since those timings
     are the ground truth the calibration is fitted on and judged by.
+
+    ``sampling="spread"`` takes the architectures from :func:`spread_architectures` instead of at
+    random: the space's smallest and largest subnets and others spanning the latency range between,
+    for a calibration that holds at the range's ends (random draws cluster in its middle).
     """
     from dataclasses import replace
 
@@ -854,14 +925,20 @@ def recalibrate_profile(
     history = list(profile.predictor.get("calibration", {}).get("recalibrations", []))
     prefix = f"recalibration{len(history)}-"  # each recalibration of a profile adds models of its own
     rng = np.random.default_rng(seed + 7919 + 1000 * len(history))  # not the profile's own calibration subnets
-    architectures = [Genome.random(space, rng).canonical(space) for _ in range(models)]
+    model = LatencyModel.from_profile(profile)  # its picks are the search's: calibration costs transposes too
+    if sampling == "spread":
+        measured = {Genome.from_dict(m["genome"]).canonical(space).to_json() for m in profile.models}
+        architectures = spread_architectures(model, models, rng, exclude=measured)
+    elif sampling == "random":
+        architectures = [Genome.random(space, rng).canonical(space) for _ in range(models)]
+    else:
+        raise ProfileError(f"unknown calibration sampling {sampling!r}; use random or spread")
     config = ProfileConfig(
         target=dict(profile.target), calibration_models=models, model_build_timeout_s=model_build_timeout_s, seed=seed
     )
     profiler = Profiler(space, config, work_dir)
     started = time.monotonic()
     deadline = started + budget_minutes * 60.0
-    model = LatencyModel.from_profile(profile)  # its picks are the search's: calibration costs transposes too
     measurements = list(profile.measurements)
     predictor = dict(profile.predictor)
     if time_kernels and architectures:
