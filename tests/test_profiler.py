@@ -303,6 +303,13 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
         and len(bad.stderr.strip().splitlines()) == 1
     )
     assert not (tmp_path / "f2.json").exists()
+    # --check-speed: the profile's own subnets re-timed here, the factor printed; not on another CPU's profile
+    checked = run_cli("profile", "--check-speed", str(retimed_path), "--probe-subnets", "2", "--cores", "1")
+    assert checked.returncode == 0, checked.stderr
+    factor = float(checked.stdout.split("subnets run ")[1].split("x their recorded")[0])
+    assert 0.3 < factor < 3.0 and "speed probe 2:" in checked.stdout
+    bad = run_cli("profile", "--check-speed", str(tmp_path / "foreign.json"))
+    assert bad.returncode == 1 and "not measured with this machine" in bad.stderr
 
 
 def test_bad_layouts_are_one_line_errors_before_any_work(tmp_path):

@@ -130,6 +130,16 @@ class ProfileCommand(Command):
             help="with --recalibrate: first compile and time again every whole subnet PROFILE holds, replacing "
             "their timings (after a change to how codesign compiles them); --calibration-models may then be 0",
         )
+        parser.add_argument(
+            "--check-speed",
+            metavar="PROFILE.json",
+            help="measure nothing new: re-time --probe-subnets of PROFILE's own whole subnets here and say how fast "
+            "this machine runs now relative to when PROFILE was measured (its predictions scale by that factor; "
+            "a shared VM drifts 10-15%% over hours)",
+        )
+        parser.add_argument(
+            "--probe-subnets", type=int, default=8, metavar="N", help="with --check-speed: subnets to re-time (8)"
+        )
         bundle = parser.add_argument_group("measurement bundles (build here, measure on a device without TVM)")
         bundle.add_argument("--build-only", action="store_true", help="compile a measurement bundle into -o DIR")
         bundle.add_argument("--measure", metavar="BUNDLE", help="measure BUNDLE on this machine (runs its measure.py)")
@@ -167,6 +177,8 @@ class ProfileCommand(Command):
 
         if args.measure:
             return _measure_bundle(args.measure, args.out)
+        if args.check_speed:
+            return _check_speed(args)
         if not args.out:
             raise CodesignError("give -o FILE.json (or -o DIR with --build-only)")
         if args.merge:
@@ -215,6 +227,44 @@ class ProfileCommand(Command):
         )
         _print_validation(profile)
         return 0
+
+
+SPEED_DRIFT_TO_MENTION = 0.05
+
+
+def _check_speed(args: argparse.Namespace) -> int:
+    """``--check-speed``: this machine's speed now relative to a profile it measured."""
+    import os
+
+    from codesign.errors import CodesignError
+    from codesign.profile.profile_file import load_profile
+    from codesign.profile.speed_probe import probe_device_speed
+    from codesign.profile.tvm_backend import host_llvm_target, software_versions
+
+    if args.probe_subnets < 1:
+        raise CodesignError("--probe-subnets must be at least 1")
+    loaded = load_profile(args.check_speed, allow_mismatch=True)
+    cores = args.cores or int(loaded.profile.target.get("num-cores") or 0) or None
+    target = host_llvm_target(cores)
+    loaded = load_profile(args.check_speed, target=target, tvm_version=software_versions()["tvm"], allow_mismatch=True)
+    if loaded.warnings:
+        raise CodesignError(
+            f"{args.check_speed} was not measured with this machine and TVM ({'; '.join(loaded.warnings)}): "
+            "check a profile's speed on the device and software it measured"
+        )
+    if cores:
+        os.environ["TVM_NUM_THREADS"] = str(cores)  # the count the profile was timed with, before TVM's pool starts
+    probe = probe_device_speed(loaded.profile, subnets=args.probe_subnets, progress=print)
+    print(probe.describe())
+    if abs(probe.factor - 1.0) > SPEED_DRIFT_TO_MENTION:
+        print(
+            f"this machine runs {probe.factor:.2f}x the time it ran when {args.check_speed} was measured: predictions "
+            f"are off by as much (`codesign export --speed-probe N` records the factor with an artifact; "
+            f"`codesign profile --recalibrate {args.check_speed} --retime-models` re-times the profile's subnets)"
+        )
+    else:
+        print(f"within {SPEED_DRIFT_TO_MENTION:.0%} of the profile's speed")
+    return 0
 
 
 def _recalibrate(args: argparse.Namespace) -> int:
