@@ -60,7 +60,7 @@ def draw_held_out(model: Any, profile: Any, count: int, seed: int) -> list[tuple
 
     space = model.space
     rng = np.random.default_rng(seed)
-    calib_arch = {Genome.from_dict(m["genome"]).canonical(space).to_json() for m in profile.models}
+    calib_arch = {Genome.from_dict(m["genome"]).architecture(space).to_json() for m in profile.models}
     drawn: list[tuple[Any, str]] = []
     while len(drawn) < count:
         g = Genome.random(space, rng).canonical(space)

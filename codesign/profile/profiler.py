@@ -850,7 +850,7 @@ def spread_architectures(
     ``pool`` x ``count`` draws nearest to latencies evenly spaced on a log scale between the two.
     Half the draws are uniform, half :func:`sized_genome` at a uniform size level, so the pool
     reaches both ends of the range (uniform draws cluster in its middle). Architectures in
-    ``exclude`` (canonical JSON) are skipped: the profile measured them already.
+    ``exclude`` (JSON of :meth:`Genome.architecture`) are skipped: the profile measured them already.
     """
     space = model.space
     ends = [Genome.smallest(space).canonical(space), Genome.largest(space).canonical(space)]
@@ -927,7 +927,7 @@ def recalibrate_profile(
     rng = np.random.default_rng(seed + 7919 + 1000 * len(history))  # not the profile's own calibration subnets
     model = LatencyModel.from_profile(profile)  # its picks are the search's: calibration costs transposes too
     if sampling == "spread":
-        measured = {Genome.from_dict(m["genome"]).canonical(space).to_json() for m in profile.models}
+        measured = {Genome.from_dict(m["genome"]).architecture(space).to_json() for m in profile.models}
         architectures = spread_architectures(model, models, rng, exclude=measured)
     elif sampling == "random":
         architectures = [Genome.random(space, rng).canonical(space) for _ in range(models)]

@@ -109,6 +109,10 @@ class Genome:
                 )
         return replace(self, kernel_sizes=tuple(ks), expand_ratios=tuple(es), block_prune=tuple(ps))
 
+    def architecture(self, space: SearchSpace) -> Genome:
+        """The canonical network without schedule genes: equal for every scheduling of the same subnet."""
+        return replace(self, schedules=()).canonical(space)
+
     def validate(self, space: SearchSpace) -> Genome:
         """Raise :class:`GenomeError` naming the first gene that does not fit ``space``; return self."""
         n_stages, n_slots = space.num_stages, space.max_blocks
