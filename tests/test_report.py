@@ -79,6 +79,17 @@ def test_report_shows_search_export_breakdown_and_trust(search_dir, fmnist_split
         assert f"{latency['measured']['median_ms']:.3f} &plusmn;" in html and f"{error:+.1f}%" in html
         one_thread = latency["by_threads"]["timings"]["1"]["median_ms"]
         assert f"<td class=l>{latency['recommended_threads']} (1: {one_thread:.3f}" in html
+        # an export made with --speed-probe: the prediction at the probed speed beside the profile's
+        manifest_path = tmp_path / "best" / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest["tvm"]["latency"]["speed_probe"] = {"factor": 0.9, "ratios": [0.9], "subnets": ["m"], "seconds": 1}
+        manifest_path.write_text(json.dumps(manifest))
+        result = run_cli("report", str(search_dir), "--export", str(tmp_path / "best"), "-o", str(tmp_path / "p.html"))
+        assert result.returncode == 0, result.stderr
+        probed = (tmp_path / "p.html").read_text()
+        scaled = 0.9 * latency["predicted_ms"]
+        assert f"({scaled:.3f} at this machine's probed speed, 0.900x the profile's time)" in probed
+        assert f"{(scaled / latency['measured']['median_ms'] - 1) * 100:+.1f}% at probed speed" in probed
     assert "the genome&#x27;s schedule genes" in html  # a search result carries its schedule genes
     assert "(not the recommended genome)" not in html
     assert "leave-one-out" in html and "cross-validation" in html

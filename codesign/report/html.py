@@ -98,10 +98,22 @@ def _export_rows(inputs: ReportInputs) -> tuple[str, list[tuple[str, float, floa
         latency = tvm.get("latency") or {}
         predicted = latency.get("predicted_retuned_ms", latency.get("predicted_ms"))  # re-tuned: measured kernels
         measured = latency.get("measured")
+        probe = latency.get("speed_probe")
+        at_speed = predicted * probe["factor"] if probe and predicted is not None else None
         error = "-"
         if predicted is not None and measured:
             error = f"{(predicted / measured['median_ms'] - 1) * 100:+.1f}%"
+            if at_speed is not None:
+                error += (
+                    f" <span class=note>({(at_speed / measured['median_ms'] - 1) * 100:+.1f}% at probed speed)</span>"
+                )
             points.append((path.name, float(measured["median_ms"]), float(predicted)))
+        predicted_cell = "-" if predicted is None else f"{predicted:.3f}"
+        if at_speed is not None:
+            predicted_cell += (
+                f" <span class=note>({at_speed:.3f} at this machine's probed speed, "
+                f"{probe['factor']:.3f}x the profile's time)</span>"
+            )
         same = manifest["genome_short"] == inputs.recommended["short"]
         rows.append(
             [
@@ -109,7 +121,7 @@ def _export_rows(inputs: ReportInputs) -> tuple[str, list[tuple[str, float, floa
                 f"<span class=g>{_e(manifest['genome_short'])}</span>",
                 _pct(metrics.get("test_accuracy_onnxruntime")),
                 "-" if tvm.get("tvm_vs_onnxruntime_max_abs") is None else f"{tvm['tvm_vs_onnxruntime_max_abs']:.1e}",
-                "-" if predicted is None else f"{predicted:.3f}",
+                predicted_cell,
                 "-"
                 if not measured
                 else f"{measured['median_ms']:.3f} &plusmn; {measured['std_ms']:.3f} ({measured['repeats']})",
