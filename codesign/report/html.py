@@ -98,8 +98,8 @@ def _export_rows(inputs: ReportInputs) -> tuple[str, list[tuple[str, float, floa
         latency = tvm.get("latency") or {}
         predicted = latency.get("predicted_retuned_ms", latency.get("predicted_ms"))  # re-tuned: measured kernels
         measured = latency.get("measured")
-        probe = latency.get("speed_probe")
-        at_speed = predicted * probe["factor"] if probe and predicted is not None else None
+        factor = (latency.get("speed_probe") or {}).get("factor")
+        at_speed = predicted * factor if factor is not None and predicted is not None else None
         error = "-"
         if predicted is not None and measured:
             error = f"{(predicted / measured['median_ms'] - 1) * 100:+.1f}%"
@@ -112,7 +112,7 @@ def _export_rows(inputs: ReportInputs) -> tuple[str, list[tuple[str, float, floa
         if at_speed is not None:
             predicted_cell += (
                 f" <span class=note>({at_speed:.3f} at this machine's probed speed, "
-                f"{probe['factor']:.3f}x the profile's time)</span>"
+                f"{factor:.3f}x the profile's time)</span>"
             )
         same = manifest["genome_short"] == inputs.recommended["short"]
         rows.append(
