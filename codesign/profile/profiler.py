@@ -816,30 +816,6 @@ def profile_from_journal(space: SearchSpace, config: ProfileConfig, work_dir: st
 CalibrationSampling = Literal["random", "spread"]
 
 
-def sized_genome(space: SearchSpace, level: float, rng: np.random.Generator, *, noise: float = 0.7) -> Genome:
-    """A random architecture of about ``level`` (0: the smallest, 1: the largest) in every choice.
-
-    Each choice takes the option at ``level`` of its range from small to large (fewer blocks, lower
-    resolution, smaller kernels and expand ratios, more pruning first), moved by Gaussian noise of
-    ``noise`` options.
-    """
-
-    def pick(options: tuple[Any, ...], *, larger_is_smaller: bool = False) -> Any:
-        ordered = sorted(options, reverse=larger_is_smaller)
-        index = int(np.clip(np.rint(level * (len(ordered) - 1) + rng.normal(0.0, noise)), 0, len(ordered) - 1))
-        return ordered[index]
-
-    slots = space.block_slots()
-    return Genome(
-        resolution=int(pick(space.resolutions)),
-        depths=tuple(int(pick(s.depths)) for s in space.stages),
-        kernel_sizes=tuple(int(pick(space.stages[si].kernel_sizes)) for si, _ in slots),
-        expand_ratios=tuple(int(pick(space.stages[si].expand_ratios)) for si, _ in slots),
-        block_prune=tuple(float(pick(space.stages[si].block_prune_ratios, larger_is_smaller=True)) for si, _ in slots),
-        width_prune=tuple(float(pick(s.width_prune_ratios, larger_is_smaller=True)) for s in space.stages),
-    )
-
-
 def spread_architectures(
     model: Any, count: int, rng: np.random.Generator, *, exclude: Collection[str] = (), pool: int = 40
 ) -> list[Genome]:
@@ -848,14 +824,14 @@ def spread_architectures(
     The space's smallest and largest subnets come first (the range's ends, which random draws almost
     never reach, and where a calibration fitted without them extrapolates); the rest are picked from
     ``pool`` x ``count`` draws nearest to latencies evenly spaced on a log scale between the two.
-    Half the draws are uniform, half :func:`sized_genome` at a uniform size level, so the pool
+    Half the draws are uniform, half :meth:`Genome.sized` at a uniform size level, so the pool
     reaches both ends of the range (uniform draws cluster in its middle). Architectures in
     ``exclude`` (JSON of :meth:`Genome.architecture`) are skipped: the profile measured them already.
     """
     space = model.space
     ends = [Genome.smallest(space).canonical(space), Genome.largest(space).canonical(space)]
     drawn = [
-        (Genome.random(space, rng) if k % 2 else sized_genome(space, float(rng.uniform()), rng)).canonical(space)
+        (Genome.random(space, rng) if k % 2 else Genome.sized(space, float(rng.uniform()), rng)).canonical(space)
         for k in range(pool * count)
     ]
     candidates, seen = [], set(exclude)

@@ -31,12 +31,6 @@ class SpeedProbe:
     keys: tuple[str, ...]
     seconds: float
 
-    @property
-    def spread(self) -> float:
-        """Half the range between the 25th and 75th percentile ratios, relative to the median."""
-        q25, q75 = np.percentile(self.ratios, [25, 75])
-        return float((q75 - q25) / 2 / self.factor)
-
     def describe(self) -> str:
         """One line for a log."""
         return (

@@ -76,6 +76,32 @@ class Genome:
             width_prune=tuple(float(pick(s.width_prune_ratios)) for s in space.stages),
         )
 
+    @classmethod
+    def sized(cls, space: SearchSpace, level: float, rng: np.random.Generator, *, noise: float = 0.7) -> Genome:
+        """A random genome of about ``level`` (0: the smallest, 1: the largest) in every choice.
+
+        Each choice takes the option at ``level`` of its range from small to large (fewer blocks, lower
+        resolution, smaller kernels and expand ratios, more pruning first), moved by Gaussian noise of
+        ``noise`` options.
+        """
+
+        def pick(options: tuple[Any, ...], *, larger_is_smaller: bool = False) -> Any:
+            ordered = sorted(options, reverse=larger_is_smaller)
+            index = int(np.clip(np.rint(level * (len(ordered) - 1) + rng.normal(0.0, noise)), 0, len(ordered) - 1))
+            return ordered[index]
+
+        slots = space.block_slots()
+        return cls(
+            resolution=int(pick(space.resolutions)),
+            depths=tuple(int(pick(s.depths)) for s in space.stages),
+            kernel_sizes=tuple(int(pick(space.stages[si].kernel_sizes)) for si, _ in slots),
+            expand_ratios=tuple(int(pick(space.stages[si].expand_ratios)) for si, _ in slots),
+            block_prune=tuple(
+                float(pick(space.stages[si].block_prune_ratios, larger_is_smaller=True)) for si, _ in slots
+            ),
+            width_prune=tuple(float(pick(s.width_prune_ratios, larger_is_smaller=True)) for s in space.stages),
+        )
+
     # ------------------------------------------------------------------ queries
     def is_active(self, space: SearchSpace, slot: int) -> bool:
         """Whether block slot ``slot`` is part of the network (its index is below its stage's depth)."""
