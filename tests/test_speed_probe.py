@@ -65,3 +65,23 @@ def test_probe_measures_the_speed_ratio_and_scales_predictions(tiny_space):
     assert model.predict(population[:1])[0] != faster.predict(population[:1])[0]  # the original is unchanged
     with pytest.raises(CodesignError, match="positive"):
         model.at_speed(0.0)
+
+
+def test_export_refuses_a_speed_probe_without_whole_subnets_before_any_work(tmp_path):
+    from codesign.errors import ExportError
+    from codesign.export.pipeline import export_subnet
+    from codesign.supernet import load_supernet
+
+    loaded = load_supernet()
+    space = loaded.supernet.space
+    profile = replace(synthetic_profile(space), models=[])
+    with pytest.raises(ExportError, match="--speed-probe: the profile has no measured whole subnets"):
+        export_subnet(
+            loaded=loaded,
+            genome=Genome.largest(space),
+            splits=None,
+            out_dir=tmp_path / "out",
+            profile=profile,
+            speed_probe=2,
+        )
+    assert not (tmp_path / "out").exists()

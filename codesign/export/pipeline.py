@@ -363,6 +363,14 @@ def export_subnet(
         genome, schedules_from = choose_schedules(genome, profile, schedules)
     out = Path(out_dir)
     retune = _retune_settings(out, profile, target, retune_trials, retune_minutes)
+    if speed_probe and profile is not None:
+        from codesign.errors import CodesignError
+        from codesign.profile.speed_probe import probe_subnets
+
+        try:  # before any work: a profile without whole subnets cannot be probed
+            probe_subnets(profile, speed_probe)
+        except CodesignError as error:
+            raise ExportError(f"--speed-probe: {error}") from None
     staging = staging_directory(out, overwrite=overwrite, error=ExportError)
     try:
         started = time.perf_counter()
