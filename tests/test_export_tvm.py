@@ -1,6 +1,7 @@
 """TVM artifacts: compiled under the shipped profile's schedules, checked against onnxruntime, runnable."""
 
 import json
+import math
 import os
 import shutil
 
@@ -12,6 +13,7 @@ from codesign.export.threads import candidate_thread_counts
 from codesign.latency.model import LatencyModel
 from codesign.profile.profile_file import load_profile
 from codesign.profile.shipped import find_shipped_profile
+from codesign.profile.speed_probe import SpeedProbe
 from codesign.profile.tvm_backend import host_llvm_target
 from codesign.space import Genome
 from codesign.supernet import load_supernet
@@ -68,7 +70,11 @@ def test_tvm_artifacts_match_onnxruntime(shipped, fmnist_splits, tmp_path):
                 assert all(t["median_ms"] > 0 and t["repeats"] == 30 for t in timings.values())
                 assert str(latency["recommended_threads"]) in timings
                 probe = latency["speed_probe"]  # two of the profile's subnets re-timed the artifact's way
-                assert len(probe["subnets"]) == 2 and 0.3 < probe["factor"] < 3.0
+                # the factor is whatever the machine's load makes it (a busy CI machine gave 283x): only its
+                # form is checked here, its arithmetic in tests/test_speed_probe.py
+                assert len(probe["subnets"]) == 2 and math.isfinite(probe["factor"]) and probe["factor"] > 0
+                busy = SpeedProbe(probe["factor"], tuple(probe["ratios"]), tuple(probe["subnets"]), 0.0).warning()
+                assert probe.get("warning") == busy
                 assert probe["factor"] == pytest.approx(float(np.median(probe["ratios"])))
                 assert latency["predicted_at_probed_speed_ms"] == pytest.approx(
                     probe["factor"] * latency["predicted_ms"]

@@ -307,7 +307,10 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
     checked = run_cli("profile", "--check-speed", str(retimed_path), "--probe-subnets", "2", "--cores", "1")
     assert checked.returncode == 0, checked.stderr
     factor = float(checked.stdout.split("subnets run ")[1].split("x their recorded")[0])
-    assert 0.3 < factor < 3.0 and "speed probe 2:" in checked.stdout
+    assert factor > 0 and "speed probe 2:" in checked.stdout  # its value is the machine's load, not the code's
+    assert ("warning: speed probe ratios" in checked.stdout) != (
+        "of the profile's speed" in checked.stdout or "x the time it ran" in checked.stdout
+    )
     bad = run_cli("profile", "--check-speed", str(tmp_path / "foreign.json"))
     assert bad.returncode == 1 and "not measured with this machine" in bad.stderr
 

@@ -90,6 +90,16 @@ def test_report_shows_search_export_breakdown_and_trust(search_dir, fmnist_split
         scaled = 0.9 * latency["predicted_ms"]
         assert f"({scaled:.3f} at this machine's probed speed, 0.900x the profile's time)" in probed
         assert f"{(scaled / latency['measured']['median_ms'] - 1) * 100:+.1f}% at probed speed" in probed
+        assert "the device was busy while probing" not in probed
+        manifest["tvm"]["latency"]["speed_probe"]["warning"] = "ratios 0.9-283"
+        manifest_path.write_text(json.dumps(manifest))
+        assert (
+            run_cli(
+                "report", str(search_dir), "--export", str(tmp_path / "best"), "-o", str(tmp_path / "p.html")
+            ).returncode
+            == 0
+        )
+        assert "0.900x the profile's time; the device was busy while probing" in (tmp_path / "p.html").read_text()
     assert "the genome&#x27;s schedule genes" in html  # a search result carries its schedule genes
     assert "(not the recommended genome)" not in html
     assert "leave-one-out" in html and "cross-validation" in html

@@ -5,7 +5,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from codesign.compiler.tvm_compile import compile_subnet, time_executable
 from codesign.errors import CodesignError
 from codesign.latency.model import LatencyModel
 from codesign.profile.speed_probe import probe_device_speed, probe_subnets
@@ -41,21 +40,53 @@ def test_probe_picks_spread_subnets_and_prefers_fastest_schedules(tiny_space):
         probe_subnets(replace(profile, models=[]), 2)
 
 
-def test_probe_measures_the_speed_ratio_and_scales_predictions(tiny_space):
-    """Recorded times 3x what this machine takes now: the probe finds a factor near 1/3."""
+def _probe_profile(tiny_space, recorded_ms: list[float]):
+    """A profile on this CPU whose three whole subnets were 'recorded' at ``recorded_ms``."""
     target = host_llvm_target(1)
     profile = replace(synthetic_profile(tiny_space, candidates=0), target=target)
-    families = profile.tuning_records["families"]
     genomes = [_default_schedules(Genome.largest(tiny_space)), _default_schedules(Genome.smallest(tiny_space))]
-    genomes.append(_default_schedules(random_genomes(tiny_space, 1, seed=3)[0]))
-    models = []
-    for i, g in enumerate(genomes):
-        now = time_executable(compile_subnet(tiny_space, g, target, families), tiny_space, g.resolution).median_ms
-        models.append(_model_record(f"model{i:03d}", g, 3.0 * now))
-    probe = probe_device_speed(replace(profile, models=models), subnets=3)
-    assert sorted(probe.keys) == ["model000", "model001", "model002"]
-    assert 0.2 < probe.factor < 0.5, probe
+    between = (_default_schedules(g) for g in random_genomes(tiny_space, 20, seed=3))
+    genomes.append(next(g for g in between if g not in genomes))
+    models = [_model_record(f"model{i:03d}", g, ms) for i, (g, ms) in enumerate(zip(genomes, recorded_ms, strict=True))]
+    return replace(profile, models=models), genomes
+
+
+def test_probe_ratio_is_time_now_over_recorded_time(tiny_space, monkeypatch):
+    """Each subnet compiled and timed for real; its ratio is exactly what the timer said over the record."""
+    import codesign.compiler.tvm_compile as tvm_compile
+
+    recorded = [7.0, 3.0, 5.0]
+    profile, _ = _probe_profile(tiny_space, recorded)
+    timed: list[float] = []
+    real_time_executable = tvm_compile.time_executable
+
+    def recording_timer(*args, **kwargs):
+        timing = real_time_executable(*args, **kwargs)
+        timed.append(timing.median_ms)
+        return timing
+
+    monkeypatch.setattr(tvm_compile, "time_executable", recording_timer)
+    probe = probe_device_speed(profile, subnets=3, repeat=3)
+    by_key = dict(zip([m["key"] for m in probe_subnets(profile, 3)], timed, strict=True))
+    expected = [by_key[k] / recorded[int(k[-3:])] for k in probe.keys]
+    assert sorted(probe.keys) == ["model000", "model001", "model002"] and all(t > 0 for t in timed)
+    np.testing.assert_allclose(probe.ratios, expected, rtol=1e-12)
     assert probe.factor == float(np.median(probe.ratios)) and "speed probe: 3 of" in probe.describe()
+
+
+def test_probe_factor_scales_predictions_and_a_busy_probe_warns(tiny_space):
+    """Recorded times 1.25x what the (given) timer reports: factor 0.8; ragged ratios are flagged, not trusted."""
+    recorded = [6.0, 3.0, 9.0]
+    profile, genomes = _probe_profile(tiny_space, recorded)
+    now = {g.to_json(): 0.8 * ms for g, ms in zip(genomes, recorded, strict=True)}
+    probe = probe_device_speed(profile, subnets=3, time_subnet=lambda executable, g: now[g.to_json()])
+    assert probe.factor == pytest.approx(0.8) and probe.ratios == pytest.approx((0.8,) * 3)
+    assert probe.warning() is None
+    now[genomes[0].to_json()] = 6.0 * 283  # one subnet timed while something else held the CPU
+    busy = probe_device_speed(profile, subnets=3, time_subnet=lambda executable, g: now[g.to_json()])
+    assert busy.factor == pytest.approx(0.8) and "probably busy" in (busy.warning() or "")
+    assert "probably busy" in (replace(probe, factor=2.5, ratios=(2.5, 2.5)).warning() or "")
+    assert "probably busy" in (replace(probe, factor=0.4, ratios=(0.4, 0.4)).warning() or "")
 
     model = LatencyModel.from_profile(profile)
     faster = model.at_speed(probe.factor)

@@ -256,7 +256,10 @@ def _check_speed(args: argparse.Namespace) -> int:
         os.environ["TVM_NUM_THREADS"] = str(cores)  # the count the profile was timed with, before TVM's pool starts
     probe = probe_device_speed(loaded.profile, subnets=args.probe_subnets, progress=print)
     print(probe.describe())
-    if abs(probe.factor - 1.0) > SPEED_DRIFT_TO_MENTION:
+    warning = probe.warning()
+    if warning is not None:
+        print(f"warning: {warning}")
+    elif abs(probe.factor - 1.0) > SPEED_DRIFT_TO_MENTION:
         print(
             f"this machine runs {probe.factor:.2f}x the time it ran when {args.check_speed} was measured: predictions "
             f"are off by as much (`codesign export --speed-probe N` records the factor with an artifact; "

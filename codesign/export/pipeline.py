@@ -221,12 +221,17 @@ def _probe_speed(profile: Any, space: Any, target: dict[str, Any], subnets: int,
         probe = probe_device_speed(profile, subnets=subnets, time_subnet=time_subnet)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return {
+    record: dict[str, Any] = {
         "factor": probe.factor,
         "ratios": list(probe.ratios),
         "subnets": list(probe.keys),
         "seconds": round(probe.seconds, 1),
     }
+    warning = probe.warning()
+    if warning is not None:
+        record["warning"] = warning
+        print(f"warning: {warning}")
+    return record
 
 
 def _measure_threads(

@@ -21,6 +21,12 @@ import numpy as np
 from codesign.errors import CodesignError
 from codesign.space import Genome
 
+RATIO_SPREAD_TO_DISTRUST = 1.5
+"""Largest max/min of the probe's per-subnet ratios taken as a steady machine (its subnets drift together)."""
+
+FACTOR_TO_DISTRUST = 2.0
+"""A factor beyond 2x either way is a busy machine, not drift (the CI machine class drifted by 10-15% in a day)."""
+
 
 @dataclass(frozen=True)
 class SpeedProbe:
@@ -30,6 +36,22 @@ class SpeedProbe:
     ratios: tuple[float, ...]
     keys: tuple[str, ...]
     seconds: float
+
+    def warning(self) -> str | None:
+        """Why this factor should not be trusted, or ``None``.
+
+        The probe's subnets share one machine, so their ratios agree when the machine is steady; when
+        they spread by more than :data:`RATIO_SPREAD_TO_DISTRUST` (or the factor is beyond
+        :data:`FACTOR_TO_DISTRUST` either way) something else was using the CPU while they ran.
+        """
+        spread = max(self.ratios) / min(self.ratios)
+        if spread > RATIO_SPREAD_TO_DISTRUST or not 1 / FACTOR_TO_DISTRUST < self.factor < FACTOR_TO_DISTRUST:
+            return (
+                f"speed probe ratios {min(self.ratios):.3f}-{max(self.ratios):.3f} (factor {self.factor:.3f}): "
+                "the device was probably busy while probing; do not trust predictions at this speed, "
+                "probe again on an idle device"
+            )
+        return None
 
     def describe(self) -> str:
         """One line for a log."""

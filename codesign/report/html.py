@@ -112,7 +112,13 @@ def _export_rows(inputs: ReportInputs) -> tuple[str, list[tuple[str, float, floa
         if at_speed is not None:
             predicted_cell += (
                 f" <span class=note>({at_speed:.3f} at this machine's probed speed, "
-                f"{factor:.3f}x the profile's time)</span>"
+                f"{factor:.3f}x the profile's time"
+                + (
+                    "; the device was busy while probing: not to be trusted"
+                    if latency["speed_probe"].get("warning")
+                    else ""
+                )
+                + ")</span>"
             )
         same = manifest["genome_short"] == inputs.recommended["short"]
         rows.append(
