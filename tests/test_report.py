@@ -3,6 +3,7 @@
 import base64
 import json
 import re
+import shutil
 
 import pytest
 
@@ -105,6 +106,15 @@ def test_report_shows_search_export_breakdown_and_trust(search_dir, fmnist_split
     assert "leave-one-out" in html and "cross-validation" in html
     default = search_dir / "report.html"
     assert run_cli("report", str(search_dir)).returncode == 0 and default.is_file()  # default output path
+    # a search run with --speed-probe: its budget was bound at the probed speed, and the report says so
+    probed_search = tmp_path / "probed_search"
+    shutil.copytree(search_dir, probed_search)
+    probed_front = json.loads((probed_search / "front.json").read_text())
+    probed_front["speed_probe"] = {"factor": 1.5, "ratios": [1.5], "subnets": ["m"], "seconds": 1}
+    (probed_search / "front.json").write_text(json.dumps(probed_front))
+    assert run_cli("report", str(probed_search), "-o", str(tmp_path / "s.html")).returncode == 0
+    assert "ms at the probed speed (1.500x the profiled time)" in (tmp_path / "s.html").read_text()
+    assert "at the probed speed" not in html
 
 
 def test_report_input_errors_are_one_line(search_dir, tmp_path):

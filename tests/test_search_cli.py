@@ -63,3 +63,98 @@ def test_search_fails_clearly_without_a_profile_for_the_target(tmp_path):
     assert result.returncode == 1 and "no shipped profile" in result.stderr and "codesign profile" in result.stderr
     bad = codesign("search", "--target", "tpu", "--latency-ms", "1", "-o", str(tmp_path / "o"), cwd=tmp_path)
     assert bad.returncode == 1 and "unknown target" in bad.stderr
+
+
+def _search_args(profile, predictor, out, *extra):
+    return [
+        "search",
+        "--latency-ms",
+        "40",
+        "--generations",
+        "4",
+        "--population",
+        "16",
+        "--finalists",
+        "0",
+        "--profile",
+        str(profile),
+        "--predictor",
+        str(predictor),
+        "--allow-mismatch",
+        "--no-progress",
+        "-o",
+        str(out),
+        *extra,
+    ]
+
+
+def test_search_speed_probe_scales_the_model_and_resume_reuses_it(inputs, tmp_path, default_space):
+    """The recorded factor scales every latency the search sees, so the budget binds at the probed speed."""
+    from codesign.latency.model import LatencyModel
+    from codesign.profile.profile_file import load_profile
+    from codesign.space import Genome
+
+    profile, predictor = inputs
+    plain = codesign(*_search_args(profile, predictor, tmp_path / "plain"), cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    out = tmp_path / "probed"
+    out.mkdir()
+    (out / "speed_probe.json").write_text(json.dumps({"factor": 1.5, "ratios": [1.5], "subnets": ["m"], "seconds": 1}))
+    probed = codesign(*_search_args(profile, predictor, out, "--speed-probe", "2", "--resume"), cwd=tmp_path)
+    assert probed.returncode == 0, probed.stderr
+    assert "speed probe reused" in probed.stdout and "at its probed speed (1.500x the profile's time)" in probed.stdout
+    front = json.loads((out / "front.json").read_text())
+    assert front["speed_probe"]["factor"] == 1.5 and "speed_probe" not in json.loads(
+        (tmp_path / "plain" / "front.json").read_text()
+    )
+    model = LatencyModel.from_profile(load_profile(profile, allow_mismatch=True).profile)
+    genomes = [Genome.from_dict(p["genome"]) for p in front["front"]]
+    latencies = [p["predicted_latency_ms"] for p in front["front"]]
+    assert latencies == pytest.approx(list(1.5 * model.predict(genomes)), rel=1e-9)
+    assert max(latencies) <= 40 and max(model.predict(genomes)) <= 40 / 1.5
+    (out / "speed_probe.json").write_text("{not json")
+    corrupt = codesign(*_search_args(profile, predictor, out, "--speed-probe", "2", "--resume"), cwd=tmp_path)
+    assert corrupt.returncode == 1 and "corrupt speed probe" in corrupt.stderr
+
+
+def test_search_speed_probe_times_the_profiled_subnets_here(tmp_path, default_space, inputs):
+    """A real probe on a profile of this CPU; on another CPU's profile a one-line error before any work."""
+    from dataclasses import replace
+
+    from codesign.profile.tvm_backend import host_llvm_target
+    from codesign.space import Genome
+    from codesign.testing import synthetic_profile
+
+    _, predictor = inputs
+    from codesign.compiler.tvm_compile import compile_subnet, time_executable
+
+    genome = Genome.smallest(default_space)
+    genome = Genome(**{**genome.__dict__, "schedules": tuple(0 for _ in genome.schedules)})
+    profile = synthetic_profile(default_space, candidates=0)
+    families = profile.tuning_records["families"]
+    executable = compile_subnet(default_space, genome, host_llvm_target(1), families)
+    now = time_executable(executable, default_space, genome.resolution, repeat=5).median_ms
+    timing = {"median_ms": now, "mean_ms": now, "std_ms": 0.0, "repeats": 5, "number": 1}  # as if profiled just now
+    record = {"key": "m0", "type": "model", "genome": genome.to_dict(), "schedules": "fastest", "status": "ok"}
+    here = replace(
+        synthetic_profile(default_space, candidates=0),
+        target=host_llvm_target(1),
+        models=[{**record, "timing": timing}],
+    )
+    here_path = save_profile(tmp_path / "here.json", here)
+    out = tmp_path / "run"
+    result = codesign(*_search_args(here_path, predictor, out, "--speed-probe", "1", "--threads", "1"), cwd=tmp_path)
+    if result.returncode == 1:  # the machine's load moved the time beyond 2x: the search must refuse it
+        assert "--speed-probe:" in result.stderr and "probably busy" in result.stderr
+        assert not (out / "speed_probe.json").exists()
+    else:
+        assert result.returncode == 0, result.stderr
+        written = json.loads((out / "speed_probe.json").read_text())
+        assert written["subnets"] == ["m0"] and written["factor"] == written["ratios"][0] > 0
+        assert json.loads((out / "front.json").read_text())["speed_probe"] == written
+
+    foreign = replace(here, target={**here.target, "mcpu": "cortex-a72"})
+    foreign_path = save_profile(tmp_path / "foreign.json", foreign)
+    bad = codesign(*_search_args(foreign_path, predictor, tmp_path / "bad", "--speed-probe", "1"), cwd=tmp_path)
+    assert bad.returncode == 1 and "not measured with this machine" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()

@@ -238,18 +238,16 @@ def _check_speed(args: argparse.Namespace) -> int:
 
     from codesign.errors import CodesignError
     from codesign.profile.profile_file import load_profile
-    from codesign.profile.speed_probe import probe_device_speed
-    from codesign.profile.tvm_backend import host_llvm_target, software_versions
+    from codesign.profile.speed_probe import probe_device_speed, profiled_here_problems
 
     if args.probe_subnets < 1:
         raise CodesignError("--probe-subnets must be at least 1")
     loaded = load_profile(args.check_speed, allow_mismatch=True)
     cores = args.cores or int(loaded.profile.target.get("num-cores") or 0) or None
-    target = host_llvm_target(cores)
-    loaded = load_profile(args.check_speed, target=target, tvm_version=software_versions()["tvm"], allow_mismatch=True)
-    if loaded.warnings:
+    problems = profiled_here_problems(loaded.profile, cores=cores)
+    if problems:
         raise CodesignError(
-            f"{args.check_speed} was not measured with this machine and TVM ({'; '.join(loaded.warnings)}): "
+            f"{args.check_speed} was not measured with this machine and TVM ({'; '.join(problems)}): "
             "check a profile's speed on the device and software it measured"
         )
     if cores:

@@ -103,6 +103,15 @@ class SearchCommand(Command):
             "(default: 24; about 0.2 s each with the C++ evaluator)",
         )
         parser.add_argument("--evaluator", choices=("auto", "cpp", "torch"), default="auto")
+        parser.add_argument(
+            "--speed-probe",
+            type=int,
+            default=0,
+            metavar="N",
+            help="first re-time N of the profile's own whole subnets on this machine (the profiled device) and "
+            "search with every prediction scaled by how fast it runs now, so the budget binds at today's speed "
+            "(about 10 s per subnet; recorded in DIR/speed_probe.json, reused by --resume)",
+        )
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.json")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -144,6 +153,10 @@ class SearchCommand(Command):
         profile_path = loaded_profile.path
         layouts = [canonical_layout(name) for name in args.layouts.split(",") if name.strip()] if args.layouts else None
         latency_model = LatencyModel.from_profile(loaded_profile.profile, layouts=layouts)
+        out = Path(args.out)
+        speed_probe = _speed_probe(args, loaded_profile.profile, out)
+        if speed_probe is not None:
+            latency_model = latency_model.at_speed(speed_probe["factor"])
         supernet_file = resolve_supernet_path(args.supernet)
         predictor_path = Path(args.predictor) if args.predictor else default_predictor_path(args.supernet)
         predictor = AccuracyPredictor.load(predictor_path)
@@ -169,7 +182,6 @@ class SearchCommand(Command):
             )
         problem.scored = 0
         strategy = create_strategy(args.strategy, population_size=args.population)
-        out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=args.generations, desc=f"{args.strategy} search", unit="gen", disable=args.no_progress)
 
@@ -220,6 +232,7 @@ class SearchCommand(Command):
                 "max_memory_bytes": budget.max_memory_bytes,
             },
             "fastest_reachable_ms": fastest,
+            **({"speed_probe": speed_probe} if speed_probe is not None else {}),
             "search": {
                 **strategy.settings(),
                 "generations": outcome.generations,
@@ -237,8 +250,10 @@ class SearchCommand(Command):
             if p.val_accuracy is not None
             else (f"{p.predicted_accuracy * 100:.2f}% predicted accuracy")
         )
+        speed = f" at its probed speed ({speed_probe['factor']:.3f}x the profile's time)" if speed_probe else ""
         print(
-            f"recommended (*): {acc}, {p.latency_ms:.3f} ms predicted on {latency_model.name or target['kind']}, "
+            f"recommended (*): {acc}, {p.latency_ms:.3f} ms predicted on "
+            f"{latency_model.name or target['kind']}{speed}, "
             f"{p.params / 1e3:.1f}k parameters: {p.genome.short(space)}"
         )
         print(
@@ -246,3 +261,47 @@ class SearchCommand(Command):
             + ", ".join(str(path) for path in written.values())
         )
         return 0
+
+
+SPEED_PROBE_FILE = "speed_probe.json"
+
+
+def _speed_probe(args: argparse.Namespace, profile: Any, out: Any) -> dict[str, Any] | None:
+    """``--speed-probe N``: this machine's speed relative to ``profile`` (reused from ``out`` on ``--resume``)."""
+    import os
+
+    from codesign.errors import CodesignError
+    from codesign.fileio import read_json_file, write_json_atomic
+    from codesign.profile.speed_probe import probe_device_speed, profiled_here_problems
+
+    if args.speed_probe < 0:
+        raise CodesignError("--speed-probe takes a number of subnets, 0 or more")
+    if not args.speed_probe:
+        return None
+    path = out / SPEED_PROBE_FILE
+    if args.resume and path.is_file():  # the same factor, so the resumed search is the uninterrupted one
+        record: dict[str, Any] = read_json_file(
+            path,
+            error=CodesignError,
+            missing="{path} missing",
+            corrupt="{path}: corrupt speed probe ({exc}); delete it to probe again",
+        )
+        print(f"speed probe reused from {path}: {record['factor']:.3f}x the profile's time")
+        return record
+    problems = profiled_here_problems(profile)
+    if problems:
+        raise CodesignError(
+            f"--speed-probe: the profile was not measured with this machine and TVM ({'; '.join(problems)}): "
+            "probe on the profiled device, or search without --speed-probe"
+        )
+    os.environ["TVM_NUM_THREADS"] = str(profile.target.get("num-cores") or os.cpu_count() or 1)
+    probe = probe_device_speed(profile, subnets=args.speed_probe, progress=print)
+    print(probe.describe())
+    warning = probe.warning()
+    if warning is not None:
+        raise CodesignError(f"--speed-probe: {warning}")
+    record = {"factor": probe.factor, "ratios": list(probe.ratios), "subnets": list(probe.keys)}
+    record["seconds"] = round(probe.seconds, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, record)
+    return record

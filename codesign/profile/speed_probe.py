@@ -61,6 +61,29 @@ class SpeedProbe:
         )
 
 
+def profiled_here_problems(profile: Any, *, cores: int | None = None) -> list[str]:
+    """Why ``profile`` was not measured with this machine's CPU and TVM release (empty when it was).
+
+    A speed probe compares timings taken here with the profile's, so it only means something on
+    the profiled device; ``cores`` defaults to the profile's own core count.
+    """
+    from codesign.profile.profile_file import target_mismatch, tvm_release_line
+    from codesign.profile.tvm_backend import host_llvm_target, software_versions
+
+    if profile.target.get("kind") != "llvm":
+        return [f"it was measured for target kind {profile.target.get('kind')!r}, a probe times this CPU"]
+    problems = []
+    tvm = software_versions()["tvm"]
+    if tvm_release_line(profile.software.tvm) != tvm_release_line(tvm):
+        problems.append(f"it was made with TVM {profile.software.tvm}, this is TVM {tvm}")
+    reason = target_mismatch(
+        profile.target, host_llvm_target(cores or int(profile.target.get("num-cores") or 0) or None)
+    )
+    if reason:
+        problems.append(reason)
+    return problems
+
+
 def probe_subnets(profile: Any, count: int) -> list[dict[str, Any]]:
     """``count`` of the profile's measured subnets spread evenly over their latency range (deterministic).
 

@@ -54,6 +54,8 @@ def _summary(inputs: ReportInputs) -> str:
     rec = inputs.recommended
     budget = s["budget"]
     limits = [f"latency &le; {budget['latency_ms']:g} ms"]
+    if "speed_probe" in s:  # the search's latencies were scaled to the device's speed when it ran
+        limits[0] += f" at the probed speed ({s['speed_probe']['factor']:.3f}x the profiled time)"
     if budget.get("max_params"):
         limits.append(f"parameters &le; {budget['max_params']:,}")
     if budget.get("max_memory_bytes"):
