@@ -112,9 +112,21 @@ def test_search_speed_probe_scales_the_model_and_resume_reuses_it(inputs, tmp_pa
     latencies = [p["predicted_latency_ms"] for p in front["front"]]
     assert latencies == pytest.approx(list(1.5 * model.predict(genomes)), rel=1e-9)
     assert max(latencies) <= 40 and max(model.predict(genomes)) <= 40 / 1.5
+    # resuming keeps the probed factor even without --speed-probe; a new search without one drops it
+    resumed = codesign(*_search_args(profile, predictor, out, "--resume"), cwd=tmp_path)
+    assert resumed.returncode == 0 and "speed probe reused" in resumed.stdout
+    again = json.loads((out / "front.json").read_text())
+    assert again["front"] == front["front"] and again["speed_probe"] == front["speed_probe"]
+    fresh = codesign(*_search_args(profile, predictor, out), cwd=tmp_path)
+    assert fresh.returncode == 0 and not (out / "speed_probe.json").exists()
+    assert "speed_probe" not in json.loads((out / "front.json").read_text())
+    (out / "speed_probe.json").write_text('{"factor": -1}')
+    negative = codesign(*_search_args(profile, predictor, out, "--resume"), cwd=tmp_path)
+    assert negative.returncode == 1 and "no positive factor" in negative.stderr
     (out / "speed_probe.json").write_text("{not json")
     corrupt = codesign(*_search_args(profile, predictor, out, "--speed-probe", "2", "--resume"), cwd=tmp_path)
     assert corrupt.returncode == 1 and "corrupt speed probe" in corrupt.stderr
+    assert len(corrupt.stderr.strip().splitlines()) == 1
 
 
 def test_search_speed_probe_times_the_profiled_subnets_here(tmp_path, default_space, inputs):

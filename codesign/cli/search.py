@@ -268,6 +268,7 @@ SPEED_PROBE_FILE = "speed_probe.json"
 
 def _speed_probe(args: argparse.Namespace, profile: Any, out: Any) -> dict[str, Any] | None:
     """``--speed-probe N``: this machine's speed relative to ``profile`` (reused from ``out`` on ``--resume``)."""
+    import math
     import os
 
     from codesign.errors import CodesignError
@@ -276,18 +277,22 @@ def _speed_probe(args: argparse.Namespace, profile: Any, out: Any) -> dict[str, 
 
     if args.speed_probe < 0:
         raise CodesignError("--speed-probe takes a number of subnets, 0 or more")
-    if not args.speed_probe:
-        return None
     path = out / SPEED_PROBE_FILE
-    if args.resume and path.is_file():  # the same factor, so the resumed search is the uninterrupted one
-        record: dict[str, Any] = read_json_file(
+    if args.resume and path.is_file():  # the same factor (probed or not asked), so the resumed search is the same
+        record = read_json_file(
             path,
             error=CodesignError,
             missing="{path} missing",
             corrupt="{path}: corrupt speed probe ({exc}); delete it to probe again",
         )
-        print(f"speed probe reused from {path}: {record['factor']:.3f}x the profile's time")
-        return record
+        factor = record.get("factor") if isinstance(record, dict) else None
+        if not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+            raise CodesignError(f"{path}: corrupt speed probe (no positive factor); delete it to probe again")
+        print(f"speed probe reused from {path}: {factor:.3f}x the profile's time")
+        return dict(record)
+    if not args.speed_probe:
+        path.unlink(missing_ok=True)  # a new search without a probe: an earlier run's factor must not be resumed
+        return None
     problems = profiled_here_problems(profile)
     if problems:
         raise CodesignError(
