@@ -49,6 +49,7 @@ def test_tvm_artifacts_match_onnxruntime(shipped, fmnist_splits, tmp_path):
             profile=profile,
             measure_latency=i == 0,
             speed_probe=2 if i == 0 else 0,
+            latency_budget_ms=1e-3 if i == 0 else None,  # no subnet runs in a microsecond: over budget
         )
         tvm = result.manifest["tvm"]
         assert tvm["tvm_vs_onnxruntime_max_abs"] <= 1e-4
@@ -80,10 +81,16 @@ def test_tvm_artifacts_match_onnxruntime(shipped, fmnist_splits, tmp_path):
                     probe["factor"] * latency["predicted_ms"]
                 )
                 assert "speed probe" in describe(result.manifest)
+                assert latency["budget_ms"] == 1e-3
+                assert latency["measured_over_budget"] == pytest.approx(latency["measured"]["median_ms"] / 1e-3)
+                assert "OVER the search's 0.001 ms budget here" in describe(result.manifest)
                 assert not (tmp_path / f"a{i}" / ".speed_probe").exists()
             else:
                 assert latency["measured"] is None and "not this machine" in latency["not_measured"]
                 assert "speed_probe" not in latency
+                assert latency["budget_ms"] == 1e-3 and "measured_over_budget" not in latency
+        else:
+            assert "budget_ms" not in tvm["latency"]
 
 
 def test_run_command_uses_the_artifact(shipped, fmnist_splits, tmp_path):
@@ -223,3 +230,19 @@ def test_genomes_without_schedule_genes_compile_under_the_fastest(shipped):
     assert set(choose_schedules(chosen, profile, "default")[0].schedules) == {0}
     assert set(choose_schedules(chosen, None, "auto")[0].schedules) == {0}
     assert model.predict([picked])[0] < model.predict([plain])[0]
+
+
+def test_export_finds_the_budget_of_the_search_that_wrote_its_genome(tmp_path):
+    from codesign.cli.export import search_beside
+    from codesign.export.pipeline import judge_budget
+
+    (tmp_path / "recommended.json").write_text("{}")
+    (tmp_path / "front.json").write_text(json.dumps({"budget": {"latency_ms": 0.25}, "front": []}))
+    assert search_beside(str(tmp_path / "recommended.json")) == {"budget_ms": 0.25, "probed": False}
+    (tmp_path / "front.json").write_text(json.dumps({"budget": {"latency_ms": 0.25}, "speed_probe": {"factor": 1.2}}))
+    assert search_beside(str(tmp_path / "recommended.json")) == {"budget_ms": 0.25, "probed": True}
+    assert search_beside("largest") is None
+    (tmp_path / "front.json").write_text('{"budget": ')
+    assert search_beside(str(tmp_path / "recommended.json")) is None  # not a search's output: nothing to judge
+    assert judge_budget({"measured": {"median_ms": 0.3}}, 0.25) == {"budget_ms": 0.25, "measured_over_budget": 1.2}
+    assert judge_budget({"measured": None}, 0.25) == {"budget_ms": 0.25}

@@ -84,6 +84,7 @@ def test_report_shows_search_export_breakdown_and_trust(search_dir, fmnist_split
         manifest_path = tmp_path / "best" / "manifest.json"
         manifest = json.loads(manifest_path.read_text())
         manifest["tvm"]["latency"]["speed_probe"] = {"factor": 0.9, "ratios": [0.9], "subnets": ["m"], "seconds": 1}
+        manifest["tvm"]["latency"].update({"budget_ms": 0.25, "measured_over_budget": 1.2})
         manifest_path.write_text(json.dumps(manifest))
         result = run_cli("report", str(search_dir), "--export", str(tmp_path / "best"), "-o", str(tmp_path / "p.html"))
         assert result.returncode == 0, result.stderr
@@ -92,6 +93,7 @@ def test_report_shows_search_export_breakdown_and_trust(search_dir, fmnist_split
         assert f"({scaled:.3f} at this machine's probed speed, 0.900x the profile's time)" in probed
         assert f"{(scaled / latency['measured']['median_ms'] - 1) * 100:+.1f}% at probed speed" in probed
         assert "the device was busy while probing" not in probed
+        assert "(<b>over</b> the 0.25 ms budget: 1.20x)" in probed and "ms budget: " not in html
         manifest["tvm"]["latency"]["speed_probe"]["warning"] = "ratios 0.9-283"
         manifest_path.write_text(json.dumps(manifest))
         assert (

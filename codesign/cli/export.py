@@ -144,6 +144,7 @@ class ExportCommand(Command):
 
         loaded = load_supernet(args.supernet)
         genome = parse_genome_spec(args.genome, loaded.supernet.space)
+        search = search_beside(args.genome)
         splits = load_splits(
             args.dataset,
             args.data_root,
@@ -172,9 +173,37 @@ class ExportCommand(Command):
             retune_trials=args.retune_trials,
             retune_minutes=args.retune_minutes,
             speed_probe=args.speed_probe,
+            latency_budget_ms=search["budget_ms"] if search else None,
         )
         print(f"exported to {result.out_dir}: {describe(result.manifest)}")
+        latency = (result.manifest.get("tvm") or {}).get("latency") or {}
+        if search and latency.get("measured_over_budget", 0.0) > 1.0 and not search["probed"]:
+            print(
+                "hint: the search bound its budget at the profile's speed; on the profiled device, "
+                "`codesign search --speed-probe 4` binds it at this machine's speed now"
+            )
         return 0
+
+
+def search_beside(genome_spec: str) -> dict[str, Any] | None:
+    """The latency budget of the search that wrote ``genome_spec`` (its ``front.json`` beside it), if any.
+
+    ``{"budget_ms": float, "probed": bool}``; ``None`` for a spec that is not a file in a search's
+    output directory, or whose ``front.json`` does not read as one.
+    """
+    import json
+    from pathlib import Path
+
+    spec = Path(genome_spec)
+    front = spec.parent / "front.json"
+    if not (spec.is_file() and front.is_file()):
+        return None
+    try:
+        data = json.loads(front.read_text())
+        budget = float(data["budget"]["latency_ms"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {"budget_ms": budget, "probed": "speed_probe" in data}
 
 
 def _runtime_threads(text: str) -> Any:

@@ -337,6 +337,7 @@ def export_subnet(
     retune_trials: int = 0,
     retune_minutes: float | None = None,
     speed_probe: int = 0,
+    latency_budget_ms: float | None = None,
 ) -> ExportResult:
     """Extract ``genome``, recalibrate its BN on training images, export ONNX, check it, write a manifest.
 
@@ -359,7 +360,8 @@ def export_subnet(
     beside ``out_dir`` until the export succeeds, so a killed export resumes. ``speed_probe`` > 0
     re-times that many of the profile's own subnets beside the artifact and records the machine's
     speed now relative to the profile and the prediction at that speed (see
-    :mod:`codesign.profile.speed_probe`).
+    :mod:`codesign.profile.speed_probe`). ``latency_budget_ms`` (the budget the genome was searched
+    under) is recorded beside the measured latency, with their ratio: whether the budget held here.
     """
     space = loaded.supernet.space
     genome = genome.validate(space)
@@ -410,6 +412,8 @@ def export_subnet(
                 retune,
                 speed_probe,
             )
+        if latency_budget_ms is not None and tvm_section is not None:
+            tvm_section["latency"].update(judge_budget(tvm_section["latency"], latency_budget_ms))
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in subnet.state_dict().items()}, str(staging / "subnet.safetensors"))
@@ -480,6 +484,15 @@ def _onnx_versions() -> dict[str, str]:
     return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
+def judge_budget(latency: dict[str, Any], budget_ms: float) -> dict[str, Any]:
+    """The manifest's budget fields: the search's latency budget and, when measured, measured / budget."""
+    judged: dict[str, Any] = {"budget_ms": float(budget_ms)}
+    measured = latency.get("measured")
+    if measured:
+        judged["measured_over_budget"] = float(measured["median_ms"]) / float(budget_ms)
+    return judged
+
+
 def describe(manifest: dict[str, Any]) -> str:
     """A short human summary of an export manifest."""
     m = manifest["metrics"]
@@ -518,6 +531,13 @@ def describe(manifest: dict[str, Any]) -> str:
                 f"speed probe: this machine runs {probe['factor']:.3f}x the profile's time now "
                 f"({len(probe['subnets'])} subnets), predicted at that speed "
                 f"{latency.get('predicted_retuned_at_probed_speed_ms', latency['predicted_at_probed_speed_ms']):.3f} ms"
+            )
+        if "measured_over_budget" in latency:
+            ratio, budget = latency["measured_over_budget"], latency["budget_ms"]
+            parts.append(
+                f"OVER the search's {budget:g} ms budget here: measured {ratio:.2f}x it"
+                if ratio > 1.0
+                else f"within the search's {budget:g} ms budget ({ratio:.2f}x it)"
             )
         retuned = tvm.get("retuned")
         if retuned:

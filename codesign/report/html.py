@@ -132,7 +132,8 @@ def _export_rows(inputs: ReportInputs) -> tuple[str, list[tuple[str, float, floa
                 predicted_cell,
                 "-"
                 if not measured
-                else f"{measured['median_ms']:.3f} &plusmn; {measured['std_ms']:.3f} ({measured['repeats']})",
+                else f"{measured['median_ms']:.3f} &plusmn; {measured['std_ms']:.3f} ({measured['repeats']})"
+                + _budget_note(latency),
                 error,
                 _threads_cell(latency),
                 _e(tvm.get("schedules_from", "-")),
@@ -150,6 +151,15 @@ def _export_rows(inputs: ReportInputs) -> tuple[str, list[tuple[str, float, floa
         "schedules",
     ]
     return _table(header, rows, left={0, 1, 7, 8}), points
+
+
+def _budget_note(latency: dict[str, Any]) -> str:
+    """Whether the measured latency kept the search's budget (exports of a search's recommended.json)."""
+    ratio = latency.get("measured_over_budget")
+    if ratio is None:
+        return ""
+    verdict = "<b>over</b>" if ratio > 1.0 else "within"
+    return f" <span class=note>({verdict} the {latency['budget_ms']:g} ms budget: {ratio:.2f}x)</span>"
 
 
 def _threads_cell(latency: dict[str, Any]) -> str:
