@@ -48,12 +48,15 @@ class SearchCommand(Command):
         "evaluated for real and the best one is recommended. Writes front.json, recommended.json (a\n"
         "genome for `codesign export`), front.png and a checkpoint after every generation (--resume\n"
         "continues a killed search to the same result). Without --profile/--supernet/--predictor the\n"
-        "shipped ones are used; a target without a shipped profile fails and says how to measure one."
+        "shipped ones are used; a target without a shipped profile fails and says how to measure one.\n"
+        "A profile holds the device's speed on the day it was measured; on that device, --speed-probe N\n"
+        "re-times N of its subnets first so the budget binds at the speed it runs today."
     )
     examples = (
         "codesign search --target llvm --latency-ms 0.8 -o runs/search",
         "codesign search --latency-ms 0.6 --strategy nsga2 --generations 300 --seed 1 -o runs/nsga2",
         "codesign search --latency-ms 0.8 --max-params 150000 --profile my_cpu.json -o runs/s2 --resume",
+        "codesign search --latency-ms 0.25 --speed-probe 4 -o runs/today   # on the profiled machine",
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
