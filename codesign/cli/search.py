@@ -113,7 +113,7 @@ class SearchCommand(Command):
             metavar="N",
             help="first re-time N of the profile's own whole subnets on this machine (the profiled device) and "
             "search with every prediction scaled by how fast it runs now, so the budget binds at today's speed "
-            "(about 10 s per subnet; recorded in DIR/speed_probe.json, reused by --resume)",
+            "(about 10-15 s per subnet; recorded in DIR/speed_probe.json, reused by --resume)",
         )
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.json")
