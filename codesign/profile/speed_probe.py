@@ -25,7 +25,7 @@ RATIO_SPREAD_TO_DISTRUST = 1.5
 """Largest max/min of the probe's per-subnet ratios taken as a steady machine (its subnets drift together)."""
 
 FACTOR_TO_DISTRUST = 2.0
-"""A factor beyond 2x either way is a busy machine, not drift (the CI machine class drifted by 10-15% in a day)."""
+"""A factor beyond 2x either way is a busy machine, not drift (seen here: 11-19% in a day, 16-23% on a new VM)."""
 
 
 @dataclass(frozen=True)
