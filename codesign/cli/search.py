@@ -156,10 +156,6 @@ class SearchCommand(Command):
         profile_path = loaded_profile.path
         layouts = [canonical_layout(name) for name in args.layouts.split(",") if name.strip()] if args.layouts else None
         latency_model = LatencyModel.from_profile(loaded_profile.profile, layouts=layouts)
-        out = Path(args.out)
-        speed_probe = _speed_probe(args, loaded_profile.profile, out)
-        if speed_probe is not None:
-            latency_model = latency_model.at_speed(speed_probe["factor"])
         supernet_file = resolve_supernet_path(args.supernet)
         predictor_path = Path(args.predictor) if args.predictor else default_predictor_path(args.supernet)
         predictor = AccuracyPredictor.load(predictor_path)
@@ -169,6 +165,10 @@ class SearchCommand(Command):
                 f"{predictor_path} was fitted on other supernet weights than {supernet_file}; "
                 "fit one for these weights with `codesign fit-predictor`"
             )
+        out = Path(args.out)
+        speed_probe = _speed_probe(args, loaded_profile.profile, out)  # after the cheap checks: it takes a minute
+        if speed_probe is not None:
+            latency_model = latency_model.at_speed(speed_probe["factor"])
         space = latency_model.space
         budget = Budget(
             latency_ms=args.latency_ms,
