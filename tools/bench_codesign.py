@@ -9,8 +9,9 @@ Joint: one search over architecture and per-layer pruning under B, every candida
 their fastest schedules for its shapes (the search's default ``--schedules fastest``).
 
 Both pick their subnet the same way: the 24 (``--finalists``, as ``codesign search``) front points
-with the highest predicted accuracy are evaluated for real on the validation split and the best is
-kept. Reported per subnet: test
+with the highest predicted accuracy are evaluated for real on the validation split, and the one
+with the best estimated accuracy is kept (validation accuracy and the accuracy predictor combined by
+inverse variance, ``codesign.search.report.estimated_accuracy``). Reported per subnet: test
 accuracy (inherited weights + BN recalibration), predicted latency and the latency measured on
 this machine after compiling the whole subnet with TVM under its schedules. Because the
 sequential result usually lands well under B, the joint search is also run with the sequential
@@ -131,7 +132,7 @@ def main() -> int:
             return None
         points = front_points(problem, out.archive)
         points = evaluate_finalists(points, pick_finalists(points, args.finalists), val)
-        return points[recommend(points)]
+        return points[recommend(points, predictor_rmse=predictor.rmse)]
 
     def describe(genome: Genome, *, measure: bool = True) -> dict[str, float]:
         latency = float(model.predict([genome])[0])

@@ -137,6 +137,7 @@ class SearchCommand(Command):
         from codesign.search.pipeline import default_predictor_path
         from codesign.search.problem import Budget, SearchProblem
         from codesign.search.report import (
+            estimated_accuracy,
             evaluate_finalists,
             format_table,
             front_points,
@@ -222,7 +223,7 @@ class SearchCommand(Command):
             evaluator = make_evaluator(supernet, splits, kind=evaluator_kind, threads=args.threads)
             print(f"evaluating {len(finalists)} finalists on the validation split ...")
             points = evaluate_finalists(points, finalists, evaluator)
-        best = recommend(points)
+        best = recommend(points, predictor_rmse=predictor.rmse)
         summary = {
             "target": target,
             "profile": str(profile_path),
@@ -235,6 +236,14 @@ class SearchCommand(Command):
                 "max_memory_bytes": budget.max_memory_bytes,
             },
             "fastest_reachable_ms": fastest,
+            "pick": {
+                "rule": "validation+predictor"
+                if predictor.rmse and finalists
+                else "validation"
+                if finalists
+                else "predicted",
+                "predictor_rmse_pts": None if predictor.rmse is None else round(predictor.rmse * 100, 4),
+            },
             **({"speed_probe": speed_probe} if speed_probe is not None else {}),
             "search": {
                 **strategy.settings(),
@@ -248,8 +257,10 @@ class SearchCommand(Command):
         written = write_results(out, points=points, recommended=best, space=space, summary=summary)
         print(format_table(points, space, best))
         p = points[best]
+        estimate = estimated_accuracy(p, predictor_rmse=predictor.rmse)
         acc = (
             f"{p.val_accuracy * 100:.2f}% validation accuracy"
+            + (f" ({estimate * 100:.2f}% with the predictor's estimate)" if estimate != p.val_accuracy else "")
             if p.val_accuracy is not None
             else (f"{p.predicted_accuracy * 100:.2f}% predicted accuracy")
         )

@@ -94,6 +94,11 @@ class TorchSubnetEvaluator:
         acc = accuracy_of(predict_logits(self.subnet(genome), images), labels)
         return SubnetScore(genome, acc, self.split, len(labels))
 
+    @property
+    def image_count(self) -> int:
+        """How many images each accuracy is measured on (the size of the scored split)."""
+        return len(self._target)
+
     def evaluate_many(self, genomes: list[Genome]) -> np.ndarray:
         """Accuracies of a population, in order."""
         return np.asarray([self.evaluate(g).accuracy for g in genomes], dtype=np.float64)

@@ -239,6 +239,11 @@ class CppSubnetEvaluator:
         correct = int(self.correct_counts([genome])[0])
         return SubnetScore(genome, self._accuracy(correct), self.split, len(self._target))
 
+    @property
+    def image_count(self) -> int:
+        """How many images each accuracy is measured on (the size of the scored split)."""
+        return len(self._target)
+
     def evaluate_many(
         self, genomes: list[Genome], *, return_logits: bool = False
     ) -> np.ndarray | tuple[np.ndarray, list[np.ndarray]]:

@@ -40,6 +40,7 @@ def front_png(search: dict[str, Any]) -> bytes:
             int(p["params"]),
             int(p["peak_memory_bytes"]),
             None if p.get("val_accuracy") is None else float(p["val_accuracy"]),
+            None if p.get("val_images") is None else int(p["val_images"]),
         )
         for p in search["front"]
     ]

@@ -92,6 +92,12 @@ class AccuracyPredictor:
             )
         return cls(space.name, members, mean, std)
 
+    @property
+    def rmse(self) -> float | None:
+        """Held-out RMSE as a fraction (``validation["rmse_pts"] / 100``); None when it was not validated."""
+        value = self.validation.get("rmse_pts")
+        return float(value) / 100 if isinstance(value, int | float) and value > 0 else None
+
     def predict_features(self, features: np.ndarray) -> np.ndarray:
         """Predicted accuracy for one-hot feature rows."""
         total = np.zeros(len(features), dtype=np.float64)
