@@ -3,7 +3,8 @@
 Draws random subnets that the profile did not fit on (another seed than its calibration models),
 with schedule genes half at each kernel's fastest candidate (what the search picks) and half
 random (what it explores), compiles each whole with TVM Relax under exactly those schedules,
-measures it on this machine (batch 1, median of repeats) and compares with the model's prediction.
+measures it on this machine (batch 1, the median of windows interleaved over all subnets) and
+compares with the model's prediction.
 The FLOPs baseline predicts latency proportional to MACs, its one factor fitted on the profile's
 own whole-model measurements (so it gets the same calibration data as the model).
 
@@ -12,7 +13,8 @@ own whole-model measurements (so it gets the same calibration data as the model)
 The TVM runtime runs on as many threads as the profile's target has cores (``--threads`` to
 change it): a profile measured on 2 cores predicts 2-thread runs.
 
-Every subnet is timed twice, in two passes minutes apart (the second in reverse order): the
+Every subnet is timed twice, in two passes (the second in reverse order), each pass alternating
+50 ms windows over all subnets so that a slow spell of a shared VM is spread over them: the
 share of subnets whose two timings agree within +-10% is the machine's own repeatability, the
 ceiling any model can reach on it; the model is scored against the mean of the two timings.
 
@@ -161,11 +163,11 @@ def report(rows: list[dict[str, Any]], profile: Any, second_label: str) -> int:
 def measure_here(
     args: argparse.Namespace, model: Any, profile: Any, drawn: list[tuple[Any, str]], speed: float | None
 ) -> list[dict]:
-    """Compile and time every drawn subnet on this machine, twice, minutes apart.
+    """Compile every drawn subnet, then time all on this machine twice, in two interleaved passes.
 
     With a probed ``speed``, predictions are the model's at that speed, beside the unscaled ones (``profile_ms``).
     """
-    from codesign.compiler.tvm_compile import compile_subnet, time_executable
+    from codesign.compiler.tvm_compile import compile_subnet, time_executables
     from codesign.latency.workloads import subnet_macs
 
     space = model.space
@@ -174,21 +176,25 @@ def measure_here(
     as_profiled = model.predict(genomes)
     predicted = model.at_speed(speed).predict(genomes) if speed else as_profiled
     transposes = model.terms(model.vectors(genomes))[2]  # layout changes in each compiled subnet
-    rows = []
-    executables = []
     started = time.perf_counter()
-    for i, (g, kind) in enumerate(drawn):
+    executables = []
+    for i, (g, _) in enumerate(drawn):
         executables.append(
             compile_subnet(space, g, profile.target, profile.tuning_records["families"], positions=model.positions)
         )
-        timing = time_executable(executables[-1], space, g.resolution, repeat=args.repeat)
+        print(f"[{i + 1:3d}/{len(drawn)}] compiled", flush=True)
+    first = time_executables(
+        [(e, g.resolution) for e, g in zip(executables, genomes, strict=True)], space, windows=args.repeat
+    )
+    rows = []
+    for i, (g, kind) in enumerate(drawn):
         macs = subnet_macs(space, g)
         rows.append(
             {
                 "genome": g.to_dict(),
                 "schedules": kind,
-                "first_ms": timing.median_ms,
-                "std_ms": timing.std_ms,
+                "first_ms": first[i].median_ms,
+                "std_ms": first[i].std_ms,
                 "predicted_ms": float(predicted[i]),
                 **({"profile_ms": float(as_profiled[i])} if speed else {}),
                 "flops_ms": k * macs,
@@ -206,8 +212,9 @@ def measure_here(
             flush=True,
         )
     print("second pass, reverse order (the machine's repeatability):", flush=True)
-    for i in reversed(range(len(drawn))):
-        timing = time_executable(executables[i], space, genomes[i].resolution, repeat=args.repeat)
+    order = list(reversed(range(len(drawn))))
+    second = time_executables([(executables[i], genomes[i].resolution) for i in order], space, windows=args.repeat)
+    for i, timing in zip(order, second, strict=True):
         r = rows[i]
         r["second_ms"] = timing.median_ms
         r["measured_ms"] = 0.5 * (r["first_ms"] + r["second_ms"])

@@ -10,8 +10,11 @@ records to the whole model's fused kernels (matched by structure) and leaves eve
 
 from __future__ import annotations
 
+import functools
 import tempfile
+import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,3 +222,71 @@ def time_executable(
     result = vm.time_evaluator("main_timed", device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)()
     per_run = np.asarray(result.results, dtype=np.float64) * 1e3
     return tb.Timing(float(per_run.mean()), float(np.median(per_run)), float(per_run.std()), len(per_run), 1)
+
+
+def interleaved_windows(
+    timers: Sequence[Callable[[], float]],
+    *,
+    windows: int,
+    pause_s: float = 0.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[list[float]]:
+    """Call each timer ``windows`` times, round-robin over the timers, and return each timer's readings.
+
+    A shared VM can run everything ~2x slower for stretches of up to a few seconds (measured on
+    the 2-vCPU znver4 VMs: 25% of 0.15 s bursts, stretches of 0.15-4 s). Contiguous repeats fall
+    wholly inside or outside such a stretch, so their median is bimodal. Round-robin spreads each
+    timer's windows over the whole span (``pause_s`` between rounds widens it for few timers), so
+    the median of a timer's windows is the machine's usual state unless slow stretches fill most of it.
+    """
+    readings: list[list[float]] = [[] for _ in timers]
+    for round_index in range(windows):
+        if round_index and pause_s > 0:
+            sleep(pause_s)
+        for i, timer in enumerate(timers):
+            readings[i].append(float(timer()))
+    return readings
+
+
+def _window_ms(evaluator: Any) -> float:
+    return float(evaluator().results[0]) * 1e3
+
+
+def time_executables(
+    executables: list[tuple[Any, int]],
+    space: SearchSpace,
+    *,
+    windows: int = 20,
+    window_ms: float = 50.0,
+    pause_s: float = 0.0,
+    session: Any = None,
+) -> list[tb.Timing]:
+    """Timing of each ``(executable, resolution)`` over ``windows`` interleaved windows of ``window_ms``.
+
+    Each window runs the subnet as many times as fill ``window_ms`` (counted once per subnet, on
+    a warm-up); windows of all subnets alternate (:func:`interleaved_windows`). The median, mean
+    and spread are over windows, so ``repeats`` is ``windows`` and ``number`` the runs per window.
+    """
+    tvm = tb.require_tvm()
+    from tvm import relax
+
+    device = session.device if session is not None else tvm.cpu()
+    timers: list[Callable[[], float]] = []
+    numbers: list[int] = []
+    for executable, resolution in executables:
+        vm = relax.VirtualMachine(session.load(executable) if session is not None else executable, device)
+        x = tvm.runtime.tensor(
+            np.random.default_rng(0).standard_normal((1, space.in_channels, resolution, resolution)).astype("float32"),
+            device,
+        )
+        vm.save_function("main", "main_timed", x)
+        warm = vm.time_evaluator("main_timed", device, number=1, repeat=1, min_repeat_ms=int(window_ms))()
+        per_run_s = max(float(warm.results[0]), 1e-7)
+        number = max(1, int(round(window_ms / 1e3 / per_run_s)))
+        timers.append(functools.partial(_window_ms, vm.time_evaluator("main_timed", device, number=number, repeat=1)))
+        numbers.append(number)
+    readings = interleaved_windows(timers, windows=windows, pause_s=pause_s)
+    return [
+        tb.Timing(float(np.mean(r)), float(np.median(r)), float(np.std(r)), len(r), number)
+        for r, number in zip(readings, numbers, strict=True)
+    ]

@@ -112,12 +112,13 @@ def probe_device_speed(
 ) -> SpeedProbe:
     """Compile ``subnets`` of ``profile``'s measured subnets, time them here and compare with the profile.
 
-    Runs on this machine (the profile's target must be this CPU). By default each executable is
-    timed in this process (the TVM runtime uses as many threads as ``TVM_NUM_THREADS`` says, which
-    should be what the profile was measured with); ``time_subnet(executable, genome) -> median ms``
-    times it the way the caller times what it compares (e.g. an exported library in a fresh process).
+    Runs on this machine (the profile's target must be this CPU). By default the executables are
+    timed in this process, their windows interleaved (the TVM runtime uses as many threads as
+    ``TVM_NUM_THREADS`` says, which should be what the profile was measured with);
+    ``time_subnet(executable, genome) -> median ms`` times it the way the caller times what it
+    compares (e.g. an exported library in a fresh process).
     """
-    from codesign.compiler.tvm_compile import compile_subnet, time_executable
+    from codesign.compiler.tvm_compile import compile_subnet, time_executables
     from codesign.latency.positions import PositionTable
     from codesign.space import SearchSpace
 
@@ -126,13 +127,15 @@ def probe_device_speed(
     families = profile.tuning_records.get("families", {})
     started = time.perf_counter()
     ratios, keys = [], []
-    for record in probe_subnets(profile, subnets):
-        genome = Genome.from_dict(record["genome"])
-        executable = compile_subnet(space, genome, profile.target, families, positions=positions)
-        if time_subnet is not None:
-            now = float(time_subnet(executable, genome))
-        else:
-            now = time_executable(executable, space, genome.resolution, repeat=repeat).median_ms
+    records = probe_subnets(profile, subnets)
+    genomes = [Genome.from_dict(record["genome"]) for record in records]
+    executables = [compile_subnet(space, g, profile.target, families, positions=positions) for g in genomes]
+    if time_subnet is not None:
+        times = [float(time_subnet(executable, g)) for executable, g in zip(executables, genomes, strict=True)]
+    else:
+        pairs = [(executable, g.resolution) for executable, g in zip(executables, genomes, strict=True)]
+        times = [t.median_ms for t in time_executables(pairs, space, windows=repeat)]
+    for record, now in zip(records, times, strict=True):
         ratios.append(now / float(record["timing"]["median_ms"]))
         keys.append(str(record["key"]))
         if progress is not None:
