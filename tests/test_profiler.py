@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from codesign.latency.workloads import kernel_family
 from codesign.profile.journal import read_journal
@@ -292,6 +293,27 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
     assert all(m["retimed"] == "recalibration2" and m["status"] == "ok" for m in retimed.models)
     assert all(a["timing"] != b["timing"] for a, b in zip(retimed.models, models, strict=True))
     assert retimed.predictor["calibration"]["recalibrations"][-1]["models_retimed"] == 5
+    # on a machine whose speed is bimodal, each subnet keeps its fastest occasion
+    fastest_path = tmp_path / "fastest.json"
+    result = run_cli(
+        "profile",
+        "--recalibrate",
+        str(retimed_path),
+        "--calibration-models",
+        "0",
+        "--retime-models",
+        "--retime-rule",
+        "fastest",
+        "--cores",
+        "1",
+        "-o",
+        str(fastest_path),
+    )
+    assert result.returncode == 0, result.stderr
+    for before, after in zip(retimed.models, load_profile(fastest_path).profile.models, strict=True):
+        occasions = after["timing_occasions_ms"]
+        assert len(occasions) == 2 and occasions[0] == before["timing"]["median_ms"]
+        assert after["timing"]["median_ms"] == min(occasions) and after["retimed"] == "recalibration3"
     # a profile of another CPU is not recalibrated here
     foreign = json.loads(out.read_text())
     foreign["target"]["mcpu"] = "cortex-a72"
@@ -360,3 +382,25 @@ def test_spread_sampling_spans_the_latency_range(tiny_space):
     exclude = {scheduled.architecture(tiny_space).to_json()}
     again = spread_architectures(model, 6, np.random.default_rng(0), exclude=exclude)
     assert picks[0] not in again and again[0] == picks[1]
+
+
+def test_retimed_record_rules():
+    from codesign.errors import CodesignError
+    from codesign.profile.profiler import retimed_record
+
+    old = {"key": "model000", "genome": {}, "status": "ok", "timing": {"median_ms": 2.0}, "error": None, "seconds": 1}
+    slower = {"status": "ok", "timing": {"median_ms": 3.0}, "error": None, "seconds": 2}
+    faster = {"status": "ok", "timing": {"median_ms": 1.0}, "error": None, "seconds": 2}
+    failed = {"status": "failed", "timing": None, "error": "boom", "seconds": 2}
+    assert retimed_record(old, slower, rule="replace", label="r1")["timing"]["median_ms"] == 3.0
+    assert retimed_record(old, failed, rule="replace", label="r1")["status"] == "failed"
+    kept = retimed_record(old, slower, rule="fastest", label="r1")
+    assert kept["timing"]["median_ms"] == 2.0 and kept["timing_occasions_ms"] == [2.0, 3.0]
+    taken = retimed_record(kept, faster, rule="fastest", label="r2")
+    assert taken["timing"]["median_ms"] == 1.0 and taken["timing_occasions_ms"] == [2.0, 3.0, 1.0]
+    assert taken["retimed"] == "r2" and taken["key"] == "model000"
+    survived = retimed_record(taken, failed, rule="fastest", label="r3")
+    assert survived["status"] == "ok" and survived["timing"]["median_ms"] == 1.0
+    assert survived["timing_occasions_ms"] == [2.0, 3.0, 1.0]
+    with pytest.raises(CodesignError, match="unknown re-timing rule"):
+        retimed_record(old, slower, rule="median", label="r1")  # type: ignore[arg-type]

@@ -131,6 +131,14 @@ class ProfileCommand(Command):
             "their timings (after a change to how codesign compiles them); --calibration-models may then be 0",
         )
         parser.add_argument(
+            "--retime-rule",
+            choices=("replace", "fastest"),
+            default="replace",
+            help="with --retime-models: replace each recorded timing (default; after a compiler change), or keep "
+            "the faster of the recorded and the new one, all occasions listed (a VM whose speed is bimodal over "
+            "minutes: calibrate on its fast state, the one its kernels were timed in)",
+        )
+        parser.add_argument(
             "--check-speed",
             metavar="PROFILE.json",
             help="measure nothing new: re-time --probe-subnets of PROFILE's own whole subnets here and say how fast "
@@ -279,6 +287,8 @@ def _recalibrate(args: argparse.Namespace) -> int:
 
     if args.rpc_tracker:
         raise CodesignError("--recalibrate measures on this machine; it does not take --rpc-tracker")
+    if args.retime_rule != "replace" and not args.retime_models:
+        raise CodesignError("--retime-rule applies to --retime-models; add it or drop --retime-rule")
     if args.calibration_models < (0 if args.retime_models else 1):
         raise CodesignError("--recalibrate needs --calibration-models of at least 1 (or --retime-models)")
     target = host_llvm_target(args.cores)
@@ -299,6 +309,7 @@ def _recalibrate(args: argparse.Namespace) -> int:
         budget_minutes=args.budget_minutes,
         time_kernels=not args.models_only,
         retime_models=args.retime_models,
+        retime_rule=args.retime_rule,
         sampling=args.calibration_sampling,
         progress=print,
     )
