@@ -233,11 +233,11 @@ def interleaved_windows(
 ) -> list[list[float]]:
     """Call each timer ``windows`` times, round-robin over the timers, and return each timer's readings.
 
-    A shared VM can run everything ~2x slower for stretches of up to a few seconds (measured on
-    the 2-vCPU znver4 VMs: 25% of 0.15 s bursts, stretches of 0.15-4 s). Contiguous repeats fall
-    wholly inside or outside such a stretch, so their median is bimodal. Round-robin spreads each
-    timer's windows over the whole span (``pause_s`` between rounds widens it for few timers), so
-    the median of a timer's windows is the machine's usual state unless slow stretches fill most of it.
+    Round-robin spreads each timer's windows over the whole span (``pause_s`` between rounds
+    widens it for few timers): subnets timed together see the same seconds of a shared machine,
+    and a slow stretch shorter than the span moves each median little. It does not remove slow
+    states that last minutes (the 2-vCPU znver4 VMs run search-scheduled subnets 1.5-2.1x slower
+    for minutes at a time; ``hw_profiles/README.md``): for those, time again on another occasion.
     """
     readings: list[list[float]] = [[] for _ in timers]
     for round_index in range(windows):
