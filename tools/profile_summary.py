@@ -11,6 +11,23 @@ import collections
 import numpy as np
 
 
+def print_occasions(models: list[dict]) -> None:
+    """Subnets timed on several occasions (``--retime-rule fastest``): slowest over fastest occasion, per scheduling."""
+    for schedules in sorted({str(m.get("schedules")) for m in models}):
+        spans = [
+            max(m["timing_occasions_ms"]) / min(m["timing_occasions_ms"])
+            for m in models
+            if m.get("schedules") == schedules and len(m.get("timing_occasions_ms") or []) >= 2
+        ]
+        if spans:
+            q10, q50, q90 = np.percentile(spans, [10, 50, 90])
+            print(
+                f"{len(spans)} {schedules}-scheduled subnets timed on several occasions: slowest / fastest occasion "
+                f"median {q50:.2f}x (10th-90th percentile {q10:.2f}-{q90:.2f}x), over 1.3x for "
+                f"{np.mean(np.asarray(spans) > 1.3):.0%}"
+            )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("profile")
@@ -42,6 +59,7 @@ def main() -> int:
     models = [m for m in profile.models if m.get("status") == "ok"]
     minutes = profile.validation.get("measurement_minutes")
     print(f"{len(models)} of {len(profile.models)} whole subnets measured; {minutes} minutes of measurement")
+    print_occasions(models)
     print_model_validation(profile.predictor or {})
     print_torch_comparison(models)
     return 0

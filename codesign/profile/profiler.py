@@ -949,9 +949,9 @@ def recalibrate_profile(
     are the ground truth the calibration is fitted on and judged by. ``retime_rule="fastest"``
     instead keeps, of the recorded and the new timing, the one with the lower median, and lists
     the medians of every occasion under ``timing_occasions_ms``: for a machine whose speed is
-    bimodal over minutes (the 2-vCPU znver4 VMs run search-scheduled subnets 1.5-2.1x slower for
-    minutes at a time, random-scheduled ones ~1.1x), so that the calibration is fitted on its
-    usual fast state, the one the kernels were timed in; ``--speed-probe`` scales for the state at use.
+    bimodal over minutes (on the 2-vCPU znver4 VMs a search-scheduled subnet's slowest of three
+    occasions was a median 1.46x its fastest, a random-scheduled one's 1.06x), so that the
+    calibration is fitted on one state, the fast one; ``--speed-probe`` scales for the state at use.
 
     ``sampling="spread"`` takes the architectures from :func:`spread_architectures` instead of at
     random: the space's smallest and largest subnets and others spanning the latency range between,
