@@ -404,3 +404,10 @@ def test_retimed_record_rules():
     assert survived["timing_occasions_ms"] == [2.0, 3.0, 1.0]
     with pytest.raises(CodesignError, match="unknown re-timing rule"):
         retimed_record(old, slower, rule="median", label="r1")  # type: ignore[arg-type]
+
+
+def test_retime_rule_without_retime_models_is_a_one_line_error(tmp_path):
+    out = tmp_path / "never.json"
+    result = run_cli("profile", "--recalibrate", str(tmp_path / "any.json"), "--retime-rule", "fastest", "-o", str(out))
+    assert result.returncode == 1 and "--retime-rule applies to --retime-models" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()

@@ -199,6 +199,21 @@ def compile_prepared(mod: Any, database: Any, target: dict[str, Any]) -> Any:
     return ms.relax_integration.compile_relax(database, mod, tvm.target.Target(target), params=None)
 
 
+def _timed_vm(executable: Any, space: SearchSpace, resolution: int, session: Any) -> tuple[Any, Any]:
+    """A VM of ``executable`` (here, or through ``session``) whose ``main_timed`` runs on a fixed random input."""
+    tvm = tb.require_tvm()
+    from tvm import relax
+
+    device = session.device if session is not None else tvm.cpu()
+    vm = relax.VirtualMachine(session.load(executable) if session is not None else executable, device)
+    x = tvm.runtime.tensor(
+        np.random.default_rng(0).standard_normal((1, space.in_channels, resolution, resolution)).astype("float32"),
+        device,
+    )
+    vm.save_function("main", "main_timed", x)
+    return vm, device
+
+
 def time_executable(
     executable: Any,
     space: SearchSpace,
@@ -209,16 +224,7 @@ def time_executable(
     session: Any = None,
 ) -> tb.Timing:
     """Median, mean and spread of one batch-1 inference of a compiled subnet (this CPU, or ``session``'s device)."""
-    tvm = tb.require_tvm()
-    from tvm import relax
-
-    device = session.device if session is not None else tvm.cpu()
-    vm = relax.VirtualMachine(session.load(executable) if session is not None else executable, device)
-    rng = np.random.default_rng(0)
-    x = tvm.runtime.tensor(
-        rng.standard_normal((1, space.in_channels, resolution, resolution)).astype("float32"), device
-    )
-    vm.save_function("main", "main_timed", x)
+    vm, device = _timed_vm(executable, space, resolution, session)
     result = vm.time_evaluator("main_timed", device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)()
     per_run = np.asarray(result.results, dtype=np.float64) * 1e3
     return tb.Timing(float(per_run.mean()), float(np.median(per_run)), float(per_run.std()), len(per_run), 1)
@@ -236,8 +242,9 @@ def interleaved_windows(
     Round-robin spreads each timer's windows over the whole span (``pause_s`` between rounds
     widens it for few timers): subnets timed together see the same seconds of a shared machine,
     and a slow stretch shorter than the span moves each median little. It does not remove slow
-    states that last minutes (the 2-vCPU znver4 VMs run search-scheduled subnets 1.5-2.1x slower
-    for minutes at a time; ``hw_profiles/README.md``): for those, time again on another occasion.
+    states that last longer than the span (on the 2-vCPU znver4 VMs, search-scheduled subnets'
+    slowest of three occasions a median 1.46x their fastest; ``hw_profiles/README.md``): for
+    those, time again on another occasion.
     """
     readings: list[list[float]] = [[] for _ in timers]
     for round_index in range(windows):
@@ -267,19 +274,10 @@ def time_executables(
     a warm-up); windows of all subnets alternate (:func:`interleaved_windows`). The median, mean
     and spread are over windows, so ``repeats`` is ``windows`` and ``number`` the runs per window.
     """
-    tvm = tb.require_tvm()
-    from tvm import relax
-
-    device = session.device if session is not None else tvm.cpu()
     timers: list[Callable[[], float]] = []
     numbers: list[int] = []
     for executable, resolution in executables:
-        vm = relax.VirtualMachine(session.load(executable) if session is not None else executable, device)
-        x = tvm.runtime.tensor(
-            np.random.default_rng(0).standard_normal((1, space.in_channels, resolution, resolution)).astype("float32"),
-            device,
-        )
-        vm.save_function("main", "main_timed", x)
+        vm, device = _timed_vm(executable, space, resolution, session)
         warm = vm.time_evaluator("main_timed", device, number=1, repeat=1, min_repeat_ms=int(window_ms))()
         per_run_s = max(float(warm.results[0]), 1e-7)
         number = max(1, int(round(window_ms / 1e3 / per_run_s)))
