@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -279,3 +280,36 @@ def test_retuned_kernel_speedup_is_one_unless_kept():
     kernel = retune_module.RetunedKernel("w", "NCHW", "main", 2, 0.02, 0.01, "chosen", 1.0, None)
     assert kernel.speedup == 1.0 and replace(kernel, kept="tuned").speedup == 2.0
     assert "tuned_trace" not in kernel.summary()
+
+
+def test_trials_are_split_into_a_warm_run_and_an_independent_cold_one():
+    run = retune_module.TuningRun
+    assert retune_module.tuning_runs(16, warm=True) == [run(8, 0, True), run(8, 1, False)]
+    assert retune_module.tuning_runs(5, warm=False) == [run(3, 0, False), run(2, 1, False)]
+    assert retune_module.tuning_runs(1, warm=True) == [run(1, 0, True)]
+
+
+def test_a_warm_run_starts_from_the_chosen_schedule_and_returns_another(loaded, local_profile, monkeypatch):
+    from codesign.compiler.tvm_compile import compiled_choices
+    from codesign.latency.model import LatencyModel
+    from codesign.profile import tvm_backend as tb
+
+    space = loaded.supernet.space
+    genome = LatencyModel.from_profile(local_profile).fastest_schedules(Genome.smallest(space))
+    traces = compiled_choices(space, genome, local_profile.tuning_records["families"]).traces
+    (workload, layout), trace = next((key, t) for key, t in traces.items() if key[0].kind == "conv")
+    (task,) = tb.workload_tasks(workload, local_profile.target, layout=layout)
+    chosen = tb.replay_json(task, trace)
+    real_tune, logs = tb.tune_task, []
+
+    def tune_and_read_logs(task, target, work_dir, **kwargs):
+        database = real_tune(task, target, work_dir, **kwargs)
+        logs.append("".join(p.read_text() for p in (Path(work_dir) / "logs").glob("*task*")))
+        return database
+
+    monkeypatch.setattr(tb, "tune_task", tune_and_read_logs)
+    found = retune_module._tuned_candidate(
+        task, local_profile.target, retune_module.TuningRun(2, 0, True), chosen, chosen_ms=1e-6
+    )
+    assert "Picked top 1 candidate(s) from database" in logs[0]  # the seed record joined the population
+    assert found is not None and found[0] != tb.trace_to_json(chosen.trace) and found[1] > 0

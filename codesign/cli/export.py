@@ -80,7 +80,8 @@ class ExportCommand(Command):
             default=0,
             metavar="N",
             help="tune every kernel of the subnet on this CPU with N MetaSchedule trials (32 is a good start; "
-            "35-315 s per kernel at 32 trials on 2 cores here), slowest first, and compile each with whichever of its "
+            "35-315 s per kernel at 32 trials on 2 cores here), slowest first, in two runs of N/2 (one starting from "
+            "the profile's schedule, one from scratch), and compile each with whichever of its "
             "own and the profile's schedule times faster; finished kernels are journaled beside OUT, so a "
             "killed export resumes (default 0: the profile's schedules only)",
         )

@@ -4,7 +4,8 @@ A profile tunes a few representatives per kernel family and replays their schedu
 other shapes of the family, which fits some shapes well and others badly (``tools/bench_retune.py``
 measured a 1x1 convolution of the largest subnet at 86 us under its replayed schedule and 13 us
 after 32 trials of its own). Re-tuning spends MetaSchedule trials on every distinct kernel of one
-subnet, slowest first by the latency model, and times the kernel's own best schedule against the
+subnet, slowest first by the latency model, in two independent runs (:func:`tuning_runs`: one
+warm-started from the profile's schedule, one from scratch), and times the kernel's own best schedule against the
 one the profile chose (or TVM's default lowering), built and timed here side by side. The faster
 one goes into the export's schedule database: a re-tuned record is committed with a lower
 ``run_secs`` than the profile's placeholders, so ``compile_relax`` picks it.
@@ -25,11 +26,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from codesign.errors import ExportError
 from codesign.latency.workloads import Workload
 from codesign.profile.journal import Journal
 
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2
 KEEP_MARGIN = 0.03
 """A re-tuned schedule replaces the chosen one only when at least this much faster (timing noise)."""
 
@@ -52,6 +55,8 @@ class RetunedKernel:
     tuned_trace: Any
     error: str | None = None
     """Why tuning gave no schedule (the profile's one stayed), when it failed."""
+    runs: tuple[dict[str, Any], ...] = ()
+    """Each MetaSchedule run (:class:`TuningRun` fields) with the best time it measured (``tuning_ms``)."""
 
     @property
     def speedup(self) -> float:
@@ -206,7 +211,8 @@ def retune_kernels(
             if record is None:
                 record = _retune_one(kernel, task, target, trials, key)
                 journal.append(record)
-            outcome = RetunedKernel(**{k: record[k] for k in RetunedKernel.__dataclass_fields__ if k in record})
+            fields = {k: record[k] for k in RetunedKernel.__dataclass_fields__ if k in record}
+            outcome = RetunedKernel(**{**fields, "runs": tuple(fields.get("runs", ()))})
             outcomes.append(outcome)
             tuned = f"{outcome.tuned_ms * 1e3:.1f} us" if outcome.tuned_ms is not None else "none"
             if outcome.error:
@@ -222,26 +228,98 @@ def retune_kernels(
     return outcomes
 
 
+@dataclass(frozen=True)
+class TuningRun:
+    """One MetaSchedule run of a re-tuning: its trials, seed, and whether it starts from the chosen schedule."""
+
+    trials: int
+    seed: int
+    warm: bool
+
+
+def tuning_runs(trials: int, *, warm: bool) -> list[TuningRun]:
+    """How ``trials`` are split between independent MetaSchedule runs on one kernel.
+
+    Two runs of half the trials each, with different seeds: the first warm-started from the
+    profile's chosen schedule when there is one (its record seeds the search's population, which
+    mutates it), the second from scratch. At the 16-32 trials an export can afford per kernel, what
+    one run finds varies by 2x from seed to seed; the warm run explores around a schedule known to
+    be good, the cold one elsewhere. Measured against one run of all the trials on the largest
+    subnet's kernels (``tools/bench_retune.py``, README "Re-tuning an export"): as good, not
+    clearly better.
+    """
+    if trials < 2:
+        return [TuningRun(trials=trials, seed=0, warm=warm)]
+    first = (trials + 1) // 2
+    return [TuningRun(trials=first, seed=0, warm=warm), TuningRun(trials=trials - first, seed=1, warm=False)]
+
+
+def _tuned_candidate(
+    task: Any, target: dict[str, Any], run: TuningRun, chosen: Any | None, chosen_ms: float
+) -> tuple[Any, float] | None:
+    """The fastest schedule of its own one tuning run found (never the chosen one), with its tuning time in ms."""
+    from codesign.compiler.tvm_compile import commit_trace
+    from codesign.profile import tvm_backend as tb
+
+    tb.require_tvm()
+    from tvm.s_tir import meta_schedule as ms
+
+    with tempfile.TemporaryDirectory(prefix="codesign-retune-") as work:
+        if run.warm and chosen is not None:
+            seeded = ms.database.JSONDatabase(work_dir=work)
+            commit_trace(seeded, task, chosen.trace, target, run_secs=chosen_ms / 1e3)
+            del seeded  # tune_task opens the same files again
+        records = tb.distinct_top_records(tb.tune_task(task, target, work, trials=run.trials, seed=run.seed), task, 2)
+    chosen_json = tb.trace_to_json(chosen.trace) if chosen is not None else None
+    for record in records:
+        trace = tb.trace_to_json(record.trace)
+        if trace != chosen_json:
+            return trace, float(np.mean([float(t) for t in record.run_secs])) * 1e3
+    return None
+
+
+def tuned_candidates(
+    task: Any, target: dict[str, Any], trials: int, chosen: Any | None, chosen_ms: float
+) -> tuple[list[tuple[Any, float]], list[dict[str, Any]]]:
+    """The distinct schedules of its own the :func:`tuning_runs` of ``trials`` found for ``task``, and a log per run.
+
+    ``chosen`` is the profile's schedule replayed on ``task`` (``None``: TVM's default lowering),
+    timed here at ``chosen_ms``; it seeds the warm run. Each candidate is (JSON trace, best time
+    the tuner measured in ms); each log entry holds the run's settings, that time and its error.
+    """
+    found: list[tuple[Any, float]] = []
+    runs: list[dict[str, Any]] = []
+    for run in tuning_runs(trials, warm=chosen is not None):
+        failure = None
+        try:
+            candidate = _tuned_candidate(task, target, run, chosen, chosen_ms)
+        except Exception as exc:  # noqa: BLE001 - a kernel MetaSchedule cannot tune keeps the profile's schedule
+            failure, candidate = (f"{type(exc).__name__}: {exc}".splitlines() or [""])[0][:300], None
+        runs.append({**asdict(run), "tuning_ms": candidate[1] if candidate else None, "error": failure})
+        if candidate is not None and all(candidate[0] != trace for trace, _ in found):
+            found.append(candidate)
+    return found, runs
+
+
 def _retune_one(kernel: KernelToRetune, task: Any, target: dict[str, Any], trials: int, key: str) -> dict[str, Any]:
-    """Tune one kernel, time its best against the chosen schedule; the journal record of the outcome."""
+    """Tune one kernel (:func:`tuned_candidates`), time the best found against the chosen one; the journal record."""
     from codesign.profile import tvm_backend as tb
 
     started = time.perf_counter()
-    error = None
-    try:
-        with tempfile.TemporaryDirectory(prefix="codesign-retune-") as work:
-            best = tb.distinct_top_records(tb.tune_task(task, target, work, trials=trials), task, 1)
-    except Exception as exc:  # noqa: BLE001 - a kernel MetaSchedule cannot tune keeps the profile's schedule
-        best, error = [], (f"{type(exc).__name__}: {exc}".splitlines() or [""])[0][:300]
     chosen_build = tb.build_from_json(task, target, kernel.chosen_trace)
-    tuned_trace = tb.trace_to_json(best[0].trace) if best else None
-    if tuned_trace is None:
+    chosen = tb.replay_json(task, kernel.chosen_trace) if kernel.chosen_trace is not None else None
+    seed_ms = tb.time_kernel(chosen_build, task, repeat=3, min_repeat_ms=20).median_ms
+    found, runs = tuned_candidates(task, target, trials, chosen, seed_ms)
+    failures = [r["error"] for r in runs if r["error"]]
+    error = failures[0] if failures and not found else None
+    if not found:
         (chosen_ms,) = _median_of_alternating([chosen_build], task)
-        tuned_ms = None
+        tuned_ms, tuned_trace = None, None
     else:
-        chosen_ms, tuned_ms = _median_of_alternating(
-            [chosen_build, tb.build_from_json(task, target, tuned_trace)], task
-        )
+        times = _median_of_alternating([chosen_build, *(tb.build_from_json(task, target, t) for t, _ in found)], task)
+        chosen_ms = times[0]
+        best = int(np.argmin(times[1:]))
+        tuned_ms, tuned_trace = times[1 + best], found[best][0]
     kept = "tuned" if tuned_ms is not None and tuned_ms < chosen_ms * (1 - KEEP_MARGIN) else "chosen"
     return {
         "key": key,
@@ -255,6 +333,7 @@ def _retune_one(kernel: KernelToRetune, task: Any, target: dict[str, Any], trial
         "seconds": round(time.perf_counter() - started, 1),
         "tuned_trace": tuned_trace,
         "error": error,
+        "runs": runs,
     }
 
 
@@ -265,8 +344,6 @@ def retuned_prediction(model: Any, genome: Any, outcomes: list[RetunedKernel]) -
     is better evidence than the model's estimate, above all for a schedule replayed from another
     shape. The profile's calibration (graph overhead per kernel and transpose) still applies.
     """
-    import numpy as np
-
     measured: dict[tuple[str, str], float] = {}
     for o in outcomes:  # a kernel lowered to several tasks runs all of them
         kept_ms = o.tuned_ms if o.kept == "tuned" and o.tuned_ms is not None else o.chosen_ms
