@@ -313,3 +313,34 @@ def test_a_warm_run_starts_from_the_chosen_schedule_and_returns_another(loaded, 
     )
     assert "Picked top 1 candidate(s) from database" in logs[0]  # the seed record joined the population
     assert found is not None and found[0] != tb.trace_to_json(chosen.trace) and found[1] > 0
+
+
+def test_an_export_reuses_the_kernels_an_earlier_export_tuned(
+    first_export, loaded, fmnist_splits, local_profile, tmp_path, monkeypatch
+):
+    earlier = [json.loads(line) for line in (first_export.out_dir / RETUNE_JOURNAL).read_text().splitlines()]
+    tuned_now = []
+
+    def record_only(kernel, task, target, trials, key):
+        tuned_now.append((kernel.workload.key(), task.name))
+        return {
+            **{"key": key, "workload": kernel.workload.key(), "layout": kernel.layout, "task": task.name},
+            **{"trials": trials, "chosen_ms": 1e-3, "tuned_ms": None, "kept": "chosen", "seconds": 0.0},
+            "tuned_trace": None,
+        }
+
+    monkeypatch.setattr(retune_module, "_retune_one", record_only)
+    out = tmp_path / "second"
+    result = _export(loaded, fmnist_splits, local_profile, out, retune_trials=2, retune_from=(first_export.out_dir,))
+    assert not {(r["workload"], r["task"]) for r in earlier} & set(tuned_now)  # not tuned again
+    shipped = [json.loads(line) for line in (out / RETUNE_JOURNAL).read_text().splitlines()]
+    assert [r for r in shipped if r["key"] in {e["key"] for e in earlier}] == earlier  # copied into this journal
+    assert len(shipped) == len(result.manifest["tvm"]["retuned"]["kernels"]) == len(earlier) + len(tuned_now)
+
+
+def test_retune_from_must_name_a_retuned_export(loaded, fmnist_splits, local_profile, tmp_path):
+    with pytest.raises(ExportError, match="no re-tuning journal there"):
+        _export(loaded, fmnist_splits, local_profile, tmp_path / "a", retune_trials=2, retune_from=(tmp_path,))
+    with pytest.raises(ExportError, match="--retune-from needs --retune-trials"):
+        _export(loaded, fmnist_splits, local_profile, tmp_path / "b", retune_from=(tmp_path,))
+    assert not any(p.name in ("a", "b") for p in tmp_path.iterdir())

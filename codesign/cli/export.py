@@ -94,6 +94,16 @@ class ExportCommand(Command):
             "journaled kernels are free)",
         )
         parser.add_argument(
+            "--retune-from",
+            action="append",
+            default=[],
+            metavar="ARTIFACT",
+            help="with --retune-trials: reuse the kernels an earlier re-tuned export (its directory, or a "
+            "retune_journal.jsonl) tuned on this target with the same trials and profile schedule, instead of "
+            "tuning them again (a kernel several subnets share, or a second export with a larger --retune-minutes); "
+            "repeatable",
+        )
+        parser.add_argument(
             "--schedules",
             choices=("auto", "genome", "fastest", "default"),
             default="auto",
@@ -135,8 +145,11 @@ class ExportCommand(Command):
 
         if args.speed_probe < 0:
             raise ExportError("--speed-probe takes a number of subnets, 0 or more")
-        if args.format != "tvm" and (args.retune_trials or args.tune_trials or args.retune_minutes is not None):
-            raise ExportError("--tune-trials, --retune-trials and --retune-minutes compile with TVM: add --format tvm")
+        retuning = args.retune_trials or args.retune_minutes is not None or args.retune_from
+        if args.format != "tvm" and (args.tune_trials or retuning):
+            raise ExportError(
+                "--tune-trials, --retune-trials, --retune-minutes and --retune-from compile with TVM: add --format tvm"
+            )
         apply_threads(args.threads)
         from codesign.data import load_splits
         from codesign.export.pipeline import describe, export_subnet
@@ -173,6 +186,7 @@ class ExportCommand(Command):
             runtime_threads=args.runtime_threads,
             retune_trials=args.retune_trials,
             retune_minutes=args.retune_minutes,
+            retune_from=tuple(args.retune_from),
             speed_probe=args.speed_probe,
             latency_budget_ms=search["budget_ms"] if search else None,
         )

@@ -157,6 +157,8 @@ class RetuneSettings:
     trials: int
     journal: Path
     budget_minutes: float | None = None
+    reuse: tuple[Path, ...] = ()
+    """Journals of earlier exports whose matching kernels are reused instead of re-tuned."""
 
 
 RETUNE_JOURNAL = "retune_journal.jsonl"
@@ -192,6 +194,7 @@ def _retune_step(
                 journal_path=retune.journal,
                 budget_minutes=retune.budget_minutes,
                 progress=say,
+                reuse=retune.reuse,
             )
         )
 
@@ -336,6 +339,7 @@ def export_subnet(
     runtime_threads: RuntimeThreads = "auto",
     retune_trials: int = 0,
     retune_minutes: float | None = None,
+    retune_from: tuple[str | Path, ...] = (),
     speed_probe: int = 0,
     latency_budget_ms: float | None = None,
 ) -> ExportResult:
@@ -355,7 +359,8 @@ def export_subnet(
     runtime-only loader; ``runtime_threads="auto"`` records the fastest as the count
     ``codesign run`` uses, an int records that count instead. ``retune_trials`` > 0 tunes every
     kernel of the subnet on this machine with that many trials each (slowest first, within
-    ``retune_minutes`` if given) and compiles each with whichever of its own and the profile's
+    ``retune_minutes`` if given; kernels in the journals of the earlier exports ``retune_from`` are
+    reused) and compiles each with whichever of its own and the profile's
     schedule times faster (see :mod:`codesign.export.retune`); the kernels finished are journaled
     beside ``out_dir`` until the export succeeds, so a killed export resumes. ``speed_probe`` > 0
     re-times that many of the profile's own subnets beside the artifact and records the machine's
@@ -369,7 +374,7 @@ def export_subnet(
     if profile is not None or target is not None:
         genome, schedules_from = choose_schedules(genome, profile, schedules)
     out = Path(out_dir)
-    retune = _retune_settings(out, profile, target, retune_trials, retune_minutes)
+    retune = _retune_settings(out, profile, target, retune_trials, retune_minutes, retune_from)
     if speed_probe and profile is not None:
         from codesign.errors import CodesignError
         from codesign.profile.speed_probe import probe_subnets
@@ -458,14 +463,21 @@ def export_subnet(
 
 
 def _retune_settings(
-    out: Path, profile: Any, target: dict[str, Any] | None, trials: int, minutes: float | None
+    out: Path,
+    profile: Any,
+    target: dict[str, Any] | None,
+    trials: int,
+    minutes: float | None,
+    reuse: tuple[str | Path, ...] = (),
 ) -> RetuneSettings | None:
-    """Validate ``--retune-trials``/``--retune-minutes`` before any work starts."""
+    """Validate ``--retune-trials``/``--retune-minutes``/``--retune-from`` before any work starts."""
     from codesign.export.tvm_artifact import require_local_target
 
     if trials == 0:
         if minutes is not None:
             raise ExportError("--retune-minutes needs --retune-trials N (N > 0)")
+        if reuse:
+            raise ExportError("--retune-from needs --retune-trials N (N > 0)")
         return None
     if trials < 0:
         raise ExportError(f"--retune-trials must be at least 0, got {trials}")
@@ -474,7 +486,15 @@ def _retune_settings(
     if profile is None:
         raise ExportError("--retune-trials needs a hardware profile (it orders and compares kernels by it)")
     require_local_target(target if target is not None else profile.target, "--retune-trials")
-    return RetuneSettings(trials, retune_journal_path(out), minutes)
+    journals = []
+    for given in reuse:
+        path = Path(given) / RETUNE_JOURNAL if Path(given).is_dir() else Path(given)
+        if not path.is_file():
+            raise ExportError(
+                f"--retune-from {given}: no re-tuning journal there (expected a re-tuned export or {RETUNE_JOURNAL})"
+            )
+        journals.append(path)
+    return RetuneSettings(trials, retune_journal_path(out), minutes, tuple(journals))
 
 
 def _onnx_versions() -> dict[str, str]:

@@ -30,7 +30,7 @@ import numpy as np
 
 from codesign.errors import ExportError
 from codesign.latency.workloads import Workload
-from codesign.profile.journal import Journal
+from codesign.profile.journal import Journal, read_journal
 
 JOURNAL_VERSION = 2
 KEEP_MARGIN = 0.03
@@ -173,12 +173,16 @@ def retune_kernels(
     journal_path: str | Path,
     budget_minutes: float | None = None,
     progress: Callable[[str], None] | None = None,
+    reuse: tuple[Path, ...] = (),
 ) -> list[RetunedKernel]:
     """Tune each of ``kernels`` with ``trials`` trials, time it against its chosen schedule, commit the winners.
 
     Kernels are taken in order until ``budget_minutes`` of tuning have passed (``None``: all of
     them); the kernel in flight finishes, so at least one is tuned. Outcomes already in the
-    journal at ``journal_path`` are reused, not re-tuned. Every kept re-tuned schedule is
+    journal at ``journal_path``, or in the journals of earlier exports listed in ``reuse`` (same
+    target, kernel, layout, chosen schedule and trial count: a kernel another subnet shares is tuned
+    once), are reused, not re-tuned; those from ``reuse`` are copied into this journal. Every kept
+    re-tuned schedule is
     committed to ``database`` (a MetaSchedule database the export compiles with) so that it
     outranks the chosen one.
     """
@@ -193,6 +197,13 @@ def retune_kernels(
     except (OSError, ValueError) as exc:
         raise ExportError(f"cannot use the re-tuning journal: {exc}") from None
     done = {record["key"]: record for record in journal if "key" in record}
+    earlier: dict[str, dict[str, Any]] = {}
+    for path in reuse:
+        try:
+            records = read_journal(path).records
+        except (OSError, ValueError) as exc:
+            raise ExportError(f"cannot reuse the re-tuning journal {path}: {exc}") from None
+        earlier.update({r["key"]: r for r in records if "key" in r and r["key"] not in done})
     started: float | None = None  # the clock runs from the first kernel tuned here (journaled ones are free)
     outcomes: list[RetunedKernel] = []
     for n, kernel in enumerate(kernels, 1):
@@ -200,7 +211,7 @@ def retune_kernels(
         keys = [_journal_key(target, kernel, task.name, trials) for task in tasks]
         # the budget is checked per kernel, never between its tasks: a half-tuned kernel would
         # leave the re-tuned prediction with only some of its tasks' times
-        if any(key not in done for key in keys):
+        if any(key not in done and key not in earlier for key in keys):
             if started is None:
                 started = time.monotonic()
             elif budget_minutes is not None and time.monotonic() - started > budget_minutes * 60:
@@ -208,6 +219,9 @@ def retune_kernels(
                 return outcomes
         for task, key in zip(tasks, keys):
             record = done.get(key)
+            if record is None and key in earlier:
+                record = done[key] = earlier[key]
+                journal.append(record)
             if record is None:
                 record = _retune_one(kernel, task, target, trials, key)
                 journal.append(record)
