@@ -24,7 +24,6 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any
 
 import numpy as np
 
@@ -40,7 +39,7 @@ def main() -> int:
         parser.error("--kernels and --trials must be at least 1")
 
     from codesign.compiler.tvm_compile import compiled_choices
-    from codesign.export.retune import tuned_candidates
+    from codesign.export.retune import median_of_alternating, tuned_candidates
     from codesign.latency.model import LatencyModel
     from codesign.latency.workloads import subnet_workloads
     from codesign.profile import tvm_backend as tb
@@ -92,7 +91,7 @@ def main() -> int:
         split_builds = [tb.build_from_json(task, target, trace) for trace, _ in found]
         split_s = time.perf_counter() - started
         builds = [chosen_build, default_build, *([one_build] if one_build else []), *split_builds]
-        us = [t * 1e3 for t in _alternating_medians(tb, builds, task)]
+        us = [t * 1e3 for t in median_of_alternating(builds, task, rounds=3)]
         chosen_us, default_us = us[0], us[1]
         one_us = us[2] if one_build else float("nan")
         split_us = min(us[2 + bool(one_build) :], default=float("nan"))
@@ -116,15 +115,6 @@ def main() -> int:
 def _geomean(values: list[float]) -> float:
     finite = [v for v in values if np.isfinite(v)]
     return float(np.exp(np.mean(np.log(finite)))) if finite else float("nan")
-
-
-def _alternating_medians(tb: Any, builds: list[Any], task: Any, rounds: int = 3) -> list[float]:
-    """Each build's best median (ms) over ``rounds`` passes that time all builds in turn (drift hits all alike)."""
-    best = [float("inf")] * len(builds)
-    for _ in range(rounds):
-        for i, built in enumerate(builds):
-            best[i] = min(best[i], tb.time_kernel(built, task, repeat=5, min_repeat_ms=50).median_ms)
-    return best
 
 
 if __name__ == "__main__":

@@ -153,7 +153,7 @@ def order_by_measured_time(
     return sorted(timed, key=lambda k: -(k.measured_ms or 0.0) * k.uses)
 
 
-def _median_of_alternating(builds: list[Any], task: Any, rounds: int = 2) -> list[float]:
+def median_of_alternating(builds: list[Any], task: Any, rounds: int = 2) -> list[float]:
     """Each build's best median over ``rounds`` alternating timing passes (drift hits all alike)."""
     from codesign.profile import tvm_backend as tb
 
@@ -327,10 +327,10 @@ def _retune_one(kernel: KernelToRetune, task: Any, target: dict[str, Any], trial
     failures = [r["error"] for r in runs if r["error"]]
     error = failures[0] if failures and not found else None
     if not found:
-        (chosen_ms,) = _median_of_alternating([chosen_build], task)
+        (chosen_ms,) = median_of_alternating([chosen_build], task)
         tuned_ms, tuned_trace = None, None
     else:
-        times = _median_of_alternating([chosen_build, *(tb.build_from_json(task, target, t) for t, _ in found)], task)
+        times = median_of_alternating([chosen_build, *(tb.build_from_json(task, target, t) for t, _ in found)], task)
         chosen_ms = times[0]
         best = int(np.argmin(times[1:]))
         tuned_ms, tuned_trace = times[1 + best], found[best][0]
