@@ -137,7 +137,10 @@ def main() -> int:
         "--work",
         default=None,
         metavar="DIR",
-        help="keep the search and artifacts here and reuse those whose manifest matches (default: a fresh temp dir)",
+        help=(
+            "keep the search and artifacts here and reuse those whose manifest matches; a re-export with other "
+            "re-tuning settings reuses every kernel the journals there already tuned (default: a fresh temp dir)"
+        ),
     )
     parser.add_argument(
         "--layouts",
@@ -159,7 +162,7 @@ def main() -> int:
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
     from codesign.data import load_splits
-    from codesign.export.pipeline import export_subnet
+    from codesign.export.pipeline import RETUNE_JOURNAL, export_subnet
     from codesign.latency.model import LatencyModel
     from codesign.profile.shipped import find_shipped_profile, resolve_profile
     from codesign.profile.tvm_backend import host_llvm_target
@@ -211,6 +214,8 @@ def main() -> int:
             if _reusable(artifact, genome, trials, minutes):
                 print(f"{label}{suffix}: reusing {artifact}", flush=True)
                 continue
+            # Kernels re-tuned by earlier runs in --work (other settings, other models) are not tuned again.
+            journals = tuple(sorted(work.glob(f"*/{RETUNE_JOURNAL}"))) if trials else ()
             export_subnet(
                 loaded=loaded,
                 genome=genome,
@@ -223,6 +228,7 @@ def main() -> int:
                 overwrite=True,
                 retune_trials=trials,
                 retune_minutes=minutes,
+                retune_from=journals,
             )
     if args.export_only:
         return 0
