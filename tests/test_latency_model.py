@@ -158,7 +158,7 @@ def test_layout_changes_cost_their_measured_transposes(layout_model, tiny_space)
     nchw = _best_genes_for_layouts(model, vector, {p: 0 for p in convs})
     nhwc = _best_genes_for_layouts(model, vector, {p: 1 for p in convs})
     one = _best_genes_for_layouts(model, vector, {**{p: 0 for p in convs}, convs[2]: 1})  # first depthwise
-    sums, kernels, transposes = model.terms(np.stack([nchw, nhwc, one]))
+    sums, kernels, transposes, _ = model.terms(np.stack([nchw, nhwc, one]))
     assert transposes.tolist() == [0, 2, 2]  # all NHWC: the image and the pooled vector; one kernel: in and out
     assert kernels.tolist() == [len(active), len(active) + 2, len(active) + 2]
     explained = model.explain(Genome.from_vector(tiny_space, one))
@@ -228,7 +228,7 @@ def test_a_subnet_mixing_nhwc_with_packed_layouts_cannot_compile(packed_model, t
     packed = _best_genes_for_layouts(model, vector, {p: 2 for p in packable})
     predicted = model.predict(np.stack([mixed, packed]))
     assert np.isinf(predicted[0]) and np.isfinite(predicted[1])
-    _, _, changes = model.terms(packed[None, :])
+    _, _, changes, _ = model.terms(packed[None, :])
     assert changes[0] >= 1  # the image arrives NCHW
 
 
@@ -255,6 +255,31 @@ def test_nhwc_candidates_without_transpose_timings_fail_clearly(tiny_space):
     stripped = type(profile)(**{**profile.__dict__, "transposes": []})
     with pytest.raises(CodesignError, match="no timings of layout changes"):
         LatencyModel.from_profile(stripped)
+
+
+def test_calibration_fits_an_activation_term_only_when_given():
+    rng = np.random.default_rng(1)
+    sums = rng.uniform(0.05, 1.0, 60)
+    kernels = rng.integers(20, 50, 60).astype(float)
+    activations = rng.uniform(0.1e6, 2.0e6, 60)
+    measured = 1.05 * sums + 0.0005 * kernels + 0.04 * activations / 1e6
+    fitted = Calibration.fit(sums, kernels, measured, None, activations)
+    assert fitted.per_million_activations_ms == pytest.approx(0.04, rel=1e-6)
+    assert fitted.layer_scale == pytest.approx(1.05, rel=1e-6)
+    assert fitted.apply(sums, kernels, 0.0, activations) == pytest.approx(measured, rel=1e-9)
+    assert Calibration.fit(sums, kernels, measured).per_million_activations_ms == 0.0
+    assert fitted.scaled(2.0).apply(sums, kernels, 0.0, activations) == pytest.approx(2 * measured, rel=1e-9)
+
+
+def test_terms_count_the_activations_every_active_kernel_reads_and_writes(tiny_space):
+    from codesign.latency.workloads import kernel_activations
+
+    model = LatencyModel.from_profile(synthetic_profile(tiny_space))
+    space = model.space
+    for genome in (Genome.smallest(space), Genome.largest(space)):
+        expected = sum(kernel_activations(w) for w in subnet_workloads(space, genome))
+        assert model.terms(model.vectors([genome]))[3][0] == expected
+        assert model.explain(genome)["activations"] == expected
 
 
 def test_calibration_fits_a_transpose_term():

@@ -411,3 +411,54 @@ def test_retime_rule_without_retime_models_is_a_one_line_error(tmp_path):
     result = run_cli("profile", "--recalibrate", str(tmp_path / "any.json"), "--retime-rule", "fastest", "-o", str(out))
     assert result.returncode == 1 and "--retime-rule applies to --retime-models" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_refit_fits_the_activation_term_where_it_validates_and_measures_nothing(tiny_space, tmp_path):
+    from dataclasses import replace
+
+    from codesign.latency.model import LatencyModel
+    from codesign.profile.fitting import fit_predictor
+    from codesign.profile.profile_file import load_profile, save_profile
+    from codesign.space import Genome
+    from codesign.testing import synthetic_profile
+
+    profile = synthetic_profile(tiny_space, calibration=False)
+    families = profile.tuning_records["families"]
+    predictor = fit_predictor(tiny_space, families, profile.measurements, [])
+    assert predictor is not None
+    uncalibrated = LatencyModel.from_profile(replace(profile, predictor=predictor))
+    rng = np.random.default_rng(0)
+    genomes = [uncalibrated.fastest_schedules(Genome.random(tiny_space, rng)) for _ in range(24)]
+    sums, kernels, _, activations = uncalibrated.layer_sum(genomes)
+    # whole subnets "measured" with a cost per activation element beyond their kernels' own times
+    measured = 1.02 * sums + 0.0002 * kernels + 0.03 * activations / 1e6
+    models = [
+        {
+            "key": f"model{i:03d}",
+            "status": "ok",
+            "schedules": "fastest",
+            "genome": g.to_dict(),
+            "timing": {"median_ms": m},
+        }
+        for i, (g, m) in enumerate(zip(genomes, measured, strict=True))
+    ]
+    source = tmp_path / "old.json"
+    save_profile(source, replace(profile, models=models, predictor=predictor))
+    out = tmp_path / "refit.json"
+    result = run_cli("profile", "--refit", str(source), "-o", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "activation term kept" in result.stdout
+    refit = load_profile(out).profile
+    terms = refit.predictor["calibration"]["terms"]
+    assert terms["per_million_activations_ms"] == pytest.approx(0.03, rel=1e-3)
+    assert refit.measurements == profile.measurements and refit.models == models
+    assert refit.predictor["filled"] == predictor["filled"]
+    assert refit.predictor["calibration"]["recalibrations"][-1]["refit_only"] is True
+    assert LatencyModel.from_profile(refit).predict(genomes) == pytest.approx(measured, rel=1e-3)
+    assert refit.predictor["model_validation"]["activation_term"]["kept"] is True
+
+    empty = tmp_path / "no-models.json"
+    save_profile(empty, replace(profile, models=[], predictor=predictor))
+    bad = run_cli("profile", "--refit", str(empty), "-o", str(tmp_path / "x.json"), cwd=tmp_path)
+    assert bad.returncode == 1 and "no timed whole subnets" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.json").exists()

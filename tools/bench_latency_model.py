@@ -147,6 +147,15 @@ def report(rows: list[dict[str, Any]], profile: Any, second_label: str) -> int:
                     f"  untimed kernel/schedule pairs {label:>8s} of the sum: {part['within10']:.1%} within +-10%, "
                     f"RMSPE {part['rmspe']:.3f} (n={part['n']}, {randoms} random)"
                 )
+    if all("compare_ms" in r for r in rows):
+        other = summary("compare_ms")
+        print(
+            f"--compare-profile on the same timings: {other['within10']:.1%} within +-10%, RMSPE {other['rmspe']:.3f}, "
+            f"worst {other['max_abs_pct']:.1f}%"
+        )
+        for kind in ("fastest", "random"):
+            s = summary("compare_ms", kind)
+            print(f"  schedules={kind:7s}: {s['within10']:.1%} within +-10%, RMSPE {s['rmspe']:.3f} (n={s['n']})")
     if all("profile_ms" in r for r in rows):
         raw = summary("profile_ms")
         print(
@@ -161,11 +170,17 @@ def report(rows: list[dict[str, Any]], profile: Any, second_label: str) -> int:
 
 
 def measure_here(
-    args: argparse.Namespace, model: Any, profile: Any, drawn: list[tuple[Any, str]], speed: float | None
+    args: argparse.Namespace,
+    model: Any,
+    profile: Any,
+    drawn: list[tuple[Any, str]],
+    speed: float | None,
+    compare: Any = None,
 ) -> list[dict]:
     """Compile every drawn subnet, then time all on this machine twice, in two interleaved passes.
 
     With a probed ``speed``, predictions are the model's at that speed, beside the unscaled ones (``profile_ms``).
+    A ``compare`` model's predictions of the same subnets (at the same speed) are kept as ``compare_ms``.
     """
     from codesign.compiler.tvm_compile import compile_subnet, time_executables
     from codesign.latency.workloads import subnet_macs
@@ -176,6 +191,7 @@ def measure_here(
     as_profiled = model.predict(genomes)
     predicted = model.at_speed(speed).predict(genomes) if speed else as_profiled
     transposes = model.terms(model.vectors(genomes))[2]  # layout changes in each compiled subnet
+    compared = None if compare is None else (compare.at_speed(speed) if speed else compare).predict(genomes)
     started = time.perf_counter()
     executables = []
     for i, (g, _) in enumerate(drawn):
@@ -197,6 +213,7 @@ def measure_here(
                 "std_ms": first[i].std_ms,
                 "predicted_ms": float(predicted[i]),
                 **({"profile_ms": float(as_profiled[i])} if speed else {}),
+                **({"compare_ms": float(compared[i])} if compared is not None else {}),
                 "flops_ms": k * macs,
                 "macs": macs,
                 "transposes": int(transposes[i]),
@@ -342,6 +359,13 @@ def main() -> int:
         metavar="N",
         help="first re-time N of the profile's own subnets and score the model at the speed they show (default 0: off)",
     )
+    parser.add_argument(
+        "--compare-profile",
+        metavar="FILE",
+        default=None,
+        help="also score this profile's predictions of the same measured subnets (e.g. the same profile before a "
+        "re-fit: `codesign profile --refit`); the subnets and their schedules are drawn with --profile",
+    )
     remote = parser.add_argument_group("devices without TVM (measured through a models-only bundle)")
     remote.add_argument(
         "--build-bundle", metavar="DIR", help="compile the held-out subnets into a bundle, measure nothing"
@@ -374,7 +398,10 @@ def main() -> int:
             probe = probe_device_speed(profile, subnets=args.speed_probe, repeat=args.repeat, progress=print)
             print(probe.describe(), flush=True)
             speed = probe.factor
-        rows = measure_here(args, model, profile, drawn, speed)
+        compare = None
+        if args.compare_profile:
+            compare = LatencyModel.from_profile(load_profile(args.compare_profile, allow_mismatch=True).profile)
+        rows = measure_here(args, model, profile, drawn, speed, compare)
         second_label = "the second pass"
     if not rows:
         print("no subnet was measured", file=sys.stderr)

@@ -113,6 +113,12 @@ class ProfileCommand(Command):
             "its subnets; written to -o, journaled in --work-dir",
         )
         parser.add_argument(
+            "--refit",
+            metavar="PROFILE.json",
+            help="re-fit PROFILE's whole-model calibration on the subnets it already holds, measuring nothing "
+            "(runs anywhere): a profile made by an older codesign gets the current calibration form; written to -o",
+        )
+        parser.add_argument(
             "--models-only",
             action="store_true",
             help="with --recalibrate: time no kernels, only the whole subnets (the kernel table is kept)",
@@ -193,6 +199,8 @@ class ProfileCommand(Command):
             return _merge_bundle(args.merge, args.results, args.out, args.seed)
         if args.recalibrate:
             return _recalibrate(args)
+        if args.refit:
+            return _refit(args)
         if args.rpc_tracker and not args.rpc_key:
             raise CodesignError("--rpc-tracker needs --rpc-key (the key the device's RPC server registered with)")
         if args.target == "llvm" and args.rpc_tracker:
@@ -273,6 +281,29 @@ def _check_speed(args: argparse.Namespace) -> int:
         )
     else:
         print(f"within {SPEED_DRIFT_TO_MENTION:.0%} of the profile's speed")
+    return 0
+
+
+def _refit(args: argparse.Namespace) -> int:
+    """``--refit``: the calibration re-fitted on the profile's own whole-model timings, nothing measured."""
+    from pathlib import Path
+
+    from codesign.profile.profile_file import load_profile, save_profile
+    from codesign.profile.profiler import refit_calibration
+
+    loaded = load_profile(args.refit, allow_mismatch=True)
+    before = (loaded.profile.predictor or {}).get("model_validation", {}).get("calibrated")
+    profile = refit_calibration(loaded.profile)
+    save_profile(Path(args.out), profile)
+    terms = profile.predictor["calibration"]["terms"]
+    print(
+        f"profile written to {args.out}: calibration re-fitted, " + ", ".join(f"{k}={v:.6g}" for k, v in terms.items())
+    )
+    if before:
+        print(
+            f"before: whole models (leave-one-out) {before['within10']:.1%} within +-10%, RMSPE {before['rmspe']:.3f}"
+        )
+    _print_validation(profile)
     return 0
 
 
@@ -416,3 +447,10 @@ def _print_validation(profile: Any) -> None:
         print(f"whole models (leave-one-out): {m['within10']:.1%} within +-10%, RMSPE {m['rmspe']:.3f}")
         for label, part in fitted["model_validation"].get("calibrated_by_schedules", {}).items():
             print(f"  {part['n']} scheduled {label}: {part['within10']:.1%} within +-10%, RMSPE {part['rmspe']:.3f}")
+        term = fitted["model_validation"].get("activation_term")
+        if term:
+            print(
+                f"  activation term {'kept' if term['kept'] else 'left out'}: with it {term['with']['within10']:.1%} "
+                f"within +-10% (RMSPE {term['with']['rmspe']:.3f}), without {term['without']['within10']:.1%} "
+                f"({term['without']['rmspe']:.3f})"
+            )

@@ -369,5 +369,7 @@ def retuned_prediction(model: Any, genome: Any, outcomes: list[RetunedKernel]) -
         if kernel_ms is not None:
             layer_sum += kernel_ms - float(layer["latency_ms"])
     return float(
-        model.calibration.apply(np.asarray(layer_sum), np.asarray(explained["kernels"]), explained["transposes"])
+        model.calibration.apply(
+            np.asarray(layer_sum), np.asarray(explained["kernels"]), explained["transposes"], explained["activations"]
+        )
     )

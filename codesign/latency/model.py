@@ -3,12 +3,15 @@
 ``LatencyModel.from_profile(path)`` reads a hardware profile. A subnet's latency is
 
     layer_scale * (sum(kernel latency under its schedule) + sum(transpose latency))
-        + per_kernel_ms * (kernels + transposes) + per_transpose_ms * transposes + constant_ms
+        + per_kernel_ms * (kernels + transposes) + per_transpose_ms * transposes
+        + per_million_activations_ms * activations / 1e6 + constant_ms
 
 where kernel latencies come from the profile's measurements (median), or, for kernel/schedule
 pairs the budget did not measure, from the profile's fitted kernel predictor; and the three
 calibration terms were fitted on whole subnets compiled and measured by the profiler (what the
-per-layer sum misses: VM dispatch per kernel, graph-level overhead, cache effects).
+per-layer sum misses: VM dispatch per kernel, graph-level overhead, cache effects). ``activations``
+counts the elements every kernel of the subnet reads and writes: a kernel timed alone finds its
+input in cache, one in a network reads what the previous kernel wrote, possibly on another core.
 
 Genes interact as the compiled model does: a kernel that is structurally equal to an earlier one
 in the same subnet is compiled once, with the earlier one's schedule; a schedule that failed to
@@ -36,7 +39,7 @@ from codesign.compiler.layouts import fits_layout
 from codesign.errors import CodesignError
 from codesign.latency.positions import PositionTable, candidate_layouts
 from codesign.latency.transposes import LAYOUT_NAMES, TransposeCosts, change_fits
-from codesign.latency.workloads import Workload, kernel_family
+from codesign.latency.workloads import Workload, kernel_activations, kernel_family
 from codesign.space import Genome, SearchSpace
 
 MEASURED, PREDICTED, FAILED, UNVERIFIED = 1, 2, 3, 4
@@ -46,22 +49,38 @@ MEASURED, PREDICTED, FAILED, UNVERIFIED = 1, 2, 3, 4
 class Calibration:
     """Whole-model correction of the per-kernel sum (fitted on compiled, measured subnets).
 
-    ``per_transpose_ms`` is what a transpose costs inside a network beyond its time measured alone.
+    ``per_transpose_ms`` is what a transpose costs inside a network beyond its time measured alone;
+    ``per_million_activations_ms`` what a million activation elements read and written by the
+    network's kernels cost beyond their kernels' times measured alone (profiles fitted before it
+    existed have 0).
     """
 
     layer_scale: float = 1.0
     per_kernel_ms: float = 0.0
     constant_ms: float = 0.0
     per_transpose_ms: float = 0.0
+    per_million_activations_ms: float = 0.0
 
-    def apply(self, layer_sum_ms: np.ndarray, kernels: np.ndarray, transposes: np.ndarray | float = 0.0) -> np.ndarray:
-        """Calibrated latency from per-kernel sums, kernel counts (transposes included) and transpose counts."""
+    def apply(
+        self,
+        layer_sum_ms: np.ndarray,
+        kernels: np.ndarray,
+        transposes: np.ndarray | float = 0.0,
+        activations: np.ndarray | float = 0.0,
+    ) -> np.ndarray:
+        """Calibrated latency from per-kernel sums, kernel counts (transposes included), transpose counts and
+        activation elements."""
         return (
             self.layer_scale * layer_sum_ms
             + self.per_kernel_ms * kernels
             + self.per_transpose_ms * np.asarray(transposes)
+            + self.per_million_activations_ms * np.asarray(activations) / 1e6
             + self.constant_ms
         )
+
+    def scaled(self, factor: float) -> Calibration:
+        """Every term multiplied by ``factor`` (a device running ``factor`` times its profile's time)."""
+        return Calibration(**{name: value * factor for name, value in asdict(self).items()})
 
     @classmethod
     def fit(
@@ -70,30 +89,33 @@ class Calibration:
         kernels: np.ndarray,
         measured_ms: np.ndarray,
         transposes: np.ndarray | None = None,
+        activations: np.ndarray | None = None,
     ) -> Calibration:
         """Least squares in relative error with non-negative terms (the best of every sign-feasible subset).
 
-        The transpose term is fitted only when some of the models have transposes.
+        The transpose term is fitted only when some of the models have transposes, the activation
+        term only when ``activations`` are given.
         """
         s = np.asarray(layer_sum_ms, dtype=np.float64)
         k = np.asarray(kernels, dtype=np.float64)
         m = np.asarray(measured_ms, dtype=np.float64)
         t = np.zeros_like(s) if transposes is None else np.asarray(transposes, dtype=np.float64)
+        a = np.zeros_like(s) if activations is None else np.asarray(activations, dtype=np.float64) / 1e6
         if len(m) == 0:
             return cls()
-        columns = [s, k, np.ones_like(s), t]
-        usable = [0, 1, 2] + ([3] if np.any(t > 0) else [])
+        columns = [s, k, np.ones_like(s), t, a]
+        usable = [0, 1, 2] + ([3] if np.any(t > 0) else []) + ([4] if np.any(a > 0) else [])
         best, best_err = cls(), np.inf
         for subset in itertools.chain.from_iterable(
             itertools.combinations(usable, r) for r in range(1, len(usable) + 1)
         ):
-            a = np.stack([columns[j] / m for j in subset], axis=1)
-            coef, *_ = np.linalg.lstsq(a, np.ones_like(m), rcond=None)
+            x = np.stack([columns[j] / m for j in subset], axis=1)
+            coef, *_ = np.linalg.lstsq(x, np.ones_like(m), rcond=None)
             if np.any(coef < 0):
                 continue
-            err = float(np.sum((a @ coef - 1.0) ** 2))
+            err = float(np.sum((x @ coef - 1.0) ** 2))
             if err < best_err:
-                full = [0.0, 0.0, 0.0, 0.0]
+                full = [0.0, 0.0, 0.0, 0.0, 0.0]
                 for j, c in zip(subset, coef, strict=True):
                     full[j] = float(c)
                 best, best_err = cls(*full), err
@@ -146,6 +168,7 @@ class LatencyModel:
             [max(1, len(families.get(p.family, [None]))) for p in table.positions], dtype=np.int64
         )
         width = int(self.candidate_counts.max())
+        self.activation_elements = np.asarray([kernel_activations(w) for w in table.workloads], dtype=np.float64)
         self.table = np.full((len(table.workloads), width), np.inf)
         self.sources = np.zeros((len(table.workloads), width), dtype=np.int8)
         missing = []
@@ -273,14 +296,8 @@ class LatencyModel:
         profile, from :func:`codesign.profile.speed_probe.probe_device_speed`); its choices do not change."""
         if not (np.isfinite(factor) and factor > 0):
             raise CodesignError(f"a speed factor must be a positive number, not {factor}")
-        c = self.calibration
         scaled = copy.copy(self)
-        scaled.calibration = Calibration(
-            layer_scale=c.layer_scale * factor,
-            per_kernel_ms=c.per_kernel_ms * factor,
-            constant_ms=c.constant_ms * factor,
-            per_transpose_ms=c.per_transpose_ms * factor,
-        )
+        scaled.calibration = self.calibration.scaled(factor)
         return scaled
 
     # ------------------------------------------------------------------ encodings
@@ -377,8 +394,9 @@ class LatencyModel:
             total = np.where(used[1] & used[2:].any(axis=0), np.inf, total)
         return total, count
 
-    def terms(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Uncalibrated latency sum (kernels and transposes), kernel count (transposes included), transposes."""
+    def terms(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Uncalibrated latency sum (kernels and transposes), kernel count (transposes included), transposes and
+        activation elements the kernels read and write, each ``(N,)``: what :class:`Calibration` applies to."""
         return self._terms(*self._by_position(vectors))
 
     def predict_by_position(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -388,13 +406,14 @@ class LatencyModel:
 
     def _terms(
         self, latency: np.ndarray, active: np.ndarray, ids: np.ndarray, genes: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         layer_sum = latency.sum(axis=0)
         kernels = active.sum(axis=0)
+        activations = np.where(active, self.activation_elements[ids], 0.0).sum(axis=0)
         if not self.has_layouts:
-            return layer_sum, kernels, np.zeros_like(kernels)
+            return layer_sum, kernels, np.zeros_like(kernels), activations
         transpose_ms, transposes = self.transposes_by_position(ids, active, self.layouts_by_position(genes))
-        return layer_sum + transpose_ms, kernels + transposes, transposes
+        return layer_sum + transpose_ms, kernels + transposes, transposes, activations
 
     def predict_vectors(self, vectors: np.ndarray) -> np.ndarray:
         """Calibrated latency (ms) of each genome vector: the search's fast path."""
@@ -406,8 +425,9 @@ class LatencyModel:
             return self.predict_vectors(genomes)
         return self.predict_vectors(self.vectors(list(genomes)))
 
-    def layer_sum(self, genomes: Sequence[Genome]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Uncalibrated sums, kernel counts and transpose counts (what calibration is fitted on)."""
+    def layer_sum(self, genomes: Sequence[Genome]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Uncalibrated sums, kernel counts, transpose counts and activation elements (what calibration is fitted
+        on)."""
         return self.terms(self.vectors(list(genomes)))
 
     def predicted_choices(self, genomes: Sequence[Genome]) -> dict[str, tuple[Workload, set[int]]]:
@@ -576,15 +596,18 @@ class LatencyModel:
                     layout=LAYOUT_NAMES[int(layouts[p])],
                 )
             )
-        layer_sum, kernels, transposes = (float(x[0]) for x in self.terms(v))
+        layer_sum, kernels, transposes, activations = (float(x[0]) for x in self.terms(v))
         return {
             "layers": [asdict(layer) for layer in layers],
             "layer_sum_ms": layer_sum,
             "kernels": int(kernels),
             "transposes": int(transposes),
             "transpose_ms": layer_sum - float(latency.sum()),
+            "activations": int(activations),
             "calibration": asdict(self.calibration),
-            "predicted_ms": float(self.calibration.apply(np.asarray(layer_sum), np.asarray(kernels), transposes)),
+            "predicted_ms": float(
+                self.calibration.apply(np.asarray(layer_sum), np.asarray(kernels), transposes, activations)
+            ),
         }
 
 

@@ -62,6 +62,14 @@ class Workload:
         return cls(**data)
 
 
+def kernel_activations(w: Workload) -> int:
+    """Input + output elements of one kernel (a residual projection also reads the block input)."""
+    elems = w.in_channels * w.resolution**2 + w.out_channels * w.out_resolution**2
+    if w.residual:
+        elems += w.out_channels * w.out_resolution**2
+    return elems
+
+
 def kernel_family(workload: Workload) -> str:
     """Workloads of one family lower to the same fused operators, so schedules replay across them."""
     return f"{workload.kind}/{workload.activation}/{'residual' if workload.residual else 'plain'}"

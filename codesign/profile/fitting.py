@@ -93,23 +93,44 @@ def fit_calibration(
     section: dict[str, Any],
     transposes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Calibration terms and their leave-one-out validation on the measured whole models."""
+    """Calibration terms and their leave-one-out validation on the measured whole models.
+
+    The activation term (see :class:`~codesign.latency.model.Calibration`) is kept only where it
+    validates: both forms are fitted, and the one with more leave-one-out predictions within +-10%
+    (then the lower RMSPE) wins; ``model_validation.activation_term`` records both.
+    """
     ok = [m for m in models if m.get("status") == "ok"]
     if not ok:
         return {}
     model = uncalibrated_model(space, families, measurements, section, transposes or [])
     genomes = [Genome.from_dict(m["genome"]) for m in ok]
-    sums, kernels, swaps = model.layer_sum(genomes)
+    sums, kernels, swaps, activations = model.layer_sum(genomes)
     measured = np.asarray([m["timing"]["median_ms"] for m in ok], dtype=np.float64)
-    calibration = Calibration.fit(sums, kernels, measured, swaps)
     transposes_per_model = swaps.astype(float)
-    loo = np.empty_like(measured)
-    for i in range(len(ok)):
-        keep = np.arange(len(ok)) != i
-        fitted = (
-            Calibration.fit(sums[keep], kernels[keep], measured[keep], swaps[keep]) if keep.sum() >= 3 else calibration
-        )
-        loo[i] = fitted.apply(sums[i : i + 1], kernels[i : i + 1], swaps[i : i + 1])[0]
+
+    def fitted_and_loo(acts: np.ndarray | None) -> tuple[Calibration, np.ndarray]:
+        full = Calibration.fit(sums, kernels, measured, swaps, acts)
+        loo = np.empty_like(measured)
+        for i in range(len(ok)):
+            keep = np.arange(len(ok)) != i
+            fitted = (
+                Calibration.fit(
+                    sums[keep], kernels[keep], measured[keep], swaps[keep], None if acts is None else acts[keep]
+                )
+                if keep.sum() >= 3
+                else full
+            )
+            loo[i] = fitted.apply(sums[i : i + 1], kernels[i : i + 1], swaps[i : i + 1], activations[i : i + 1])[0]
+        return full, loo
+
+    without, loo_without = fitted_and_loo(None)
+    with_acts, loo_with = fitted_and_loo(activations)
+    summary_without, summary_with = error_summary(loo_without, measured), error_summary(loo_with, measured)
+    keep_acts = (summary_with["within10"], -summary_with["rmspe"]) > (
+        summary_without["within10"],
+        -summary_without["rmspe"],
+    )
+    calibration, loo = (with_acts, loo_with) if keep_acts else (without, loo_without)
     return {
         "calibration": {"terms": asdict(calibration), "models": len(ok)},
         "model_validation": {
@@ -121,6 +142,11 @@ def fit_calibration(
                 for idx in [np.asarray([m.get("schedules") == label for m in ok])]
             },
             "layer_sum_only": error_summary(sums, measured),
+            "activation_term": {
+                "kept": bool(keep_acts),
+                "with": summary_with,
+                "without": summary_without,
+            },
             "transposes_per_model": float(transposes_per_model.mean()),
         },
     }

@@ -849,6 +849,44 @@ def profile_from_journal(space: SearchSpace, config: ProfileConfig, work_dir: st
     )
 
 
+def refit_calibration(profile: Any) -> Any:
+    """``profile`` (a :class:`~codesign.profile.profile_file.HardwareProfile`) with its whole-model calibration fitted
+    again on the subnets it holds (nothing is measured).
+
+    The kernel table and predictor are kept; the re-fit is appended to the calibration's history.
+    """
+    from dataclasses import replace
+
+    from codesign.profile.fitting import fit_calibration
+    from codesign.profile.profile_file import current_command, now_utc
+
+    started = time.monotonic()
+    space = SearchSpace.from_dict(profile.space)
+    families = dict(profile.tuning_records.get("families", {}))
+    predictor = dict(profile.predictor or {})
+    if not predictor.get("filled"):
+        raise CodesignError("the profile has no fitted kernel predictor to re-fit a calibration on")
+    if not any(m.get("status") == "ok" for m in profile.models):
+        raise CodesignError("the profile holds no timed whole subnets to fit a calibration on")
+    history = list(predictor.get("calibration", {}).get("recalibrations", []))
+    predictor.update(
+        fit_calibration(space, families, profile.measurements, profile.models, predictor, profile.transposes)
+    )
+    history.append(
+        {
+            "created": now_utc(),
+            "command": current_command(),
+            "refit_only": True,
+            "models_added": 0,
+            "models_retimed": 0,
+            "kernel_records_added": 0,
+            "seconds": round(time.monotonic() - started, 1),
+        }
+    )
+    predictor["calibration"] = {**predictor["calibration"], "recalibrations": history}
+    return replace(profile, predictor=predictor)
+
+
 CalibrationSampling = Literal["random", "spread"]
 
 

@@ -208,6 +208,12 @@ def _breakdown(inputs: ReportInputs) -> str:
     )
     per_transpose = calibration.get("per_transpose_ms", 0.0)
     transpose_term = f" + {per_transpose * 1e3:.2f} us per transpose" if per_transpose else ""
+    per_activations = calibration.get("per_million_activations_ms", 0.0)
+    if per_activations:
+        transpose_term += (
+            f" + {per_activations * 1e3:.1f} us per million activation elements "
+            f"({explanation.get('activations', 0) / 1e6:.2f} million)"
+        )
     text = (
         f"<p>{explanation['kernels']} fused kernels{layouts}. The layers' measured (or kernel-model) latencies "
         f"under the chosen schedules sum to {chosen:.3f} ms; under TVM's default lowering the same kernels sum "

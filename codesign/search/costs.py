@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from codesign.latency.positions import PositionTable
-from codesign.latency.workloads import Workload
+from codesign.latency.workloads import Workload, kernel_activations
 
 BYTES_PER_FLOAT = 4
 
@@ -23,14 +23,6 @@ def kernel_parameters(w: Workload) -> int:
     if w.kind == "depthwise":
         return w.out_channels * w.kernel_size**2 + w.out_channels
     return w.in_channels * w.out_channels + w.out_channels
-
-
-def kernel_activations(w: Workload) -> int:
-    """Input + output elements of one kernel (a residual projection also reads the block input)."""
-    elems = w.in_channels * w.resolution**2 + w.out_channels * w.out_resolution**2
-    if w.residual:
-        elems += w.out_channels * w.out_resolution**2
-    return elems
 
 
 class SubnetCosts:
