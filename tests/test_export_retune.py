@@ -1,6 +1,7 @@
 """`codesign export --retune-trials`: each kernel tuned on its own, kept where faster, journaled, resumable."""
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def test_run_time_compares_with_the_retuned_prediction(first_export):
 
 
 def test_a_resumed_export_reuses_journaled_kernels_and_compiles_kept_schedules(
-    first_export, loaded, fmnist_splits, local_profile, tmp_path, monkeypatch
+    first_export, loaded, fmnist_splits, local_profile, tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "resumed"
     # as if a killed export had journaled the first kernel, and its own schedule had won
@@ -109,6 +110,10 @@ def test_a_resumed_export_reuses_journaled_kernels_and_compiles_kept_schedules(
     assert (record["workload"], record["layout"]) not in tuned_now
     assert len(tuned_now) == len(retuned["kernels"]) - len(records)  # tasks
     assert retuned["kernels_tuned"] == len(set(tuned_now)) + 1  # distinct kernels
+    assert re.search(
+        r"1 of \d+ kernels not tuned again: 1 from this export's own journal \(resumed\), 0 from",
+        capsys.readouterr().out,
+    )
     reused = [k for k in retuned["kernels"] if (k["workload"], k["task"]) == (record["workload"], record["task"])]
     assert [(k["kept"], k["speedup"]) for k in reused] == [("tuned", 2.0)]
     assert retuned["kernels_kept"] == 1
@@ -316,7 +321,7 @@ def test_a_warm_run_starts_from_the_chosen_schedule_and_returns_another(loaded, 
 
 
 def test_an_export_reuses_the_kernels_an_earlier_export_tuned(
-    first_export, loaded, fmnist_splits, local_profile, tmp_path, monkeypatch
+    first_export, loaded, fmnist_splits, local_profile, tmp_path, monkeypatch, capsys
 ):
     earlier = [json.loads(line) for line in (first_export.out_dir / RETUNE_JOURNAL).read_text().splitlines()]
     tuned_now = []
@@ -333,6 +338,9 @@ def test_an_export_reuses_the_kernels_an_earlier_export_tuned(
     out = tmp_path / "second"
     result = _export(loaded, fmnist_splits, local_profile, out, retune_trials=2, retune_from=(first_export.out_dir,))
     assert not {(r["workload"], r["task"]) for r in earlier} & set(tuned_now)  # not tuned again
+    assert re.search(
+        r"1 of \d+ kernels not tuned again: 0 from .*, 1 from --retune-from journals", capsys.readouterr().out
+    )
     shipped = [json.loads(line) for line in (out / RETUNE_JOURNAL).read_text().splitlines()]
     assert [r for r in shipped if r["key"] in {e["key"] for e in earlier}] == earlier  # copied into this journal
     assert len(shipped) == len(result.manifest["tvm"]["retuned"]["kernels"]) == len(earlier) + len(tuned_now)

@@ -206,9 +206,14 @@ def retune_kernels(
         earlier.update({r["key"]: r for r in records if "key" in r and r["key"] not in done})
     started: float | None = None  # the clock runs from the first kernel tuned here (journaled ones are free)
     outcomes: list[RetunedKernel] = []
+    resumed = reused = 0
     for n, kernel in enumerate(kernels, 1):
         tasks = tb.workload_tasks(kernel.workload, target, layout=kernel.layout)
         keys = [_journal_key(target, kernel, task.name, trials) for task in tasks]
+        if all(key in done for key in keys):
+            resumed += 1
+        elif all(key in done or key in earlier for key in keys):
+            reused += 1
         # the budget is checked per kernel, never between its tasks: a half-tuned kernel would
         # leave the re-tuned prediction with only some of its tasks' times
         if any(key not in done and key not in earlier for key in keys):
@@ -216,7 +221,7 @@ def retune_kernels(
                 started = time.monotonic()
             elif budget_minutes is not None and time.monotonic() - started > budget_minutes * 60:
                 say(f"re-tuning budget of {budget_minutes:g} min spent after {n - 1}/{len(kernels)} kernels")
-                return outcomes
+                break
         for task, key in zip(tasks, keys):
             record = done.get(key)
             if record is None and key in earlier:
@@ -239,6 +244,11 @@ def retune_kernels(
             if outcome.kept == "tuned":
                 sch = tb.replay_json(task, outcome.tuned_trace)
                 commit_trace(database, task, sch.trace, target, run_secs=RETUNED_RUN_SECS)
+    if resumed or reused:
+        say(
+            f"{resumed + reused} of {len(kernels)} kernels not tuned again: {resumed} from this export's own "
+            f"journal (resumed), {reused} from --retune-from journals"
+        )
     return outcomes
 
 
