@@ -193,6 +193,9 @@ class LatencyModel:
             self.layout_of = np.pad(self.layout_of, ((0, 0), (0, width - self.layout_of.shape[1])))
         self.has_layouts = bool(self.layout_of.any())
         self.transposes = transposes
+        self._program_cache: dict[
+            tuple[int, ...], tuple[Calibration, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+        ] = {}
         if self.has_layouts:
             self._prepare_layouts(transposes)
 
@@ -298,6 +301,7 @@ class LatencyModel:
             raise CodesignError(f"a speed factor must be a positive number, not {factor}")
         scaled = copy.copy(self)
         scaled.calibration = self.calibration.scaled(factor)
+        scaled._program_cache = {}
         return scaled
 
     # ------------------------------------------------------------------ encodings
@@ -468,6 +472,31 @@ class LatencyModel:
             genes[rows] = best[ids[rows]]
         return np.ascontiguousarray(genes.T)
 
+    def _program_tables(self, layouts: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per workload, in calibrated ms over ``layouts``: the fastest kernel in each layout ``(W, L)``, a change
+        into a kernel ``(W, from, to)`` (0 where none is needed), of a residual skip ``(W, from, to)`` (0 on the
+        diagonal) and of the pooled vector back to NCHW ``(W, L)``. Cached per calibration (``at_speed`` copies)."""
+        cached = self._program_cache.get(layouts)
+        if cached is not None and cached[0] is self.calibration:
+            return cached[1]
+        c = self.calibration
+
+        def scaled(ms: np.ndarray) -> np.ndarray:
+            """``layer_scale * ms``, inf (never nan) where ``ms`` is inf: no such kernel or change."""
+            return np.where(np.isfinite(ms), c.layer_scale * np.where(np.isfinite(ms), ms, 0.0), np.inf)
+
+        def change(ms: np.ndarray) -> np.ndarray:
+            return scaled(ms) + c.per_kernel_ms + c.per_transpose_ms
+
+        chosen = np.asarray(layouts)
+        same = np.eye(len(layouts), dtype=bool)[None, :, :]
+        change_in = np.where(same, 0.0, change(self.transpose_in[:, chosen][:, :, chosen]))
+        change_out = np.where(same, 0.0, change(self.transpose_out[:, chosen][:, :, chosen]))
+        to_nchw = np.where(chosen[None, :] == 0, 0.0, change(self.transpose_in[:, chosen, 0]))
+        tables = (scaled(self.best_ms[:, chosen]), change_in, change_out, to_nchw)
+        self._program_cache[layouts] = (self.calibration, tables)
+        return tables
+
     def _layout_program(
         self, ids: np.ndarray, active: np.ndarray, layouts: tuple[int, ...]
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -477,35 +506,19 @@ class LatencyModel:
         layout decides whether the residual skip needs a change. Costs are in calibrated ms.
         Returns ``(positions, N)`` genes and each vector's cost (kernels and layout changes).
         """
-        c = self.calibration
         n = ids.shape[1]
         rows = np.arange(n)
         count = len(layouts)
         states = range(count)
         every = np.arange(count)[:, None]
-
-        def scaled(ms: np.ndarray) -> np.ndarray:
-            """``layer_scale * ms``, inf (never nan) where ``ms`` is inf: no such kernel or change."""
-            return np.where(np.isfinite(ms), c.layer_scale * np.where(np.isfinite(ms), ms, 0.0), np.inf)
-
-        def kernel(p: int, s: int) -> np.ndarray:
-            return scaled(self.best_ms[ids[p], layouts[s]])
-
-        def change(ms: np.ndarray, needed: np.ndarray | bool) -> np.ndarray:
-            return np.where(needed, scaled(ms) + c.per_kernel_ms + c.per_transpose_ms, 0.0)
+        kernel_ms, change_in, change_out, to_nchw = self._program_tables(layouts)
 
         def enter(p: int, before: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             """Cost and argmin over the previous state of running position ``p`` in each layout."""
-            options = np.stack(
-                [
-                    np.stack(
-                        [before[a] + change(self.transpose_in[ids[p], layouts[a], layouts[b]], a != b) for a in states]
-                    )
-                    for b in states
-                ]
-            )  # (layout of p, previous layout, N)
+            # (layout of p, previous layout, N)
+            options = before[None, :, :] + change_in[ids[p]].transpose(2, 1, 0)
             came = np.argmin(options, axis=1)
-            return options[every, came, rows[None, :]] + np.stack([kernel(p, b) for b in states]), came
+            return options[every, came, rows[None, :]] + kernel_ms[ids[p]].T, came
 
         chosen = np.zeros((len(self.roles), n), dtype=np.int64)
         image = np.full((count, n), np.inf)
@@ -524,13 +537,7 @@ class LatencyModel:
                 after, came_e = enter(p, start)
                 after, came_d = enter(p + 1, after)
                 after, came_j = enter(p + 2, after)
-                residual = self.residual[ids[p + 2]]
-                skip = np.stack(
-                    [
-                        change(self.transpose_out[ids[p + 2], layouts[a], layouts[b]], residual & (a != b))
-                        for b in states
-                    ]
-                )
+                skip = np.where(self.residual[ids[p + 2]][None, :], change_out[ids[p + 2], a, :].T, 0.0)
                 ends[a] = after + skip
                 track.append(np.stack([came_d, came_j]))
             came_input = np.argmin(ends, axis=0)  # (project layout, N)
@@ -540,9 +547,7 @@ class LatencyModel:
             p += 3
         head, pool = p, p + 1
         head_cost, head_came = enter(head, cost)
-        final = head_cost + np.stack(
-            [np.zeros(n)] + [change(self.transpose_in[ids[pool], layouts[s], 0], True) for s in states if s]
-        )
+        final = head_cost + to_nchw[ids[pool]].T
         state = np.argmin(final, axis=0)
         total = final[state, rows]
         chosen[head] = state
