@@ -116,6 +116,11 @@ def report(rows: list[dict[str, Any]], profile: Any, second_label: str) -> int:
         chosen = [r for r in rows if kind is None or r["schedules"] == kind]
         return error_summary(np.asarray([r[key] for r in chosen]), np.asarray([r["measured_ms"] for r in chosen]))
 
+    def by_schedules(key: str) -> None:
+        for kind in ("fastest", "random"):
+            s = summary(key, kind)
+            print(f"  schedules={kind:7s}: {s['within10']:.1%} within +-10%, RMSPE {s['rmspe']:.3f} (n={s['n']})")
+
     repeat = error_summary(np.asarray([r["second_ms"] for r in rows]), np.asarray([r["first_ms"] for r in rows]))
     ours = summary("predicted_ms")
     flops = summary("flops_ms")
@@ -130,9 +135,7 @@ def report(rows: list[dict[str, Any]], profile: Any, second_label: str) -> int:
         f"latency model : {ours['within10']:.1%} within +-10%, RMSPE {ours['rmspe']:.3f}, "
         f"worst {ours['max_abs_pct']:.1f}%, measured a median {bias:.2f}x the prediction"
     )
-    for kind in ("fastest", "random"):
-        s = summary("predicted_ms", kind)
-        print(f"  schedules={kind:7s}: {s['within10']:.1%} within +-10%, RMSPE {s['rmspe']:.3f} (n={s['n']})")
+    by_schedules("predicted_ms")
     if all("predicted_share" in r for r in rows):
         # what limits the model: kernel/schedule pairs it never timed (the kernel predictor stands in)
         bins = ((0.0, 0.2), (0.2, 0.4), (0.4, 1.01))
@@ -153,9 +156,7 @@ def report(rows: list[dict[str, Any]], profile: Any, second_label: str) -> int:
             f"--compare-profile on the same timings: {other['within10']:.1%} within +-10%, RMSPE {other['rmspe']:.3f}, "
             f"worst {other['max_abs_pct']:.1f}%"
         )
-        for kind in ("fastest", "random"):
-            s = summary("compare_ms", kind)
-            print(f"  schedules={kind:7s}: {s['within10']:.1%} within +-10%, RMSPE {s['rmspe']:.3f} (n={s['n']})")
+        by_schedules("compare_ms")
     if all("profile_ms" in r for r in rows):
         raw = summary("profile_ms")
         print(
