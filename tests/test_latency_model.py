@@ -282,6 +282,20 @@ def test_terms_count_the_activations_every_active_kernel_reads_and_writes(tiny_s
         assert model.explain(genome)["activations"] == expected
 
 
+def test_predictions_with_and_without_an_activation_term_apply_the_full_terms(tiny_space):
+    from dataclasses import replace
+
+    model = LatencyModel.from_profile(synthetic_profile(tiny_space))
+    rng = np.random.default_rng(3)
+    vectors = model.vectors([Genome.random(model.space, rng) for _ in range(50)])
+    for per_million in (0.0, 0.07):
+        model.calibration = replace(model.calibration, per_million_activations_ms=per_million)
+        expected = model.calibration.apply(*model.terms(vectors))
+        assert model.predict_vectors(vectors) == pytest.approx(expected, rel=1e-12)
+        assert model.predict_by_position(vectors)[0] == pytest.approx(expected, rel=1e-12)
+    assert not np.allclose(expected, model.calibration.apply(*model.terms(vectors)[:3], 0.0))
+
+
 def test_calibration_fits_a_transpose_term():
     rng = np.random.default_rng(0)
     sums = rng.uniform(0.5, 3.0, 40)

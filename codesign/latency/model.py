@@ -406,22 +406,34 @@ class LatencyModel:
     def predict_by_position(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Calibrated latency ``(N,)`` with the active mask and workload ids ``(positions, N)`` (for cost lookups)."""
         latency, active, ids, genes = self._by_position(vectors)
-        return self.calibration.apply(*self._terms(latency, active, ids, genes)), active, ids
+        terms = self._terms(latency, active, ids, genes, activations=self._calibration_uses_activations)
+        return self.calibration.apply(*terms), active, ids
+
+    @property
+    def _calibration_uses_activations(self) -> bool:
+        return self.calibration.per_million_activations_ms != 0.0
 
     def _terms(
-        self, latency: np.ndarray, active: np.ndarray, ids: np.ndarray, genes: np.ndarray
+        self, latency: np.ndarray, active: np.ndarray, ids: np.ndarray, genes: np.ndarray, *, activations: bool = True
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The four calibration terms; ``activations=False`` leaves the activation sum at zero (for a calibration
+        without that term, where summing it is wasted work on the search's hot path)."""
         layer_sum = latency.sum(axis=0)
         kernels = active.sum(axis=0)
-        activations = np.where(active, self.activation_elements[ids], 0.0).sum(axis=0)
+        activation_sum = (
+            np.where(active, self.activation_elements[ids], 0.0).sum(axis=0)
+            if activations
+            else np.zeros_like(layer_sum)
+        )
         if not self.has_layouts:
-            return layer_sum, kernels, np.zeros_like(kernels), activations
+            return layer_sum, kernels, np.zeros_like(kernels), activation_sum
         transpose_ms, transposes = self.transposes_by_position(ids, active, self.layouts_by_position(genes))
-        return layer_sum + transpose_ms, kernels + transposes, transposes, activations
+        return layer_sum + transpose_ms, kernels + transposes, transposes, activation_sum
 
     def predict_vectors(self, vectors: np.ndarray) -> np.ndarray:
         """Calibrated latency (ms) of each genome vector: the search's fast path."""
-        return self.calibration.apply(*self.terms(vectors))
+        terms = self._terms(*self._by_position(vectors), activations=self._calibration_uses_activations)
+        return self.calibration.apply(*terms)
 
     def predict(self, genomes: Sequence[Genome] | np.ndarray) -> np.ndarray:
         """Calibrated latency (ms) of each genome (or of each row of a vector array)."""
