@@ -413,6 +413,15 @@ def test_retime_rule_without_retime_models_is_a_one_line_error(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
+def test_refit_with_recalibrate_is_a_one_line_error(tmp_path):
+    out = tmp_path / "never.json"
+    result = run_cli(
+        "profile", "--recalibrate", str(tmp_path / "a.json"), "--refit", str(tmp_path / "a.json"), "-o", str(out)
+    )
+    assert result.returncode == 1 and "not both" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_refit_fits_the_activation_term_where_it_validates_and_measures_nothing(tiny_space, tmp_path):
     from dataclasses import replace
 

@@ -197,6 +197,8 @@ class ProfileCommand(Command):
             raise CodesignError("give -o FILE.json (or -o DIR with --build-only)")
         if args.merge:
             return _merge_bundle(args.merge, args.results, args.out, args.seed)
+        if args.recalibrate and args.refit:
+            raise CodesignError("give --recalibrate or --refit, not both (--recalibrate re-fits after it measures)")
         if args.recalibrate:
             return _recalibrate(args)
         if args.refit:
