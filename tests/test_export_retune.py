@@ -97,7 +97,7 @@ def test_a_resumed_export_reuses_journaled_kernels_and_compiles_kept_schedules(
             "layout": kernel.layout,
             "task": task.name,
             "trials": trials,
-            "chosen_ms": 1e-4,  # far below any model estimate, so the prediction must fall
+            "chosen_ms": 1e-4,  # kept: the prediction does not move, whatever the time
             "tuned_ms": 2e-4,
             "kept": "chosen",
             "seconds": 0.0,
@@ -265,7 +265,7 @@ def test_the_cli_refuses_retuning_without_tvm(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_the_retuned_prediction_replaces_model_times_by_measured_ones(loaded, local_profile):
+def test_the_retuned_prediction_scales_model_times_by_the_measured_gain(loaded, local_profile):
     from codesign.latency.model import LatencyModel
 
     model = LatencyModel.from_profile(local_profile)
@@ -279,6 +279,10 @@ def test_the_retuned_prediction_replaces_model_times_by_measured_ones(loaded, lo
     assert retune_module.retuned_prediction(model, genome, [as_predicted]) == pytest.approx(predicted)
     faster = retune_module.retuned_prediction(model, genome, [replace(as_predicted, kept="tuned")])
     assert faster < predicted - 0.9 * layer["latency_ms"] / 2  # every layer running it, scaled by the calibration
+    # times measured on a machine running 3x slower than the profile: the same gain, the same prediction
+    slower = replace(as_predicted, chosen_ms=3 * layer["latency_ms"], tuned_ms=1.5 * layer["latency_ms"], kept="tuned")
+    assert retune_module.retuned_prediction(model, genome, [slower]) == pytest.approx(faster)
+    assert retune_module.retuned_prediction(model, genome, [replace(slower, kept="chosen")]) == pytest.approx(predicted)
 
 
 def test_retuned_kernel_speedup_is_one_unless_kept():

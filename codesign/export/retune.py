@@ -362,22 +362,27 @@ def _retune_one(kernel: KernelToRetune, task: Any, target: dict[str, Any], trial
 
 
 def retuned_prediction(model: Any, genome: Any, outcomes: list[RetunedKernel]) -> float:
-    """The model's prediction with each re-tuned kernel's per-layer time replaced by its time measured here.
+    """The model's prediction with each re-tuned kernel's time scaled by what re-tuning measured it gained.
 
-    A re-tuned kernel was timed under the schedule the export kept (its own or the profile's), which
-    is better evidence than the model's estimate, above all for a schedule replayed from another
-    shape. The profile's calibration (graph overhead per kernel and transpose) still applies.
+    A re-tuned kernel's per-layer time becomes the model's time for it times kept over chosen
+    schedule's time, both timed here side by side (1.0 where the profile's schedule stayed). The
+    ratio, not the time measured here, goes in: the prediction stays in the profile's units, so a
+    speed probe's factor applies to all of it once (a time measured on this machine now already
+    carries its speed). The profile's calibration (graph overhead per kernel and transpose) still
+    applies.
     """
-    measured: dict[tuple[str, str], float] = {}
+    kept: dict[tuple[str, str], float] = {}
+    chosen: dict[tuple[str, str], float] = {}
     for o in outcomes:  # a kernel lowered to several tasks runs all of them
-        kept_ms = o.tuned_ms if o.kept == "tuned" and o.tuned_ms is not None else o.chosen_ms
-        measured[(o.workload, o.layout)] = measured.get((o.workload, o.layout), 0.0) + kept_ms
+        key = (o.workload, o.layout)
+        kept[key] = kept.get(key, 0.0) + (o.tuned_ms if o.kept == "tuned" and o.tuned_ms is not None else o.chosen_ms)
+        chosen[key] = chosen.get(key, 0.0) + o.chosen_ms
     explained = model.explain(genome)
     layer_sum = explained["layer_sum_ms"]
     for layer in explained["layers"]:
-        kernel_ms = measured.get((layer["workload"], layer["layout"]))
-        if kernel_ms is not None:
-            layer_sum += kernel_ms - float(layer["latency_ms"])
+        key = (layer["workload"], layer["layout"])
+        if chosen.get(key, 0.0) > 0.0:
+            layer_sum += float(layer["latency_ms"]) * (kept[key] / chosen[key] - 1.0)
     return float(
         model.calibration.apply(
             np.asarray(layer_sum), np.asarray(explained["kernels"]), explained["transposes"], explained["activations"]
