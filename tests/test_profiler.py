@@ -471,3 +471,89 @@ def test_refit_fits_the_activation_term_where_it_validates_and_measures_nothing(
     bad = run_cli("profile", "--refit", str(empty), "-o", str(tmp_path / "x.json"), cwd=tmp_path)
     assert bad.returncode == 1 and "no timed whole subnets" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.json").exists()
+
+
+def _partly_predicted_model(space):
+    """The latency model of a synthetic profile (NCHW, NHWC and NCHW8c candidates) whose candidates 2 and 3
+    were only checked to replay on every kernel (filled at their invented latency, never timed)."""
+    import copy
+    from dataclasses import replace
+
+    from codesign.latency.model import LatencyModel
+    from codesign.testing import synthetic_profile
+
+    profile = synthetic_profile(space, layouts=True, packed=True)
+    measurements = copy.deepcopy(profile.measurements)
+    filled = {}
+    for record in measurements:
+        filled[record["key"]] = [r["timing"]["median_ms"] if r.get("timing") else 1.0 for r in record["results"]]
+        for r in record["results"]:
+            if r["candidate"] in (2, 3) and r["status"] == "ok":
+                r.update(status="unmeasured", timing=None)
+    predictor = {**(profile.predictor or {}), "filled": filled}
+    return LatencyModel.from_profile(replace(profile, measurements=measurements, predictor=predictor))
+
+
+def test_random_schedule_genes_are_valid_and_stay_within_one_layout_set(tiny_space):
+    from codesign.latency.transposes import LAYOUT_NAMES
+    from codesign.space import Genome
+
+    model = _partly_predicted_model(tiny_space)
+    rng = np.random.default_rng(0)
+    drawn = [model.random_schedules(Genome.random(tiny_space, rng).canonical(tiny_space), rng) for _ in range(40)]
+    vectors = model.vectors(drawn)
+    ids = model.positions.workload_ids(vectors)
+    active = model.positions.active(vectors)
+    layouts_used = set()
+    for n, genome in enumerate(drawn):
+        genes = np.asarray(genome.schedules)
+        assert np.all(np.isfinite(model.table[ids[n], genes][active[n]]))
+        used = {LAYOUT_NAMES[int(model.layout_of[p, g])] for p, g in enumerate(genes) if active[n, p]}
+        assert not {"NHWC", "NCHW8c"} <= used  # NCHW and at most one other layout
+        layouts_used |= used
+    assert layouts_used == {"NCHW", "NHWC", "NCHW8c"}
+    assert len({g.schedules for g in drawn}) == len(drawn)
+    again = np.random.default_rng(0)
+    assert [
+        model.random_schedules(Genome.random(tiny_space, again).canonical(tiny_space), again) for _ in range(40)
+    ] == drawn
+
+
+def test_kernels_to_time_are_the_predicted_pairs_of_fastest_or_random_schedules(tiny_space):
+    from codesign.errors import CodesignError
+    from codesign.latency.model import PREDICTED
+    from codesign.profile.profiler import kernels_to_time
+    from codesign.space import Genome
+
+    model = _partly_predicted_model(tiny_space)
+    rng = np.random.default_rng(1)
+    architectures = [Genome.random(tiny_space, rng).canonical(tiny_space) for _ in range(12)]
+    index = {w.key(): i for i, w in enumerate(model.positions.workloads)}
+    fastest = kernels_to_time(model, architectures, "fastest")
+    randomly = kernels_to_time(model, architectures, "random", seed=3)
+    assert randomly == kernels_to_time(model, architectures, "random", seed=3)
+    pairs = {(k, c) for k, (_, cs) in randomly.items() for c in cs}
+    assert len(pairs) > len({(k, c) for k, (_, cs) in fastest.items() for c in cs})
+    for wanted in (fastest, randomly):
+        assert all(model.sources[index[k], c] == PREDICTED for k, (_, cs) in wanted.items() for c in cs)
+    # subnet by subnet: the first architecture's kernels come first
+    first = model.predicted_choices([model.random_schedules(architectures[0], np.random.default_rng(3 + 104729))])
+    assert list(randomly)[: len(first)] == list(first)
+    with pytest.raises(CodesignError, match="unknown kernel schedules"):
+        kernels_to_time(model, architectures, "slowest")  # type: ignore[arg-type]
+
+
+def test_random_kernel_schedules_with_models_only_is_a_one_line_error(tmp_path):
+    out = tmp_path / "never.json"
+    result = run_cli(
+        "profile",
+        "--recalibrate",
+        str(tmp_path / "a.json"),
+        "--kernel-schedules",
+        "random",
+        "--models-only",
+        "-o",
+        str(out),
+    )
+    assert result.returncode == 1 and "--models-only times none" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()

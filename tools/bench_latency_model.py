@@ -71,19 +71,7 @@ def draw_held_out(model: Any, profile: Any, count: int, seed: int) -> list[tuple
         if len(drawn) % 2 == 0:
             drawn.append((model.fastest_schedules(g), "fastest"))
             continue
-        # random schedules among those the profile saw compile on each kernel, in NCHW and one other
-        # layout (a network never mixes NHWC with packed kernels)
-        sets = model.layout_sets if model.has_layouts else []
-        allowed = list(sets[int(rng.integers(len(sets)))]) if len(sets) > 1 else None
-        ids = model.positions.workload_ids(model.vectors([g]))[0]
-        genes = []
-        for p, n_candidates in enumerate(model.candidate_counts):
-            usable = np.isfinite(model.table[ids[p], :n_candidates])
-            if allowed is not None:
-                usable &= np.isin(model.layout_of[p, :n_candidates], allowed)
-            valid = np.flatnonzero(usable)
-            genes.append(int(valid[rng.integers(len(valid))]) if len(valid) else 0)
-        drawn.append((Genome(**{**g.__dict__, "schedules": tuple(genes)}), "random"))
+        drawn.append((model.random_schedules(g, rng), "random"))
     return drawn
 
 

@@ -131,6 +131,15 @@ class ProfileCommand(Command):
             "largest subnets and others spanning the latency range between (a calibration that holds at its ends)",
         )
         parser.add_argument(
+            "--kernel-schedules",
+            choices=("fastest", "random"),
+            default="fastest",
+            help="with --recalibrate: time the predicted kernel/schedule pairs of the subnets scheduled as the "
+            "search schedules them (fastest, default), or with every schedule gene drawn at random (random: the "
+            "pairs a search evolving schedule genes meets, otherwise filled from the few kernels timed under "
+            "every candidate), subnet by subnet within --budget-minutes",
+        )
+        parser.add_argument(
             "--retime-models",
             action="store_true",
             help="with --recalibrate: first compile and time again every whole subnet PROFILE holds, replacing "
@@ -322,6 +331,8 @@ def _recalibrate(args: argparse.Namespace) -> int:
         raise CodesignError("--recalibrate measures on this machine; it does not take --rpc-tracker")
     if args.retime_rule != "replace" and not args.retime_models:
         raise CodesignError("--retime-rule applies to --retime-models; add it or drop --retime-rule")
+    if args.kernel_schedules != "fastest" and args.models_only:
+        raise CodesignError("--kernel-schedules chooses the kernels to time; --models-only times none")
     if args.calibration_models < (0 if args.retime_models else 1):
         raise CodesignError("--recalibrate needs --calibration-models of at least 1 (or --retime-models)")
     target = host_llvm_target(args.cores)
@@ -344,6 +355,7 @@ def _recalibrate(args: argparse.Namespace) -> int:
         retime_models=args.retime_models,
         retime_rule=args.retime_rule,
         sampling=args.calibration_sampling,
+        kernel_schedules=args.kernel_schedules,
         progress=print,
     )
     save_profile(out, profile)

@@ -29,7 +29,7 @@ import copy
 import itertools
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -456,6 +456,25 @@ class LatencyModel:
                 w = self.positions.workloads[wid]
                 chosen.setdefault(w.key(), (w, set()))[1].add(c)
         return chosen
+
+    def random_schedules(self, genome: Genome, rng: np.random.Generator) -> Genome:
+        """``genome`` with every schedule gene drawn at random among the candidates its kernel can use.
+
+        A candidate is usable where the profile saw it compile on that kernel (a finite table entry);
+        with several layouts the genes stay within NCHW and one other layout drawn first (a network
+        never mixes NHWC with packed kernels). What a search exploring schedule genes meets.
+        """
+        sets = self.layout_sets if self.has_layouts else []
+        allowed = list(sets[int(rng.integers(len(sets)))]) if len(sets) > 1 else None
+        ids = self.positions.workload_ids(self.vectors([genome]))[0]
+        genes = []
+        for p, n_candidates in enumerate(self.candidate_counts):
+            usable = np.isfinite(self.table[ids[p], :n_candidates])
+            if allowed is not None:
+                usable &= np.isin(self.layout_of[p, :n_candidates], allowed)
+            valid = np.flatnonzero(usable)
+            genes.append(int(valid[rng.integers(len(valid))]) if len(valid) else 0)
+        return replace(genome, schedules=tuple(genes))
 
     def fastest_schedule_genes(self, vectors: np.ndarray) -> np.ndarray:
         """``(N, positions)`` schedule genes minimizing each vector's predicted latency.

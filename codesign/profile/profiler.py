@@ -681,7 +681,7 @@ class Profiler:
         )
         self._session = open_session(self.config.target, self._rpc())
         try:
-            for key in sorted(pending):
+            for key in pending:  # in the order wanted: under a deadline, the first ones
                 if time.monotonic() > deadline:
                     say("budget spent before every wanted kernel was timed")
                     return
@@ -888,6 +888,7 @@ def refit_calibration(profile: Any) -> Any:
 
 
 CalibrationSampling = Literal["random", "spread"]
+KernelSchedules = Literal["fastest", "random"]
 
 
 def spread_architectures(
@@ -957,6 +958,26 @@ def retimed_record(old: dict[str, Any], new: dict[str, Any], *, rule: RetimeRule
     }
 
 
+def kernels_to_time(
+    model: Any, architectures: list[Genome], kernel_schedules: KernelSchedules, *, seed: int = 0
+) -> dict[str, tuple[Workload, set[int]]]:
+    """Per kernel key, the predicted (never timed) schedule candidates ``architectures`` use when scheduled
+    ``"fastest"`` (the search's picks) or ``"random"`` (every gene drawn at random, seeded), in the order of
+    the architectures: what :func:`recalibrate_profile` times first under its budget."""
+    if kernel_schedules == "fastest":
+        genomes = [model.fastest_schedules(a) for a in architectures]
+    elif kernel_schedules == "random":
+        rng = np.random.default_rng(seed + 104729)
+        genomes = [model.random_schedules(a, rng) for a in architectures]
+    else:
+        raise CodesignError(f"unknown kernel schedules {kernel_schedules!r}; use fastest or random")
+    wanted: dict[str, tuple[Workload, set[int]]] = {}
+    for genome in genomes:
+        for key, (workload, candidates) in model.predicted_choices([genome]).items():
+            wanted.setdefault(key, (workload, set()))[1].update(candidates)
+    return wanted
+
+
 def recalibrate_profile(
     profile: Any,
     *,
@@ -969,6 +990,7 @@ def recalibrate_profile(
     retime_models: bool = False,
     retime_rule: RetimeRule = "replace",
     sampling: CalibrationSampling = "random",
+    kernel_schedules: KernelSchedules = "fastest",
     progress: Callable[[str], None] | None = None,
 ) -> Any:
     """``profile`` refined where the search goes: its picks' kernels timed, whole subnets measured, all re-fitted.
@@ -994,6 +1016,12 @@ def recalibrate_profile(
     ``sampling="spread"`` takes the architectures from :func:`spread_architectures` instead of at
     random: the space's smallest and largest subnets and others spanning the latency range between,
     for a calibration that holds at the range's ends (random draws cluster in its middle).
+
+    ``kernel_schedules="random"`` times, instead of the picks' kernels, the predicted pairs of the
+    architectures with every schedule gene drawn at random (:meth:`LatencyModel.random_schedules`),
+    subnet by subnet until the budget is spent: the pairs a search evolving schedule genes meets,
+    which the kernel predictor otherwise fills from the few kernels the profile timed under every
+    candidate. The whole subnets measured afterwards are still the search's picks.
     """
     from dataclasses import replace
 
@@ -1029,7 +1057,7 @@ def recalibrate_profile(
     measurements = list(profile.measurements)
     predictor = dict(profile.predictor)
     if time_kernels and architectures:
-        wanted = model.predicted_choices([model.fastest_schedules(a) for a in architectures])
+        wanted = kernels_to_time(model, architectures, kernel_schedules, seed=seed + len(history))
         profiler.time_candidates(wanted, families, deadline=deadline, say=say)
         # a work dir reused from an earlier round holds kernels the profile already has
         added_kernels = [r for r in profiler.journal if r.get("type") == "measured" and r not in profile.measurements]
@@ -1078,6 +1106,7 @@ def recalibrate_profile(
             "models_added": sum(1 for r in added if r["status"] == "ok"),
             "models_retimed": sum(1 for m in all_models if m.get("retimed") == prefix.rstrip("-")),
             "kernel_records_added": len(measurements) - len(profile.measurements),
+            "kernel_schedules": kernel_schedules if time_kernels else None,
             "seconds": round(time.monotonic() - started, 1),
         }
     )
