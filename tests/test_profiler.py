@@ -258,6 +258,8 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
         "--calibration-sampling",
         "spread",
         "--models-only",
+        "--speed-probe",
+        "1",
         "--cores",
         "1",
         "-o",
@@ -266,6 +268,13 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
     assert result.returncode == 0, result.stderr
     assert load_profile(twice).profile.measurements == recalibrated.measurements
     models = load_profile(twice).profile.models
+    # the new subnet's timing joins in the profile's units: divided by the probe's factor, journaled raw
+    probe = load_profile(twice).profile.predictor["calibration"]["recalibrations"][-1]["speed_probe"]
+    assert probe["factor"] > 0 and len(probe["subnets"]) == 1 and "speed probe" in result.stdout
+    journal = read_journal(tmp_path / "twice.json.work" / "journal.jsonl").records
+    raw = [r for r in journal if r.get("type") == "model"]
+    assert models[4]["timing"]["median_ms"] == pytest.approx(raw[0]["timing"]["median_ms"] / probe["factor"])
+    assert models[4]["speed_factor"] == probe["factor"]
     assert [m["key"] for m in models[:4]] == [m["key"] for m in recalibrated.models]
     assert len(models) == 5 and models[4]["key"] == "recalibration1-000"
     tiny = SearchSpace.from_dict(recalibrated.space)
@@ -557,3 +566,35 @@ def test_random_kernel_schedules_with_models_only_is_a_one_line_error(tmp_path):
     )
     assert result.returncode == 1 and "--models-only times none" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_timings_at_profile_speed_are_divided_by_the_factor_and_say_so():
+    from codesign.profile.profiler import at_profile_speed
+
+    record = {
+        "type": "measured",
+        "key": "k",
+        "results": [
+            {
+                "candidate": 0,
+                "status": "ok",
+                "timing": {
+                    "median_ms": 2.4,
+                    "std_ms": 0.12,
+                    "repeats": 5,
+                    "kernels": [{"median_ms": 2.4, "number": 1}],
+                },
+            },
+            {"candidate": 1, "status": "failed", "timing": None, "error": "x"},
+        ],
+    }
+    scaled = at_profile_speed(record, 1.2)
+    ok = scaled["results"][0]["timing"]
+    assert ok["median_ms"] == pytest.approx(2.0) and ok["std_ms"] == pytest.approx(0.1) and ok["repeats"] == 5
+    assert ok["kernels"] == [{"median_ms": pytest.approx(2.0), "number": 1}]
+    assert scaled["results"][1] == record["results"][1] and scaled["speed_factor"] == 1.2
+    assert record["results"][0]["timing"]["median_ms"] == 2.4  # the journaled record is left as measured
+    assert at_profile_speed(record, 1.0) is record
+    model = {"type": "model", "key": "m", "timing": {"median_ms": 0.3, "mean_ms": 0.33}, "genome": {"resolution": 24}}
+    assert at_profile_speed(model, 1.5)["timing"] == {"median_ms": pytest.approx(0.2), "mean_ms": pytest.approx(0.22)}
+    assert at_profile_speed(model, 1.5)["genome"] == {"resolution": 24}

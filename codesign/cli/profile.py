@@ -140,6 +140,15 @@ class ProfileCommand(Command):
             "every candidate), subnet by subnet within --budget-minutes",
         )
         parser.add_argument(
+            "--speed-probe",
+            type=int,
+            default=0,
+            metavar="N",
+            help="with --recalibrate: first re-time N of PROFILE's own subnets here and divide every new timing by "
+            "the factor found, so that kernels and subnets timed on a machine running off the profile's speed join "
+            "it in its units (a shared VM drifts 10-25%%)",
+        )
+        parser.add_argument(
             "--retime-models",
             action="store_true",
             help="with --recalibrate: first compile and time again every whole subnet PROFILE holds, replacing "
@@ -331,6 +340,13 @@ def _recalibrate(args: argparse.Namespace) -> int:
         raise CodesignError("--recalibrate measures on this machine; it does not take --rpc-tracker")
     if args.retime_rule != "replace" and not args.retime_models:
         raise CodesignError("--retime-rule applies to --retime-models; add it or drop --retime-rule")
+    if args.speed_probe and args.retime_models:
+        raise CodesignError(
+            "--speed-probe scales new timings to the profile's speed; --retime-models replaces the old ones at "
+            "today's: give one of them"
+        )
+    if args.speed_probe < 0:
+        raise CodesignError("--speed-probe needs a number of subnets of at least 1 (0: no probe)")
     if args.kernel_schedules != "fastest" and args.models_only:
         raise CodesignError("--kernel-schedules chooses the kernels to time; --models-only times none")
     if args.calibration_models < (0 if args.retime_models else 1):
@@ -356,6 +372,7 @@ def _recalibrate(args: argparse.Namespace) -> int:
         retime_rule=args.retime_rule,
         sampling=args.calibration_sampling,
         kernel_schedules=args.kernel_schedules,
+        speed_probe=args.speed_probe,
         progress=print,
     )
     save_profile(out, profile)

@@ -958,6 +958,55 @@ def retimed_record(old: dict[str, Any], new: dict[str, Any], *, rule: RetimeRule
     }
 
 
+def at_profile_speed(record: dict[str, Any], factor: float) -> dict[str, Any]:
+    """A journaled kernel or whole-subnet record with every timing (``*_ms``) divided by ``factor``, the
+    device's speed at measuring relative to its profile's (itself when ``factor`` is 1); ``speed_factor``
+    says by what."""
+    if factor == 1.0:
+        return record
+
+    def scaled(value: Any, key: str = "") -> Any:
+        if isinstance(value, dict):
+            return {k: scaled(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scaled(v, key) for v in value]
+        if key.endswith("_ms") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value) / factor
+        return value
+
+    out = {k: (scaled(v) if k in ("results", "timing") else v) for k, v in record.items()}
+    out["speed_factor"] = factor
+    return out
+
+
+def _journaled_speed_probe(
+    profile: Any, profiler: Profiler, subnets: int, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """The speed probe of this recalibration: from its journal when a killed run already probed, else measured
+    here (on the profile's own subnets) and journaled. A probe that says the device was busy is an error."""
+    from codesign.profile.profile_file import ProfileError
+    from codesign.profile.speed_probe import probe_device_speed
+
+    for record in profiler.journal:
+        if record.get("type") == "speed_probe":
+            say(f"speed probe from the journal: this machine ran {record['factor']:.3f}x the profile's time")
+            return {k: v for k, v in record.items() if k != "type"}
+    probe = probe_device_speed(profile, subnets=subnets, progress=say)
+    say(probe.describe())
+    if probe.warning():
+        raise ProfileError(f"{probe.warning()}; new timings would not be in the profile's units")
+    record = {
+        "type": "speed_probe",
+        "key": "speed_probe",
+        "factor": probe.factor,
+        "ratios": list(probe.ratios),
+        "subnets": list(probe.keys),
+        "seconds": round(probe.seconds, 1),
+    }
+    profiler.journal.append(record)
+    return {k: v for k, v in record.items() if k != "type"}
+
+
 def kernels_to_time(
     model: Any, architectures: list[Genome], kernel_schedules: KernelSchedules, *, seed: int = 0
 ) -> dict[str, tuple[Workload, set[int]]]:
@@ -991,6 +1040,7 @@ def recalibrate_profile(
     retime_rule: RetimeRule = "replace",
     sampling: CalibrationSampling = "random",
     kernel_schedules: KernelSchedules = "fastest",
+    speed_probe: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> Any:
     """``profile`` refined where the search goes: its picks' kernels timed, whole subnets measured, all re-fitted.
@@ -1022,6 +1072,13 @@ def recalibrate_profile(
     subnet by subnet until the budget is spent: the pairs a search evolving schedule genes meets,
     which the kernel predictor otherwise fills from the few kernels the profile timed under every
     candidate. The whole subnets measured afterwards are still the search's picks.
+
+    ``speed_probe`` > 0 first re-times that many of the profile's own subnets here
+    (:func:`~codesign.profile.speed_probe.probe_device_speed`) and divides every new kernel and
+    whole-subnet timing by the factor found (:func:`at_profile_speed`), so that they join the profile
+    in its units: a shared VM runs 10-25% off the speed its profile recorded, and timings of two
+    speeds in one table bias the kernel predictor and the calibration alike. The probe is journaled
+    (a resumed run reuses it) and recorded with the recalibration.
     """
     from dataclasses import replace
 
@@ -1054,13 +1111,21 @@ def recalibrate_profile(
     profiler = Profiler(space, config, work_dir)
     started = time.monotonic()
     deadline = started + budget_minutes * 60.0
+    if speed_probe and retime_models:
+        raise ProfileError("a speed probe scales new timings to the profile's speed; re-timed models replace them")
+    probe = _journaled_speed_probe(profile, profiler, speed_probe, say) if speed_probe else None
+    factor = float(probe["factor"]) if probe else 1.0
     measurements = list(profile.measurements)
     predictor = dict(profile.predictor)
     if time_kernels and architectures:
         wanted = kernels_to_time(model, architectures, kernel_schedules, seed=seed + len(history))
         profiler.time_candidates(wanted, families, deadline=deadline, say=say)
         # a work dir reused from an earlier round holds kernels the profile already has
-        added_kernels = [r for r in profiler.journal if r.get("type") == "measured" and r not in profile.measurements]
+        added_kernels = [
+            at_profile_speed(r, factor)
+            for r in profiler.journal
+            if r.get("type") == "measured" and at_profile_speed(r, factor) not in profile.measurements
+        ]
         if added_kernels:
             measurements += added_kernels
             refit = fit_predictor(
@@ -1091,7 +1156,7 @@ def recalibrate_profile(
     genomes = [(model.fastest_schedules(a), "fastest") for a in architectures]
     profiler.measure_models(genomes, families, deadline=deadline, say=say, prefix=prefix)
     added = [
-        r
+        at_profile_speed(r, factor)
         for r in profiler.journal
         if r.get("type") == "model" and r["key"].startswith(prefix) and not r["key"].startswith(f"{prefix}retimed-")
     ]
@@ -1107,6 +1172,7 @@ def recalibrate_profile(
             "models_retimed": sum(1 for m in all_models if m.get("retimed") == prefix.rstrip("-")),
             "kernel_records_added": len(measurements) - len(profile.measurements),
             "kernel_schedules": kernel_schedules if time_kernels else None,
+            "speed_probe": probe,
             "seconds": round(time.monotonic() - started, 1),
         }
     )
