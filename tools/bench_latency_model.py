@@ -82,6 +82,14 @@ def predicted_share(model: Any, genome: Any) -> float:
     return sum(layer["latency_ms"] for layer in layers if layer["source"] == "predicted") / total if total else 0.0
 
 
+def default_share(model: Any, genome: Any) -> float:
+    """Share of ``genome``'s per-kernel sum in kernels at TVM's default lowering (no schedule: one thread)."""
+    layers = model.explain(genome)["layers"]
+    total = sum(layer["latency_ms"] for layer in layers)
+    chosen = (layer["latency_ms"] for layer in layers if layer["schedule_source"] == "default")
+    return sum(chosen) / total if total else 0.0
+
+
 def flops_factor(model: Any, profile: Any, speed: float = 1.0) -> float:
     """ms per MAC of the FLOPs-proportional baseline, least squares in relative error on the calibration models,
     times ``speed`` (the device's probed speed, as the latency model gets it)."""
@@ -107,7 +115,27 @@ def report(rows: list[dict[str, Any]], profile: Any, second_label: str) -> int:
     def by_schedules(key: str) -> None:
         for kind in ("fastest", "random"):
             s = summary(key, kind)
-            print(f"  schedules={kind:7s}: {s['within10']:.1%} within +-10%, RMSPE {s['rmspe']:.3f} (n={s['n']})")
+            chosen = [r for r in rows if r["schedules"] == kind]
+            ratio = float(np.median([r["measured_ms"] / r[key] for r in chosen])) if chosen else float("nan")
+            print(
+                f"  schedules={kind:7s}: {s['within10']:.1%} within +-10%, RMSPE {s['rmspe']:.3f} (n={s['n']}), "
+                f"measured a median {ratio:.2f}x the prediction"
+            )
+
+    def by_share(field: str, what: str, bins: tuple[tuple[float, float], ...]) -> None:
+        for lo, hi in bins:
+            chosen = [r for r in rows if lo <= r[field] < hi]
+            if not chosen:
+                continue
+            measured = np.asarray([r["measured_ms"] for r in chosen])
+            predicted = np.asarray([r["predicted_ms"] for r in chosen])
+            part = error_summary(predicted, measured)
+            randoms = sum(r["schedules"] == "random" for r in chosen)
+            print(
+                f"  {what} {f'{lo:.0%}-{min(hi, 1):.0%}':>8s} of the sum: {part['within10']:.1%} within +-10%, "
+                f"RMSPE {part['rmspe']:.3f}, measured a median {float(np.median(measured / predicted)):.2f}x the "
+                f"prediction (n={part['n']}, {randoms} random)"
+            )
 
     repeat = error_summary(np.asarray([r["second_ms"] for r in rows]), np.asarray([r["first_ms"] for r in rows]))
     ours = summary("predicted_ms")
@@ -126,18 +154,10 @@ def report(rows: list[dict[str, Any]], profile: Any, second_label: str) -> int:
     by_schedules("predicted_ms")
     if all("predicted_share" in r for r in rows):
         # what limits the model: kernel/schedule pairs it never timed (the kernel predictor stands in)
-        bins = ((0.0, 0.2), (0.2, 0.4), (0.4, 1.01))
-        for label, pick in ((f"{lo:.0%}-{min(hi, 1):.0%}", lambda x, lo=lo, hi=hi: lo <= x < hi) for lo, hi in bins):
-            chosen = [r for r in rows if pick(r["predicted_share"])]
-            if chosen:
-                part = error_summary(
-                    np.asarray([r["predicted_ms"] for r in chosen]), np.asarray([r["measured_ms"] for r in chosen])
-                )
-                randoms = sum(r["schedules"] == "random" for r in chosen)
-                print(
-                    f"  untimed kernel/schedule pairs {label:>8s} of the sum: {part['within10']:.1%} within +-10%, "
-                    f"RMSPE {part['rmspe']:.3f} (n={part['n']}, {randoms} random)"
-                )
+        by_share("predicted_share", "untimed kernel/schedule pairs", ((0.0, 0.2), (0.2, 0.4), (0.4, 1.01)))
+    if all("default_share" in r for r in rows):
+        # kernels at TVM's default lowering run on one thread; the speed probe's subnets on all of them
+        by_share("default_share", "default-lowered kernels", ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.01)))
     if all("compare_ms" in r for r in rows):
         other = summary("compare_ms")
         print(
@@ -207,6 +227,7 @@ def measure_here(
                 "macs": macs,
                 "transposes": int(transposes[i]),
                 "predicted_share": predicted_share(model, g),
+                "default_share": default_share(model, g),
             }
         )
         r = rows[-1]
@@ -355,6 +376,13 @@ def main() -> int:
         help="also score this profile's predictions of the same measured subnets (e.g. the same profile before a "
         "re-fit: `codesign profile --refit`); the subnets and their schedules are drawn with --profile",
     )
+    parser.add_argument(
+        "--report",
+        metavar="FILE",
+        default=None,
+        help="measure nothing: print the scores of an earlier run's --out FILE again (with --profile: the profile "
+        "that run drew and scored with)",
+    )
     remote = parser.add_argument_group("devices without TVM (measured through a models-only bundle)")
     remote.add_argument(
         "--build-bundle", metavar="DIR", help="compile the held-out subnets into a bundle, measure nothing"
@@ -366,6 +394,7 @@ def main() -> int:
 
     from codesign.latency.model import LatencyModel
     from codesign.profile.profile_file import load_profile
+    from codesign.space import Genome
 
     profile = load_profile(args.profile).profile
     # read when TVM's thread pool starts, at the first kernel run below
@@ -373,7 +402,14 @@ def main() -> int:
     if threads:
         os.environ["TVM_NUM_THREADS"] = str(threads)
     model = LatencyModel.from_profile(profile)
-    if args.bundle:
+    if args.report:
+        rows = json.loads(Path(args.report).read_text())["rows"]
+        for r in rows:  # rows saved before a share was recorded: computed with --profile's model
+            genome = Genome.from_dict(r["genome"])
+            r.setdefault("predicted_share", predicted_share(model, genome))
+            r.setdefault("default_share", default_share(model, genome))
+        second_label = "the second pass"
+    elif args.bundle:
         rows = rows_from_bundle(args, model, profile)
         second_label = "the host loop over rotated inputs"
     else:
