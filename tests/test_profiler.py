@@ -598,3 +598,17 @@ def test_timings_at_profile_speed_are_divided_by_the_factor_and_say_so():
     model = {"type": "model", "key": "m", "timing": {"median_ms": 0.3, "mean_ms": 0.33}, "genome": {"resolution": 24}}
     assert at_profile_speed(model, 1.5)["timing"] == {"median_ms": pytest.approx(0.2), "mean_ms": pytest.approx(0.22)}
     assert at_profile_speed(model, 1.5)["genome"] == {"resolution": 24}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--speed-probe", "2", "--retime-models"), "give one of them"),
+        (("--speed-probe", "-1"), "at least 1 (0: no probe)"),
+    ],
+)
+def test_bad_speed_probe_arguments_are_one_line_errors(tmp_path, extra, message):
+    out = tmp_path / "never.json"
+    result = run_cli("profile", "--recalibrate", str(tmp_path / "a.json"), *extra, "-o", str(out))
+    assert result.returncode == 1 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
