@@ -75,19 +75,16 @@ def draw_held_out(model: Any, profile: Any, count: int, seed: int) -> list[tuple
     return drawn
 
 
-def predicted_share(model: Any, genome: Any) -> float:
-    """Share of ``genome``'s per-kernel sum whose kernel/schedule pair the profile only predicted (never timed)."""
+def kernel_shares(model: Any, genome: Any) -> tuple[float, float]:
+    """Shares of ``genome``'s per-kernel sum in kernel/schedule pairs the profile only predicted (never timed),
+    and in kernels at TVM's default lowering (no schedule: one thread)."""
     layers = model.explain(genome)["layers"]
     total = sum(layer["latency_ms"] for layer in layers)
-    return sum(layer["latency_ms"] for layer in layers if layer["source"] == "predicted") / total if total else 0.0
-
-
-def default_share(model: Any, genome: Any) -> float:
-    """Share of ``genome``'s per-kernel sum in kernels at TVM's default lowering (no schedule: one thread)."""
-    layers = model.explain(genome)["layers"]
-    total = sum(layer["latency_ms"] for layer in layers)
-    chosen = (layer["latency_ms"] for layer in layers if layer["schedule_source"] == "default")
-    return sum(chosen) / total if total else 0.0
+    if not total:
+        return 0.0, 0.0
+    predicted = sum(layer["latency_ms"] for layer in layers if layer["source"] == "predicted")
+    default = sum(layer["latency_ms"] for layer in layers if layer["schedule_source"] == "default")
+    return predicted / total, default / total
 
 
 def flops_factor(model: Any, profile: Any, speed: float = 1.0) -> float:
@@ -226,8 +223,7 @@ def measure_here(
                 "flops_ms": k * macs,
                 "macs": macs,
                 "transposes": int(transposes[i]),
-                "predicted_share": predicted_share(model, g),
-                "default_share": default_share(model, g),
+                **dict(zip(("predicted_share", "default_share"), kernel_shares(model, g), strict=True)),
             }
         )
         r = rows[-1]
@@ -403,11 +399,14 @@ def main() -> int:
         os.environ["TVM_NUM_THREADS"] = str(threads)
     model = LatencyModel.from_profile(profile)
     if args.report:
-        rows = json.loads(Path(args.report).read_text())["rows"]
+        try:
+            rows = json.loads(Path(args.report).read_text())["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"--report {args.report}: not a readable --out file of this tool ({exc})") from None
         for r in rows:  # rows saved before a share was recorded: computed with --profile's model
-            genome = Genome.from_dict(r["genome"])
-            r.setdefault("predicted_share", predicted_share(model, genome))
-            r.setdefault("default_share", default_share(model, genome))
+            shares = kernel_shares(model, Genome.from_dict(r["genome"]))
+            r.setdefault("predicted_share", shares[0])
+            r.setdefault("default_share", shares[1])
         second_label = "the second pass"
     elif args.bundle:
         rows = rows_from_bundle(args, model, profile)

@@ -1121,11 +1121,8 @@ def recalibrate_profile(
         wanted = kernels_to_time(model, architectures, kernel_schedules, seed=seed + len(history))
         profiler.time_candidates(wanted, families, deadline=deadline, say=say)
         # a work dir reused from an earlier round holds kernels the profile already has
-        added_kernels = [
-            at_profile_speed(r, factor)
-            for r in profiler.journal
-            if r.get("type") == "measured" and at_profile_speed(r, factor) not in profile.measurements
-        ]
+        timed = [at_profile_speed(r, factor) for r in profiler.journal if r.get("type") == "measured"]
+        added_kernels = [r for r in timed if r not in profile.measurements]
         if added_kernels:
             measurements += added_kernels
             refit = fit_predictor(
