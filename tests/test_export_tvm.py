@@ -74,12 +74,21 @@ def test_tvm_artifacts_match_onnxruntime(shipped, fmnist_splits, tmp_path):
                 # the factor is whatever the machine's load makes it (a busy CI machine gave 283x): only its
                 # form is checked here, its arithmetic in tests/test_speed_probe.py
                 assert len(probe["subnets"]) == 2 and math.isfinite(probe["factor"]) and probe["factor"] > 0
-                busy = SpeedProbe(probe["factor"], tuple(probe["ratios"]), tuple(probe["subnets"]), 0.0).warning()
+                assert len(probe["single_thread_kernels"]) == 2 and probe["single_thread_factor"] > 0
+                busy = SpeedProbe(
+                    probe["factor"],
+                    tuple(probe["ratios"]),
+                    tuple(probe["subnets"]),
+                    0.0,
+                    probe["single_thread_factor"],
+                    tuple(probe["single_thread_ratios"]),
+                    tuple(probe["single_thread_kernels"]),
+                ).warning()
                 assert probe.get("warning") == busy
                 assert probe["factor"] == pytest.approx(float(np.median(probe["ratios"])))
-                assert latency["predicted_at_probed_speed_ms"] == pytest.approx(
-                    probe["factor"] * latency["predicted_ms"]
-                )
+                assert probe["single_thread_factor"] == pytest.approx(float(np.median(probe["single_thread_ratios"])))
+                at_speed = model.at_speed(probe["factor"], single_thread_factor=probe["single_thread_factor"])
+                assert latency["predicted_at_probed_speed_ms"] == pytest.approx(at_speed.predict([genome])[0])
                 assert "speed probe" in describe(result.manifest)
                 assert latency["budget_ms"] == 1e-3
                 assert latency["measured_over_budget"] == pytest.approx(latency["measured"]["median_ms"] / 1e-3)

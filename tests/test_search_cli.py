@@ -133,6 +133,8 @@ def test_search_speed_probe_times_the_profiled_subnets_here(tmp_path, default_sp
     """A real probe on a profile of this CPU; on another CPU's profile a one-line error before any work."""
     from dataclasses import replace
 
+    from codesign.latency.workloads import Workload
+    from codesign.profile.speed_probe import probe_kernels, time_default_kernel
     from codesign.profile.tvm_backend import host_llvm_target
     from codesign.space import Genome
     from codesign.testing import synthetic_profile
@@ -153,6 +155,17 @@ def test_search_speed_probe_times_the_profiled_subnets_here(tmp_path, default_sp
         target=host_llvm_target(1),
         models=[{**record, "timing": timing}],
     )
+    # the probe's one-thread kernel, timed here as if profiled just now (the others are invented: never probed)
+    (kernel, _), *_ = probe_kernels(here, 1)
+    kernel_now = time_default_kernel(Workload.from_dict(kernel["workload"]), here.target)
+    measurements = [
+        {**r, "results": [{**r["results"][0], "timing": {**r["results"][0]["timing"], "median_ms": kernel_now}}]}
+        if r["key"] == kernel["key"]
+        else {**r, "speed_factor": 1.0}
+        for r in here.measurements
+    ]
+    here = replace(here, measurements=measurements)
+    assert [r["key"] for r, _ in probe_kernels(here, 1)] == [kernel["key"]]
     here_path = save_profile(tmp_path / "here.json", here)
     out = tmp_path / "run"
     result = codesign(*_search_args(here_path, predictor, out, "--speed-probe", "1", "--threads", "1"), cwd=tmp_path)
@@ -163,6 +176,8 @@ def test_search_speed_probe_times_the_profiled_subnets_here(tmp_path, default_sp
         assert result.returncode == 0, result.stderr
         written = json.loads((out / "speed_probe.json").read_text())
         assert written["subnets"] == ["m0"] and written["factor"] == written["ratios"][0] > 0
+        assert written["single_thread_kernels"] == [kernel["key"]]
+        assert written["single_thread_factor"] == written["single_thread_ratios"][0] > 0
         assert json.loads((out / "front.json").read_text())["speed_probe"] == written
 
     foreign = replace(here, target={**here.target, "mcpu": "cortex-a72"})

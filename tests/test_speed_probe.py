@@ -7,7 +7,12 @@ import pytest
 
 from codesign.errors import CodesignError
 from codesign.latency.model import LatencyModel
-from codesign.profile.speed_probe import probe_device_speed, probe_subnets
+from codesign.profile.speed_probe import (
+    PROBE_KERNEL_SHORTEST_QUANTILE,
+    probe_device_speed,
+    probe_kernels,
+    probe_subnets,
+)
 from codesign.profile.tvm_backend import host_llvm_target
 from codesign.space import Genome
 from codesign.testing import random_genomes, synthetic_profile
@@ -54,6 +59,7 @@ def _probe_profile(tiny_space, recorded_ms: list[float]):
 def test_probe_ratio_is_time_now_over_recorded_time(tiny_space, monkeypatch):
     """Each subnet compiled and timed for real; its ratio is exactly what the timer said over the record."""
     import codesign.compiler.tvm_compile as tvm_compile
+    import codesign.profile.speed_probe as speed_probe
 
     recorded = [7.0, 3.0, 5.0]
     profile, _ = _probe_profile(tiny_space, recorded)
@@ -66,7 +72,21 @@ def test_probe_ratio_is_time_now_over_recorded_time(tiny_space, monkeypatch):
         return timings
 
     monkeypatch.setattr(tvm_compile, "time_executables", recording_timer)
-    probe = probe_device_speed(profile, subnets=3, repeat=3)
+    kernel_times: dict[str, float] = {}
+    real_time_default_kernel = speed_probe.time_default_kernel
+
+    def recording_kernel_timer(workload, target, **kwargs):
+        kernel_times[workload.key()] = real_time_default_kernel(workload, target, **kwargs)
+        return kernel_times[workload.key()]
+
+    monkeypatch.setattr(speed_probe, "time_default_kernel", recording_kernel_timer)
+    probe = probe_device_speed(profile, subnets=3, kernels=2, repeat=3)
+    recorded_kernels = dict((r["key"], ms) for r, ms in probe_kernels(profile, 2))
+    assert sorted(kernel_times) == sorted(recorded_kernels) == sorted(probe.single_thread_keys)
+    np.testing.assert_allclose(
+        probe.single_thread_ratios, [kernel_times[k] / recorded_kernels[k] for k in probe.single_thread_keys]
+    )
+    assert all(t > 0 for t in kernel_times.values())
     by_key = dict(zip([m["key"] for m in probe_subnets(profile, 3)], timed, strict=True))
     expected = [by_key[k] / recorded[int(k[-3:])] for k in probe.keys]
     assert sorted(probe.keys) == ["model000", "model001", "model002"] and all(t > 0 for t in timed)
@@ -79,11 +99,11 @@ def test_probe_factor_scales_predictions_and_a_busy_probe_warns(tiny_space):
     recorded = [6.0, 3.0, 9.0]
     profile, genomes = _probe_profile(tiny_space, recorded)
     now = {g.to_json(): 0.8 * ms for g, ms in zip(genomes, recorded, strict=True)}
-    probe = probe_device_speed(profile, subnets=3, time_subnet=lambda executable, g: now[g.to_json()])
+    probe = probe_device_speed(profile, subnets=3, kernels=0, time_subnet=lambda executable, g: now[g.to_json()])
     assert probe.factor == pytest.approx(0.8) and probe.ratios == pytest.approx((0.8,) * 3)
     assert probe.warning() is None
     now[genomes[0].to_json()] = 6.0 * 283  # one subnet timed while something else held the CPU
-    busy = probe_device_speed(profile, subnets=3, time_subnet=lambda executable, g: now[g.to_json()])
+    busy = probe_device_speed(profile, subnets=3, kernels=0, time_subnet=lambda executable, g: now[g.to_json()])
     assert busy.factor == pytest.approx(0.8) and "probably busy" in (busy.warning() or "")
     assert "probably busy" in (replace(probe, factor=2.5, ratios=(2.5, 2.5)).warning() or "")
     assert "probably busy" in (replace(probe, factor=0.4, ratios=(0.4, 0.4)).warning() or "")
@@ -116,3 +136,68 @@ def test_export_refuses_a_speed_probe_without_whole_subnets_before_any_work(tmp_
             speed_probe=2,
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_probe_kernels_are_default_lowered_timings_at_the_profiles_own_speed(tiny_space):
+    profile = synthetic_profile(tiny_space)
+    default_ms = {
+        r["key"]: r["results"][0]["timing"]["median_ms"]
+        for r in profile.measurements
+        if r["workload"]["kind"] != "pool_fc"
+    }
+    picked = probe_kernels(profile, 4)
+    assert len(picked) == 4 and all(ms == default_ms[r["key"]] for r, ms in picked)
+    assert [ms for _, ms in picked] == sorted(ms for _, ms in picked)
+    shortest = sorted(default_ms.values())[int(len(default_ms) * PROBE_KERNEL_SHORTEST_QUANTILE)]
+    assert picked[0][1] == shortest and picked[-1][1] == max(default_ms.values())
+    # a recalibration's timings were divided by an earlier probe's factor: never a reference
+    recalibrated = [{**r, "speed_factor": 1.2} for r in profile.measurements]
+    assert probe_kernels(replace(profile, measurements=recalibrated), 4) == []
+    assert probe_kernels(profile, 0) == []
+
+
+def test_one_thread_probe_factor_is_its_kernels_median_ratio_and_warns_when_ragged(tiny_space):
+    recorded = [6.0, 3.0, 9.0]
+    profile, genomes = _probe_profile(tiny_space, recorded)
+    now = {g.to_json(): 1.3 * ms for g, ms in zip(genomes, recorded, strict=True)}
+    kernel_ms = {r["key"]: ms for r, ms in probe_kernels(profile, 3)}
+    probe = probe_device_speed(
+        profile,
+        subnets=3,
+        kernels=3,
+        time_subnet=lambda executable, g: now[g.to_json()],
+        time_kernel=lambda w: 0.9 * kernel_ms[w.key()],
+    )
+    assert probe.factor == pytest.approx(1.3) and probe.single_thread_factor == pytest.approx(0.9)
+    assert sorted(probe.single_thread_keys) == sorted(kernel_ms) and probe.warning() is None
+    assert "3 one-thread kernels 0.900x" in probe.describe()
+    record = probe.to_dict()
+    assert record["single_thread_factor"] == probe.single_thread_factor and len(record["single_thread_kernels"]) == 3
+    assert "single_thread_factor" not in replace(probe, single_thread_factor=None).to_dict()
+    ragged = replace(probe, single_thread_ratios=(0.9, 0.9, 2.7))
+    assert "one-thread speed probe ratios" in (ragged.warning() or "")
+
+
+def test_one_thread_factor_scales_default_lowered_kernels_and_layout_changes_only(tiny_space):
+    """Tuned kernels at the subnets' factor; TVM's default lowering (and layout changes, also default-lowered) at the
+    one-thread factor; the schedule choices stay the profile's."""
+    profile = synthetic_profile(tiny_space, layouts=True)
+    model = LatencyModel.from_profile(profile)
+    population = random_genomes(tiny_space, 30, seed=2)
+    rng = np.random.default_rng(0)
+    mixed = [model.random_schedules(g, rng) for g in population] + [_default_schedules(g) for g in population]
+    probed = model.at_speed(1.3, single_thread_factor=0.9)
+    plain = model.at_speed(1.3)
+    scale = model.calibration.layer_scale
+    for genome, got, everything in zip(mixed, probed.predict(mixed), plain.predict(mixed), strict=True):
+        explained = model.explain(genome)
+        one_thread = explained["transpose_ms"] + sum(
+            layer["latency_ms"] for layer in explained["layers"] if layer["schedule_source"] == "default"
+        )
+        assert got == pytest.approx(everything + (0.9 - 1.3) * scale * one_thread, rel=1e-9)
+    assert any(model.explain(g)["transposes"] for g in mixed)  # layout changes were part of it
+    tuned = [model.fastest_schedules(g) for g in population]
+    assert all(probed.fastest_schedules(g) == g for g in tuned)
+    np.testing.assert_allclose(model.at_speed(1.3, single_thread_factor=1.3).predict(mixed), plain.predict(mixed))
+    with pytest.raises(CodesignError, match="positive"):
+        model.at_speed(1.3, single_thread_factor=-1.0)

@@ -20,9 +20,11 @@ ceiling any model can reach on it; the model is scored against the mean of the t
 
 A shared or virtual machine's speed drifts by 10-15% over hours, which alone moves predictions out
 of +-10%. ``--speed-probe N`` first re-times N of the profile's own subnets (never the held-out
-ones) and scales the model's predictions, and the FLOPs baseline's, by the median ratio of their
-time now to their recorded time; the report then scores both the model as profiled and at the
-probed speed, and the RESULT line scores the latter.
+ones) and N of its kernels at TVM's default lowering, and scales the model's predictions, and the
+FLOPs baseline's, by the median ratio of their time now to their recorded time: one-thread
+(default-lowered) kernels by the kernels' ratio, the rest by the subnets' (see
+``LatencyModel.at_speed``); the report then scores the model as profiled, with every kernel at
+the subnets' ratio, and at the probed speed, and the RESULT line scores the last.
 
 Run it on an otherwise idle machine: it measures. Last line:
 ``RESULT latency_model within10=<share> rmspe=<value> flops_within10=<share> n=<count>``.
@@ -168,6 +170,13 @@ def report(rows: list[dict[str, Any]], profile: Any, second_label: str) -> int:
             f"  as profiled (no speed probe): {raw['within10']:.1%} within +-10%, RMSPE {raw['rmspe']:.3f}, "
             f"worst {raw['max_abs_pct']:.1f}%"
         )
+    if all("one_factor_ms" in r for r in rows):
+        one = summary("one_factor_ms")
+        print(
+            f"  every kernel at the subnets' probed factor (no one-thread factor): {one['within10']:.1%} within "
+            f"+-10%, RMSPE {one['rmspe']:.3f}, worst {one['max_abs_pct']:.1f}%"
+        )
+        by_schedules("one_factor_ms")
     print(
         f"FLOPs baseline: {flops['within10']:.1%} within +-10%, RMSPE {flops['rmspe']:.3f}, "
         f"worst {flops['max_abs_pct']:.1f}%"
@@ -180,24 +189,30 @@ def measure_here(
     model: Any,
     profile: Any,
     drawn: list[tuple[Any, str]],
-    speed: float | None,
+    speed: dict[str, Any] | None,
     compare: Any = None,
 ) -> list[dict]:
     """Compile every drawn subnet, then time all on this machine twice, in two interleaved passes.
 
-    With a probed ``speed``, predictions are the model's at that speed, beside the unscaled ones (``profile_ms``).
-    A ``compare`` model's predictions of the same subnets (at the same speed) are kept as ``compare_ms``.
+    With a probed ``speed`` (a :meth:`SpeedProbe.to_dict` record), predictions are the model's at that speed,
+    beside the unscaled ones (``profile_ms``) and those with every kernel scaled by the subnets' factor
+    (``one_factor_ms``: the probe before it timed one-thread kernels). A ``compare`` model's predictions of the
+    same subnets (at the same speed) are kept as ``compare_ms``.
     """
     from codesign.compiler.tvm_compile import compile_subnet, time_executables
     from codesign.latency.workloads import subnet_macs
+    from codesign.profile.speed_probe import model_at_probed_speed
 
     space = model.space
-    k = flops_factor(model, profile, speed or 1.0)
+    k = flops_factor(model, profile, speed["factor"] if speed else 1.0)
     genomes = [g for g, _ in drawn]
     as_profiled = model.predict(genomes)
-    predicted = model.at_speed(speed).predict(genomes) if speed else as_profiled
+    predicted = model_at_probed_speed(model, speed).predict(genomes) if speed else as_profiled
+    one_factor = model.at_speed(speed["factor"]).predict(genomes) if speed else as_profiled
     transposes = model.terms(model.vectors(genomes))[2]  # layout changes in each compiled subnet
-    compared = None if compare is None else (compare.at_speed(speed) if speed else compare).predict(genomes)
+    compared = (
+        None if compare is None else (model_at_probed_speed(compare, speed) if speed else compare).predict(genomes)
+    )
     started = time.perf_counter()
     executables = []
     for i, (g, _) in enumerate(drawn):
@@ -218,7 +233,7 @@ def measure_here(
                 "first_ms": first[i].median_ms,
                 "std_ms": first[i].std_ms,
                 "predicted_ms": float(predicted[i]),
-                **({"profile_ms": float(as_profiled[i])} if speed else {}),
+                **({"profile_ms": float(as_profiled[i]), "one_factor_ms": float(one_factor[i])} if speed else {}),
                 **({"compare_ms": float(compared[i])} if compared is not None else {}),
                 "flops_ms": k * macs,
                 "macs": macs,
@@ -419,9 +434,11 @@ def main() -> int:
         if args.speed_probe:
             from codesign.profile.speed_probe import probe_device_speed
 
-            probe = probe_device_speed(profile, subnets=args.speed_probe, repeat=args.repeat, progress=print)
+            probe = probe_device_speed(
+                profile, subnets=args.speed_probe, kernels=args.speed_probe, repeat=args.repeat, progress=print
+            )
             print(probe.describe(), flush=True)
-            speed = probe.factor
+            speed = probe.to_dict()
         compare = None
         if args.compare_profile:
             compare = LatencyModel.from_profile(load_profile(args.compare_profile, allow_mismatch=True).profile)

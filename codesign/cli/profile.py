@@ -144,9 +144,10 @@ class ProfileCommand(Command):
             type=int,
             default=0,
             metavar="N",
-            help="with --recalibrate: first re-time N of PROFILE's own subnets here and divide every new timing by "
-            "the factor found, so that kernels and subnets timed on a machine running off the profile's speed join "
-            "it in its units (a shared VM drifts 10-25%%)",
+            help="with --recalibrate: first re-time N of PROFILE's own subnets and N of its one-thread "
+            "(default-lowered) kernels here and divide every new timing by the factor found (one-thread kernels by "
+            "theirs), so that kernels and subnets timed on a machine running off the profile's speed join it in "
+            "its units (a shared VM drifts 10-25%%, and not alike for one thread and all of them)",
         )
         parser.add_argument(
             "--retime-models",
@@ -165,7 +166,8 @@ class ProfileCommand(Command):
         parser.add_argument(
             "--check-speed",
             metavar="PROFILE.json",
-            help="measure nothing new: re-time --probe-subnets of PROFILE's own whole subnets here and say how fast "
+            help="measure nothing new: re-time --probe-subnets of PROFILE's own whole subnets (and as many of its "
+            "one-thread kernels) here and say how fast "
             "this machine runs now relative to when PROFILE was measured (its predictions scale by that factor; "
             "a shared VM drifts 10-15%% over hours)",
         )
@@ -288,7 +290,7 @@ def _check_speed(args: argparse.Namespace) -> int:
         )
     if cores:
         os.environ["TVM_NUM_THREADS"] = str(cores)  # the count the profile was timed with, before TVM's pool starts
-    probe = probe_device_speed(loaded.profile, subnets=args.probe_subnets, progress=print)
+    probe = probe_device_speed(loaded.profile, subnets=args.probe_subnets, kernels=args.probe_subnets, progress=print)
     print(probe.describe())
     warning = probe.warning()
     if warning is not None:

@@ -112,9 +112,10 @@ class SearchCommand(Command):
             type=int,
             default=0,
             metavar="N",
-            help="first re-time N of the profile's own whole subnets on this machine (the profiled device) and "
-            "search with every prediction scaled by how fast it runs now, so the budget binds at today's speed "
-            "(about 10-15 s per subnet; recorded in DIR/speed_probe.json, reused by --resume)",
+            help="first re-time N of the profile's own whole subnets and N of its one-thread (default-lowered) "
+            "kernels on this machine (the profiled device) and search with every prediction scaled by how fast "
+            "each runs now, so the budget binds at today's speed (about 10-15 s per subnet; recorded in "
+            "DIR/speed_probe.json, reused by --resume)",
         )
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.json")
@@ -132,6 +133,7 @@ class SearchCommand(Command):
         from codesign.latency.model import LatencyModel
         from codesign.latency.transposes import canonical_layout
         from codesign.profile.shipped import resolve_profile
+        from codesign.profile.speed_probe import model_at_probed_speed
         from codesign.search.accuracy_data import file_sha256, resolve_evaluator_kind
         from codesign.search.accuracy_predictor import AccuracyPredictor
         from codesign.search.encoding import SearchEncoding
@@ -170,7 +172,7 @@ class SearchCommand(Command):
         out = Path(args.out)
         speed_probe = _speed_probe(args, loaded_profile.profile, out)  # after the cheap checks: it takes a minute
         if speed_probe is not None:
-            latency_model = latency_model.at_speed(speed_probe["factor"])
+            latency_model = model_at_probed_speed(latency_model, speed_probe)
         space = latency_model.space
         budget = Budget(
             latency_ms=args.latency_ms,
@@ -315,12 +317,12 @@ def _speed_probe(args: argparse.Namespace, profile: Any, out: Any) -> dict[str, 
             "probe on the profiled device, or search without --speed-probe"
         )
     os.environ["TVM_NUM_THREADS"] = str(profile.target.get("num-cores") or os.cpu_count() or 1)
-    probe = probe_device_speed(profile, subnets=args.speed_probe, progress=print)
+    probe = probe_device_speed(profile, subnets=args.speed_probe, kernels=args.speed_probe, progress=print)
     print(probe.describe())
     warning = probe.warning()
     if warning is not None:
         raise CodesignError(f"--speed-probe: {warning}")
-    record = {"factor": probe.factor, "ratios": list(probe.ratios), "subnets": list(probe.keys)}
+    record = probe.to_dict()
     record["seconds"] = round(probe.seconds, 1)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, record)

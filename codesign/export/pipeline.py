@@ -67,6 +67,7 @@ def _tvm_artifact(
     from codesign.export.tvm_artifact import LIBRARY_NAME, check_tvm_parity, compile_onnx
     from codesign.latency.model import LatencyModel
     from codesign.profile.profile_file import target_mismatch
+    from codesign.profile.speed_probe import model_at_probed_speed
     from codesign.profile.tvm_backend import host_llvm_target
 
     families = profile.tuning_records.get("families", {}) if profile is not None else {}
@@ -142,9 +143,10 @@ def _tvm_artifact(
             probe = _probe_speed(profile, space, target, speed_probe, staging)
             latency = section["latency"]
             latency["speed_probe"] = probe
-            latency["predicted_at_probed_speed_ms"] = predicted * probe["factor"]
-            if "predicted_retuned_ms" in latency:
-                latency["predicted_retuned_at_probed_speed_ms"] = latency["predicted_retuned_ms"] * probe["factor"]
+            at_speed = float(model_at_probed_speed(model, probe).predict([genome])[0])
+            latency["predicted_at_probed_speed_ms"] = at_speed
+            if "predicted_retuned_ms" in latency:  # its kernels' gains stay: the genome's mix of one-thread time too
+                latency["predicted_retuned_at_probed_speed_ms"] = latency["predicted_retuned_ms"] * at_speed / predicted
     elif measure_latency:
         section["latency"]["not_measured"] = "the profile's device is not this machine"
     return section
@@ -221,15 +223,10 @@ def _probe_speed(profile: Any, space: Any, target: dict[str, Any], subnets: int,
         return sweep_threads(library, shape, counts=[cores], rounds=2).median_ms(cores)
 
     try:
-        probe = probe_device_speed(profile, subnets=subnets, time_subnet=time_subnet)
+        probe = probe_device_speed(profile, subnets=subnets, kernels=subnets, time_subnet=time_subnet)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    record: dict[str, Any] = {
-        "factor": probe.factor,
-        "ratios": list(probe.ratios),
-        "subnets": list(probe.keys),
-        "seconds": round(probe.seconds, 1),
-    }
+    record: dict[str, Any] = {**probe.to_dict(), "seconds": round(probe.seconds, 1)}
     warning = probe.warning()
     if warning is not None:
         record["warning"] = warning

@@ -30,35 +30,66 @@ FACTOR_TO_DISTRUST = 2.0
 
 @dataclass(frozen=True)
 class SpeedProbe:
-    """The result of a probe: ``factor`` = median over ``keys`` of (time now / time in the profile)."""
+    """The result of a probe: ``factor`` = median over ``keys`` of (time now / time in the profile).
+
+    ``single_thread_factor`` is the same median over ``single_thread_keys``, kernels at TVM's default
+    lowering (one thread) timed alone (``None`` when the probe timed none): whole subnets run
+    mostly multi-threaded kernels, and a shared machine can slow those and not one thread (see
+    :meth:`LatencyModel.at_speed`).
+    """
 
     factor: float
     ratios: tuple[float, ...]
     keys: tuple[str, ...]
     seconds: float
+    single_thread_factor: float | None = None
+    single_thread_ratios: tuple[float, ...] = ()
+    single_thread_keys: tuple[str, ...] = ()
 
     def warning(self) -> str | None:
-        """Why this factor should not be trusted, or ``None``.
+        """Why these factors should not be trusted, or ``None``.
 
-        The probe's subnets share one machine, so their ratios agree when the machine is steady; when
-        they spread by more than :data:`RATIO_SPREAD_TO_DISTRUST` (or the factor is beyond
-        :data:`FACTOR_TO_DISTRUST` either way) something else was using the CPU while they ran.
+        The probe's subnets (and its kernels) share one machine, so their ratios agree when the
+        machine is steady; when they spread by more than :data:`RATIO_SPREAD_TO_DISTRUST` (or a
+        factor is beyond :data:`FACTOR_TO_DISTRUST` either way) something else was using the CPU
+        while they ran.
         """
-        spread = max(self.ratios) / min(self.ratios)
-        if spread > RATIO_SPREAD_TO_DISTRUST or not 1 / FACTOR_TO_DISTRUST < self.factor < FACTOR_TO_DISTRUST:
-            return (
-                f"speed probe ratios {min(self.ratios):.3f}-{max(self.ratios):.3f} (factor {self.factor:.3f}): "
-                "the device was probably busy while probing; do not trust predictions at this speed, "
-                "probe again on an idle device"
-            )
+        for what, factor, ratios in (
+            ("", self.factor, self.ratios),
+            ("one-thread ", self.single_thread_factor, self.single_thread_ratios),
+        ):
+            if factor is None or not ratios:
+                continue
+            spread = max(ratios) / min(ratios)
+            if spread > RATIO_SPREAD_TO_DISTRUST or not 1 / FACTOR_TO_DISTRUST < factor < FACTOR_TO_DISTRUST:
+                return (
+                    f"{what}speed probe ratios {min(ratios):.3f}-{max(ratios):.3f} (factor {factor:.3f}): "
+                    "the device was probably busy while probing; do not trust predictions at this speed, "
+                    "probe again on an idle device"
+                )
         return None
 
     def describe(self) -> str:
         """One line for a log."""
-        return (
+        line = (
             f"speed probe: {len(self.keys)} of the profile's subnets run {self.factor:.3f}x their recorded time "
-            f"(ratios {min(self.ratios):.3f}-{max(self.ratios):.3f}, {self.seconds:.0f} s)"
+            f"(ratios {min(self.ratios):.3f}-{max(self.ratios):.3f}"
         )
+        if self.single_thread_factor is not None:
+            line += (
+                f"), {len(self.single_thread_keys)} one-thread kernels {self.single_thread_factor:.3f}x "
+                f"(ratios {min(self.single_thread_ratios):.3f}-{max(self.single_thread_ratios):.3f}"
+            )
+        return line + f", {self.seconds:.0f} s)"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The probe as a JSON record (what a search front, an export manifest or a profile journal keeps)."""
+        out: dict[str, Any] = {"factor": self.factor, "ratios": list(self.ratios), "subnets": list(self.keys)}
+        if self.single_thread_factor is not None:
+            out["single_thread_factor"] = self.single_thread_factor
+            out["single_thread_ratios"] = list(self.single_thread_ratios)
+            out["single_thread_kernels"] = list(self.single_thread_keys)
+        return out
 
 
 def profiled_here_problems(profile: Any, *, cores: int | None = None) -> list[str]:
@@ -102,24 +133,76 @@ def probe_subnets(profile: Any, count: int) -> list[dict[str, Any]]:
     return [ranked[i] for i in picks]
 
 
+PROBE_KERNEL_SHORTEST_QUANTILE = 0.3
+"""One-thread probe kernels come from above this quantile of the profile's default-lowered kernel times:
+the shortest (a few microseconds) time least steadily."""
+
+
+def probe_kernels(profile: Any, count: int) -> list[tuple[dict[str, Any], float]]:
+    """``count`` of the profile's kernels timed at TVM's default lowering (NCHW, one thread), each with its
+    recorded median (ms), spread evenly over their latency range above
+    :data:`PROBE_KERNEL_SHORTEST_QUANTILE` (deterministic).
+
+    Only timings taken at the profile's own speed qualify: a recalibration's (``speed_factor``)
+    were divided by an earlier probe's factor.
+    """
+    from codesign.latency.workloads import kernel_family
+
+    families = profile.tuning_records.get("families", {})
+    timed: dict[str, tuple[dict[str, Any], float]] = {}
+    for record in profile.measurements:
+        if record.get("speed_factor") is not None or record["workload"].get("kind") == "pool_fc":
+            continue
+        options = families.get(record.get("family") or kernel_family(record["workload"]), [])
+        if options and options[0].get("source") != "default":
+            continue
+        for result in record["results"]:
+            timing = result.get("timing")
+            if int(result["candidate"]) == 0 and result.get("status") == "ok" and timing:
+                timed[record["key"]] = (record, float(timing["median_ms"]))
+    ranked = sorted(timed.values(), key=lambda pair: pair[1])
+    ranked = ranked[int(len(ranked) * PROBE_KERNEL_SHORTEST_QUANTILE) :]
+    if count < 1 or not ranked:
+        return []
+    if count >= len(ranked):
+        return ranked
+    picks = np.unique(np.round(np.linspace(0, len(ranked) - 1, count)).astype(int))
+    return [ranked[i] for i in picks]
+
+
+def time_default_kernel(workload: Any, target: dict[str, Any], *, repeat: int = 5) -> float:
+    """Median ms of ``workload`` compiled at TVM's default lowering and timed here, as the profiler times it."""
+    from codesign.profile import tvm_backend as tb
+
+    return sum(
+        tb.time_kernel(tb.build_kernel(task, target), task, repeat=repeat).median_ms
+        for task in tb.workload_tasks(workload, target, layout="NCHW")
+    )
+
+
 def probe_device_speed(
     profile: Any,
     *,
     subnets: int = 8,
+    kernels: int = 8,
     repeat: int = 10,
     time_subnet: Callable[[Any, Genome], float] | None = None,
+    time_kernel: Callable[[Any], float] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> SpeedProbe:
-    """Compile ``subnets`` of ``profile``'s measured subnets, time them here and compare with the profile.
+    """Compile ``subnets`` of ``profile``'s measured subnets, time them here and compare with the profile;
+    then the same for ``kernels`` of its default-lowered (one-thread) kernels (0: none).
 
     Runs on this machine (the profile's target must be this CPU). By default the executables are
     timed in this process, their windows interleaved (the TVM runtime uses as many threads as
     ``TVM_NUM_THREADS`` says, which should be what the profile was measured with);
     ``time_subnet(executable, genome) -> median ms`` times it the way the caller times what it
-    compares (e.g. an exported library in a fresh process).
+    compares (e.g. an exported library in a fresh process), ``time_kernel(workload) -> median ms``
+    a kernel (default: :func:`time_default_kernel`).
     """
     from codesign.compiler.tvm_compile import compile_subnet, time_executables
     from codesign.latency.positions import PositionTable
+    from codesign.latency.workloads import Workload
     from codesign.space import SearchSpace
 
     space = SearchSpace.from_dict(profile.space)
@@ -140,9 +223,29 @@ def probe_device_speed(
         keys.append(str(record["key"]))
         if progress is not None:
             progress(f"speed probe {len(keys)}: {record['key']} {now:.3f} ms now, {ratios[-1]:.3f}x the profile's")
+    kernel_ratios, kernel_keys = [], []
+    for record, recorded_ms in probe_kernels(profile, kernels):
+        workload = Workload.from_dict(record["workload"])
+        if time_kernel is not None:
+            now = float(time_kernel(workload))
+        else:
+            now = time_default_kernel(workload, profile.target)
+        kernel_ratios.append(now / recorded_ms)
+        kernel_keys.append(str(record["key"]))
+        if progress is not None:
+            progress(f"speed probe, one thread: {record['key']} {now * 1e3:.1f} us now, {kernel_ratios[-1]:.3f}x")
     return SpeedProbe(
         factor=float(np.median(ratios)),
         ratios=tuple(ratios),
         keys=tuple(keys),
         seconds=time.perf_counter() - started,
+        single_thread_factor=float(np.median(kernel_ratios)) if kernel_ratios else None,
+        single_thread_ratios=tuple(kernel_ratios),
+        single_thread_keys=tuple(kernel_keys),
     )
+
+
+def model_at_probed_speed(model: Any, record: dict[str, Any]) -> Any:
+    """``model`` at the speed a probe record (:meth:`SpeedProbe.to_dict`) says; one without a one-thread
+    factor (written before probes timed kernels) scales every kernel by its ``factor``."""
+    return model.at_speed(float(record["factor"]), single_thread_factor=record.get("single_thread_factor"))
