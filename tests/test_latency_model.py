@@ -365,3 +365,37 @@ def test_layout_names_are_read_case_blind_and_changes_fit_whole_blocks():
     assert change_fits(16, "NCHW", "NCHW8c") and change_fits(16, "NCHW8c", "NCHW")
     assert not change_fits(12, "NCHW", "NCHW8c") and not change_fits(12, "NCHW8c", "NCHW")
     assert change_fits(12, "NCHW", "NHWC")
+
+
+@pytest.mark.parametrize("layouts", [False, True])
+def test_an_untimed_pair_wins_a_kernel_only_by_more_than_the_predictors_error(tiny_space, layouts):
+    """The fastest of many predictions is the likeliest under-predicted: schedule choices count an untimed pair
+    ``untimed_margin`` (the kernel predictor's cross-validated RMSPE) slower; its predicted latency is unchanged."""
+    from dataclasses import replace
+
+    timed = synthetic_profile(tiny_space, layouts=layouts)
+    genome = LatencyModel.from_profile(timed).fastest_schedules(Genome.largest(tiny_space))
+    first = LatencyModel.from_profile(timed).explain(genome)["layers"][0]
+    key, best = first["workload"], first["schedule"]
+    record = next(r for r in timed.measurements if r["key"] == key)
+    timings = [r["timing"]["median_ms"] for r in record["results"]]
+    other = next(c for c in range(1, len(timings)) if c != best and record["results"][c]["status"] == "ok")
+
+    def untimed(faster_by: float):
+        results = [
+            {**r, "status": "unmeasured", "timing": None} if r["candidate"] == other else r for r in record["results"]
+        ]
+        filled = [timings[best] * (1 - faster_by) if c == other else ms for c, ms in enumerate(timings)]
+        predictor = {"filled": {key: filled}, "kernel_validation": {"all": {"rmspe": 0.3}}}
+        measurements = [{**r, "results": results} if r["key"] == key else r for r in timed.measurements]
+        return LatencyModel.from_profile(replace(timed, measurements=measurements, predictor=predictor))
+
+    close, far = untimed(0.1), untimed(0.4)  # 0.9 * 1.3 > 1 > 0.6 * 1.3
+    assert close.untimed_margin == far.untimed_margin == 0.3
+    assert close.fastest_schedules(genome).schedules[0] == best
+    assert far.fastest_schedules(genome).schedules[0] == other
+    assert close.explain(close.fastest_schedules(genome))["layers"][0]["source"] == "measured"
+    picked = far.fastest_schedules(genome)
+    assert far.explain(picked)["layers"][0]["latency_ms"] == pytest.approx(0.6 * timings[best])  # as predicted
+    no_margin = replace(timed, predictor={"filled": {}, "kernel_validation": {"all": {"rmspe": float("nan")}}})
+    assert LatencyModel.from_profile(no_margin).untimed_margin == 0.0
