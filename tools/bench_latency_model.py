@@ -157,26 +157,20 @@ def report(rows: list[dict[str, Any]], profile: Any, second_label: str) -> int:
     if all("default_share" in r for r in rows):
         # kernels at TVM's default lowering run on one thread; the speed probe's subnets on all of them
         by_share("default_share", "default-lowered kernels", ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.01)))
-    if all("compare_ms" in r for r in rows):
-        other = summary("compare_ms")
-        print(
-            f"--compare-profile on the same timings: {other['within10']:.1%} within +-10%, RMSPE {other['rmspe']:.3f}, "
-            f"worst {other['max_abs_pct']:.1f}%"
-        )
-        by_schedules("compare_ms")
-    if all("profile_ms" in r for r in rows):
-        raw = summary("profile_ms")
-        print(
-            f"  as profiled (no speed probe): {raw['within10']:.1%} within +-10%, RMSPE {raw['rmspe']:.3f}, "
-            f"worst {raw['max_abs_pct']:.1f}%"
-        )
-    if all("one_factor_ms" in r for r in rows):
-        one = summary("one_factor_ms")
-        print(
-            f"  every kernel at the subnets' probed factor (no one-thread factor): {one['within10']:.1%} within "
-            f"+-10%, RMSPE {one['rmspe']:.3f}, worst {one['max_abs_pct']:.1f}%"
-        )
-        by_schedules("one_factor_ms")
+    alternatives = (
+        ("compare_ms", "--compare-profile on the same timings", True),
+        ("profile_ms", "  as profiled (no speed probe)", False),
+        ("one_factor_ms", "  every kernel at the subnets' probed factor (no one-thread factor)", True),
+    )
+    for key, label, per_schedules in alternatives:
+        if all(key in r for r in rows):
+            other = summary(key)
+            print(
+                f"{label}: {other['within10']:.1%} within +-10%, RMSPE {other['rmspe']:.3f}, "
+                f"worst {other['max_abs_pct']:.1f}%"
+            )
+            if per_schedules:
+                by_schedules(key)
     print(
         f"FLOPs baseline: {flops['within10']:.1%} within +-10%, RMSPE {flops['rmspe']:.3f}, "
         f"worst {flops['max_abs_pct']:.1f}%"

@@ -197,7 +197,7 @@ class LatencyModel:
         # What schedule choices rest on: the profile's speed (see at_speed), and an untimed pair's latency
         # raised by the kernel predictor's typical error. The fastest of many predictions is the one most
         # likely under-predicted: a packed 1x1 candidate predicted at 4.3 us (measured neighbours 4.4-4.5 us)
-        # ran 237 us, and the search took it for every subnet with that kernel.
+        # ran 34x that (tools/time_kernel.py), and the search took it for every subnet with that kernel.
         self.untimed_margin = float(untimed_margin)
         self.choice_table = (
             np.where(self.sources == PREDICTED, self.table * (1.0 + self.untimed_margin), self.table)
