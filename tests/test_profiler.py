@@ -605,6 +605,17 @@ def test_timings_at_profile_speed_are_divided_by_the_factor_and_say_so():
     assert at_profile_speed(model, 1.5)["genome"] == {"resolution": 24}
 
 
+def test_kernels_timed_alone_join_the_profile_by_the_kernels_alone_factor_not_the_in_network_one():
+    from codesign.profile.profiler import kernel_speed_factors
+
+    fitted = {"factor": 1.3, "single_thread_factor": 1.06, "kernels_alone_factor": 0.98, "ratios": [1.3]}
+    assert kernel_speed_factors(fitted) == (1.3, 0.98)
+    before_the_fit = {"factor": 1.25, "single_thread_factor": 0.97, "ratios": [1.25]}
+    assert kernel_speed_factors(before_the_fit) == (1.25, 0.97)
+    assert kernel_speed_factors({"factor": 1.1, "ratios": [1.1]}) == (1.1, None)
+    assert kernel_speed_factors(None) == (1.0, None)
+
+
 def test_one_thread_timings_at_profile_speed_are_divided_by_their_own_factor():
     from codesign.profile.profiler import at_profile_speed
 

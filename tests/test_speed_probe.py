@@ -9,9 +9,12 @@ from codesign.errors import CodesignError
 from codesign.latency.model import LatencyModel
 from codesign.profile.speed_probe import (
     PROBE_KERNEL_SHORTEST_QUANTILE,
+    SpeedProbe,
+    fit_thread_factors,
     probe_device_speed,
     probe_kernels,
     probe_subnets,
+    single_thread_shares,
 )
 from codesign.profile.tvm_backend import host_llvm_target
 from codesign.space import Genome
@@ -34,15 +37,40 @@ def _model_record(key: str, genome: Genome, median_ms: float, schedules: str = "
     }
 
 
-def test_probe_picks_spread_subnets_and_prefers_fastest_schedules(tiny_space):
+def test_probe_picks_both_schedule_kinds_spread_over_latency_at_the_profiles_own_speed(tiny_space):
     genome = Genome.largest(tiny_space)
     models = [_model_record(f"m{i}", genome, float(i + 1)) for i in range(9)]
-    models += [_model_record("r", genome, 0.5, schedules="random"), {**models[0], "key": "bad", "status": "failed"}]
-    profile = replace(synthetic_profile(tiny_space), models=models)
-    assert [m["key"] for m in probe_subnets(profile, 3)] == ["m0", "m4", "m8"]
-    assert len(probe_subnets(profile, 50)) == 9
+    randoms = [_model_record(f"r{i}", genome, 0.5 + i, schedules="random") for i in range(5)]
+    failed = {**models[0], "key": "bad", "status": "failed"}
+    scaled = {**models[0], "key": "scaled", "speed_factor": 1.2}  # divided by an earlier probe: no reference
+    profile = replace(synthetic_profile(tiny_space), models=[*models, *randoms, failed, scaled])
+    assert [m["key"] for m in probe_subnets(profile, 5)] == ["m0", "m4", "m8", "r0", "r4"]
+    assert [m["key"] for m in probe_subnets(profile, 1)] == ["m0"]
+    assert len(probe_subnets(profile, 50)) == 14
+    assert [m["key"] for m in probe_subnets(replace(profile, models=[*models, randoms[0]]), 4)] == [
+        "m0",
+        "m4",
+        "m8",
+        "r0",
+    ]
+    assert [m["key"] for m in probe_subnets(replace(profile, models=randoms), 2)] == ["r0", "r4"]
+    with pytest.raises(CodesignError, match="no measured whole subnets"):
+        probe_subnets(replace(profile, models=[scaled]), 2)
     with pytest.raises(CodesignError, match="no measured whole subnets"):
         probe_subnets(replace(profile, models=[]), 2)
+
+
+def test_thread_factors_are_the_robust_line_through_ratio_against_one_thread_share():
+    shares = np.array([0.02, 0.05, 0.04, 0.6, 0.8, 0.85])
+    ratios = 1.25 * (1 - shares) + 1.05 * shares
+    assert fit_thread_factors(ratios, shares) == pytest.approx((1.25, 1.05))
+    busy = ratios.copy()
+    busy[1] *= 3  # one subnet timed while something else ran
+    assert fit_thread_factors(busy, shares) == pytest.approx((1.25, 1.05), rel=0.02)
+    assert fit_thread_factors(ratios[:3], shares[:3]) is None  # one kind only: nothing to separate
+    assert fit_thread_factors(ratios[:1], shares[:1]) is None
+    assert fit_thread_factors(np.array([0.1, 3.0]), np.array([0.0, 1.0])) is not None
+    assert fit_thread_factors(np.array([3.0, 0.1]), np.array([0.0, 0.95])) is None  # negative one-thread factor
 
 
 def _probe_profile(tiny_space, recorded_ms: list[float]):
@@ -201,3 +229,59 @@ def test_one_thread_factor_scales_default_lowered_kernels_and_layout_changes_onl
     np.testing.assert_allclose(model.at_speed(1.3, single_thread_factor=1.3).predict(mixed), plain.predict(mixed))
     with pytest.raises(CodesignError, match="positive"):
         model.at_speed(1.3, single_thread_factor=-1.0)
+
+
+def test_probe_fits_both_factors_on_subnets_of_both_schedule_kinds(tiny_space):
+    """Search-scheduled and random-schedule subnets 'run' tuned kernels 1.3x and one-thread ones 1.05x their
+    profile time: the probe recovers both from the subnets alone, times no kernel alone, and scales the model."""
+    profile = replace(synthetic_profile(tiny_space), target=host_llvm_target(1))
+    model = LatencyModel.from_profile(profile)
+    population = random_genomes(tiny_space, 12, seed=4)
+    genomes = [model.fastest_schedules(g) for g in population[:4]]
+    genomes += [_default_schedules(g) for g in population[4:8]]
+    kinds = ["fastest"] * 4 + ["random"] * 4
+    recorded = model.predict(genomes)
+    models = [
+        _model_record(f"model{i:03d}", g, float(ms), kind)
+        for i, (g, ms, kind) in enumerate(zip(genomes, recorded, kinds, strict=True))
+    ]
+    profile = replace(profile, models=models)
+    shares = dict(zip([g.to_json() for g in genomes], single_thread_shares(profile, genomes), strict=True))
+    assert max(shares.values()) - min(shares.values()) > 0.3
+    now = {
+        g.to_json(): ms * (1.3 * (1 - shares[g.to_json()]) + 1.05 * shares[g.to_json()])
+        for g, ms in zip(genomes, recorded, strict=True)
+    }
+
+    def untouchable(workload):
+        raise AssertionError("the subnets separate the two speeds: no kernel is timed alone")
+
+    probe = probe_device_speed(
+        profile, subnets=8, kernels=4, time_subnet=lambda executable, g: now[g.to_json()], time_kernel=untouchable
+    )
+    assert probe.single_thread_source == "subnets" and probe.single_thread_keys == ()
+    assert (probe.factor, probe.single_thread_factor) == pytest.approx((1.3, 1.05))
+    assert probe.fitted_ratios() == pytest.approx(probe.ratios) and probe.warning() is None
+    assert "tuned kernels 1.300x, one-thread kernels 1.050x" in probe.describe()
+    assert SpeedProbe.from_dict(probe.to_dict()) == replace(probe, seconds=round(probe.seconds, 1))
+    assert probe.kernels_alone_factor is None and "kernels_alone_factor" not in probe.to_dict()
+    # a recalibration also times kernels alone: their factor is kept apart, the fitted ones are unchanged
+    kernel_ms = {r["key"]: ms for r, ms in probe_kernels(profile, 3)}
+    with_alone = probe_device_speed(
+        profile,
+        subnets=8,
+        kernels=3,
+        kernels_alone=True,
+        time_subnet=lambda executable, g: now[g.to_json()],
+        time_kernel=lambda w: 0.9 * kernel_ms[w.key()],
+    )
+    assert (with_alone.factor, with_alone.single_thread_factor) == pytest.approx((1.3, 1.05))
+    assert with_alone.kernels_alone_factor == pytest.approx(0.9) and len(with_alone.single_thread_keys) == 3
+    assert with_alone.to_dict()["kernels_alone_factor"] == with_alone.kernels_alone_factor
+    assert "3 of them timed alone 0.900x" in with_alone.describe()
+    probed = model.at_speed(probe.factor, single_thread_factor=probe.single_thread_factor)
+    np.testing.assert_allclose(probed.predict(genomes), [now[g.to_json()] for g in genomes], rtol=1e-9)
+    now[genomes[5].to_json()] *= 283  # timed while something else held the CPU
+    busy = probe_device_speed(profile, subnets=8, kernels=0, time_subnet=lambda executable, g: now[g.to_json()])
+    assert "probably busy" in (busy.warning() or "")
+    assert busy.factor == pytest.approx(1.3, rel=0.05)

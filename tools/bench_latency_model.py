@@ -20,11 +20,12 @@ ceiling any model can reach on it; the model is scored against the mean of the t
 
 A shared or virtual machine's speed drifts by 10-15% over hours, which alone moves predictions out
 of +-10%. ``--speed-probe N`` first re-times N of the profile's own subnets (never the held-out
-ones) and N of its kernels at TVM's default lowering, and scales the model's predictions, and the
-FLOPs baseline's, by the median ratio of their time now to their recorded time: one-thread
-(default-lowered) kernels by the kernels' ratio, the rest by the subnets' (see
-``LatencyModel.at_speed``); the report then scores the model as profiled, with every kernel at
-the subnets' ratio, and at the probed speed, and the RESULT line scores the last.
+ones; half at the search's schedules, half at random ones), fits the factors by which its
+tuned and its one-thread (default-lowered) kernels run slower now than recorded
+(``codesign.profile.speed_probe.fit_thread_factors``), and scales the model's predictions by
+them, the FLOPs baseline's by the tuned one (see ``LatencyModel.at_speed``); the report then
+scores the model as profiled, with every kernel at the tuned factor, and at the probed speed,
+and the RESULT line scores the last.
 
 Run it on an otherwise idle machine: it measures. Last line:
 ``RESULT latency_model within10=<share> rmspe=<value> flops_within10=<share> n=<count>``.
@@ -160,7 +161,8 @@ def report(rows: list[dict[str, Any]], profile: Any, second_label: str) -> int:
     alternatives = (
         ("compare_ms", "--compare-profile on the same timings", True),
         ("profile_ms", "  as profiled (no speed probe)", False),
-        ("one_factor_ms", "  every kernel at the subnets' probed factor (no one-thread factor)", True),
+        ("one_factor_ms", "  every kernel at the tuned kernels' probed factor (no one-thread factor)", True),
+        ("kernels_alone_ms", "  the probe before (one-thread kernels timed alone, not fitted on subnets)", True),
     )
     for key, label, per_schedules in alternatives:
         if all(key in r for r in rows):
@@ -178,6 +180,16 @@ def report(rows: list[dict[str, Any]], profile: Any, second_label: str) -> int:
     return 0
 
 
+def previous_probe_factors(profile: Any, probe: Any) -> dict[str, float] | None:
+    """The factors the probe gave before it fitted them on subnets, from the same timings: the search-scheduled
+    subnets' median ratio, and the one-thread kernels' timed alone (``None`` when it timed none alone)."""
+    if probe.single_thread_source != "subnets" or probe.kernels_alone_factor is None:
+        return None
+    fastest = {m["key"] for m in profile.models if m.get("schedules") == "fastest"}
+    tuned = [r for k, r in zip(probe.keys, probe.ratios, strict=True) if k in fastest] or list(probe.ratios)
+    return {"factor": float(np.median(tuned)), "single_thread_factor": probe.kernels_alone_factor}
+
+
 def measure_here(
     args: argparse.Namespace,
     model: Any,
@@ -190,8 +202,10 @@ def measure_here(
 
     With a probed ``speed`` (a :meth:`SpeedProbe.to_dict` record), predictions are the model's at that speed,
     beside the unscaled ones (``profile_ms``) and those with every kernel scaled by the subnets' factor
-    (``one_factor_ms``: the probe before it timed one-thread kernels). A ``compare`` model's predictions of the
-    same subnets (at the same speed) are kept as ``compare_ms``.
+    (``one_factor_ms``: the probe before it timed one-thread kernels), and with ``speed["kernels_alone"]`` at
+    the factors of the probe before it fitted them on subnets (``kernels_alone_ms``: the search-scheduled
+    subnets' median ratio, the one-thread kernels' timed alone). A ``compare`` model's predictions of the same
+    subnets (at the same speed) are kept as ``compare_ms``.
     """
     from codesign.compiler.tvm_compile import compile_subnet, time_executables
     from codesign.latency.workloads import subnet_macs
@@ -203,6 +217,10 @@ def measure_here(
     as_profiled = model.predict(genomes)
     predicted = model_at_probed_speed(model, speed).predict(genomes) if speed else as_profiled
     one_factor = model.at_speed(speed["factor"]).predict(genomes) if speed else as_profiled
+    alone = speed.get("kernels_alone") if speed else None
+    kernels_alone = (
+        None if alone is None else model.at_speed(alone["factor"], single_thread_factor=alone["single_thread_factor"])
+    )
     transposes = model.terms(model.vectors(genomes))[2]  # layout changes in each compiled subnet
     compared = (
         None if compare is None else (model_at_probed_speed(compare, speed) if speed else compare).predict(genomes)
@@ -229,6 +247,7 @@ def measure_here(
                 "predicted_ms": float(predicted[i]),
                 **({"profile_ms": float(as_profiled[i]), "one_factor_ms": float(one_factor[i])} if speed else {}),
                 **({"compare_ms": float(compared[i])} if compared is not None else {}),
+                **({"kernels_alone_ms": float(kernels_alone.predict([g])[0])} if kernels_alone is not None else {}),
                 "flops_ms": k * macs,
                 "macs": macs,
                 "transposes": int(transposes[i]),
@@ -429,10 +448,16 @@ def main() -> int:
             from codesign.profile.speed_probe import probe_device_speed
 
             probe = probe_device_speed(
-                profile, subnets=args.speed_probe, kernels=args.speed_probe, repeat=args.repeat, progress=print
+                profile,
+                subnets=args.speed_probe,
+                kernels=args.speed_probe,
+                kernels_alone=True,
+                repeat=args.repeat,
+                progress=print,
             )
             print(probe.describe(), flush=True)
             speed = probe.to_dict()
+            speed["kernels_alone"] = previous_probe_factors(profile, probe)
         compare = None
         if args.compare_profile:
             compare = LatencyModel.from_profile(load_profile(args.compare_profile, allow_mismatch=True).profile)

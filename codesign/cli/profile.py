@@ -144,10 +144,11 @@ class ProfileCommand(Command):
             type=int,
             default=0,
             metavar="N",
-            help="with --recalibrate: first re-time N of PROFILE's own subnets and N of its one-thread "
-            "(default-lowered) kernels here and divide every new timing by the factor found (one-thread kernels by "
-            "theirs), so that kernels and subnets timed on a machine running off the profile's speed join it in "
-            "its units (a shared VM drifts 10-25%%, and not alike for one thread and all of them)",
+            help="with --recalibrate: first re-time N of PROFILE's own subnets here (half at the search's "
+            "schedules, half at random ones), fit how much slower its tuned and its one-thread (default-lowered) "
+            "kernels run now, and divide every new timing by those factors, so that kernels and subnets timed on "
+            "a machine running off the profile's speed join it in its units (a shared VM drifts 10-25%%, and not "
+            "alike for one thread and all of them)",
         )
         parser.add_argument(
             "--retime-models",
@@ -166,10 +167,10 @@ class ProfileCommand(Command):
         parser.add_argument(
             "--check-speed",
             metavar="PROFILE.json",
-            help="measure nothing new: re-time --probe-subnets of PROFILE's own whole subnets (and as many of its "
-            "one-thread kernels) here and say how fast "
-            "this machine runs now relative to when PROFILE was measured (its predictions scale by that factor; "
-            "a shared VM drifts 10-15%% over hours)",
+            help="measure nothing new: re-time --probe-subnets of PROFILE's own whole subnets here (half at the "
+            "search's schedules, half at random ones) and say how fast this machine runs its tuned and its "
+            "one-thread kernels now relative to when PROFILE was measured (its predictions scale by those "
+            "factors; a shared VM drifts 10-15%% over hours)",
         )
         parser.add_argument(
             "--probe-subnets", type=int, default=8, metavar="N", help="with --check-speed: subnets to re-time (8)"

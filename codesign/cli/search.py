@@ -112,10 +112,11 @@ class SearchCommand(Command):
             type=int,
             default=0,
             metavar="N",
-            help="first re-time N of the profile's own whole subnets and N of its one-thread (default-lowered) "
-            "kernels on this machine (the profiled device) and search with every prediction scaled by how fast "
-            "each runs now, so the budget binds at today's speed (about 10-15 s per subnet; recorded in "
-            "DIR/speed_probe.json, reused by --resume)",
+            help="first re-time N of the profile's own whole subnets on this machine (the profiled device; half "
+            "at the search's schedules, half at random ones), fit how fast its tuned and its one-thread "
+            "(default-lowered) kernels run now, and search with every prediction scaled by those factors, so the "
+            "budget binds at today's speed (about 10-15 s per subnet; recorded in DIR/speed_probe.json, reused "
+            "by --resume)",
         )
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.json")
@@ -323,7 +324,6 @@ def _speed_probe(args: argparse.Namespace, profile: Any, out: Any) -> dict[str, 
     if warning is not None:
         raise CodesignError(f"--speed-probe: {warning}")
     record = probe.to_dict()
-    record["seconds"] = round(probe.seconds, 1)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, record)
     return record

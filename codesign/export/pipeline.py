@@ -226,7 +226,7 @@ def _probe_speed(profile: Any, space: Any, target: dict[str, Any], subnets: int,
         probe = probe_device_speed(profile, subnets=subnets, kernels=subnets, time_subnet=time_subnet)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    record: dict[str, Any] = {**probe.to_dict(), "seconds": round(probe.seconds, 1)}
+    record: dict[str, Any] = probe.to_dict()
     warning = probe.warning()
     if warning is not None:
         record["warning"] = warning

@@ -1023,13 +1023,24 @@ def _journaled_speed_probe(
         if record.get("type") == "speed_probe":
             say(f"speed probe from the journal: this machine ran {record['factor']:.3f}x the profile's time")
             return {k: v for k, v in record.items() if k != "type"}
-    probe = probe_device_speed(profile, subnets=subnets, kernels=subnets, progress=say)
+    probe = probe_device_speed(profile, subnets=subnets, kernels=subnets, kernels_alone=True, progress=say)
     say(probe.describe())
     if probe.warning():
         raise ProfileError(f"{probe.warning()}; new timings would not be in the profile's units")
-    record = {"type": "speed_probe", "key": "speed_probe", **probe.to_dict(), "seconds": round(probe.seconds, 1)}
+    record = {"type": "speed_probe", "key": "speed_probe", **probe.to_dict()}
     profiler.journal.append(record)
     return {k: v for k, v in record.items() if k != "type"}
+
+
+def kernel_speed_factors(probe: dict[str, Any] | None) -> tuple[float, float | None]:
+    """The factors by which a speed probe record (:meth:`SpeedProbe.to_dict`) divides kernels timed alone: tuned
+    ones by its ``factor``, one-thread ones by how one-thread kernels *alone* drifted (``kernels_alone_factor``),
+    not by the factor fitted for them inside networks (a probe written before the fit has only the former, as
+    ``single_thread_factor``). ``(1.0, None)`` without a probe."""
+    if not probe:
+        return 1.0, None
+    alone = probe.get("kernels_alone_factor", probe.get("single_thread_factor"))
+    return float(probe["factor"]), None if alone is None else float(alone)
 
 
 def kernels_to_time(
@@ -1141,8 +1152,7 @@ def recalibrate_profile(
     if speed_probe and retime_models:
         raise ProfileError("a speed probe scales new timings to the profile's speed; re-timed models replace them")
     probe = _journaled_speed_probe(profile, profiler, speed_probe, say) if speed_probe else None
-    factor = float(probe["factor"]) if probe else 1.0
-    single_thread_factor = probe.get("single_thread_factor") if probe else None
+    factor, single_thread_factor = kernel_speed_factors(probe)
     measurements = list(profile.measurements)
     predictor = dict(profile.predictor)
     if time_kernels and architectures:

@@ -7,6 +7,14 @@ whole-subnet measurements (compiled exactly as the profile compiled them) and re
 ratio of the new time to the recorded one; :meth:`LatencyModel.at_speed` scales every prediction
 by it. The probe uses only subnets the profile already holds, never the ones it is asked about,
 so it tells the model about the machine and nothing about the answers.
+
+Kernels at TVM's default lowering run on one thread and drift unlike the tuned, multi-threaded
+ones (on the CI machine class: subnets 1.22-1.29x their profile time, one-thread kernels alone
+0.98x). The probe therefore times subnets of both kinds the profile holds, at the search's
+fastest schedules (mostly multi-threaded) and at random schedules (mostly default-lowered), and
+fits the two factors that explain their ratios (:func:`fit_thread_factors`): inside a network a
+one-thread kernel ran 1.06x while alone it ran 0.98x, so the fit, not a kernel timed alone, is
+what predicts a network.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -30,12 +38,15 @@ FACTOR_TO_DISTRUST = 2.0
 
 @dataclass(frozen=True)
 class SpeedProbe:
-    """The result of a probe: ``factor`` = median over ``keys`` of (time now / time in the profile).
+    """The result of a probe: how much longer than in the profile tuned kernels (``factor``) and
+    one-thread, default-lowered kernels (``single_thread_factor``) take here now.
 
-    ``single_thread_factor`` is the same median over ``single_thread_keys``, kernels at TVM's default
-    lowering (one thread) timed alone (``None`` when the probe timed none): whole subnets run
-    mostly multi-threaded kernels, and a shared machine can slow those and not one thread (see
-    :meth:`LatencyModel.at_speed`).
+    ``ratios`` are the subnets' (``keys``) time now over their recorded time. With
+    ``single_thread_source == "subnets"`` both factors are fitted on them (:func:`fit_thread_factors`,
+    ``single_thread_shares`` the part of each subnet's predicted time in one-thread kernels);
+    otherwise ``factor`` is the median ratio and ``single_thread_factor``, with ``single_thread_source
+    == "kernels"``, the median over ``single_thread_keys`` of default-lowered kernels timed alone
+    (``None`` when the probe timed none). See :meth:`LatencyModel.at_speed`.
     """
 
     factor: float
@@ -45,6 +56,23 @@ class SpeedProbe:
     single_thread_factor: float | None = None
     single_thread_ratios: tuple[float, ...] = ()
     single_thread_keys: tuple[str, ...] = ()
+    single_thread_shares: tuple[float, ...] = ()
+    single_thread_source: Literal["subnets", "kernels"] | None = None
+
+    @property
+    def kernels_alone_factor(self) -> float | None:
+        """Median ratio of the one-thread kernels timed alone (``None`` when none was): how to bring a kernel timed
+        alone here now to the profile's units, which for one-thread kernels is not how they drift in a network."""
+        return float(np.median(self.single_thread_ratios)) if self.single_thread_ratios else None
+
+    def fitted_ratios(self) -> tuple[float, ...]:
+        """Each subnet's ratio as the two factors predict it (its ``single_thread_shares`` at one, the rest at
+        the other); the median ratio for every subnet when the factors were not fitted on the subnets."""
+        if self.single_thread_source != "subnets" or self.single_thread_factor is None:
+            return tuple(self.factor for _ in self.ratios)
+        return tuple(
+            self.factor * (1 - share) + self.single_thread_factor * share for share in self.single_thread_shares
+        )
 
     def warning(self) -> str | None:
         """Why these factors should not be trusted, or ``None``.
@@ -54,27 +82,43 @@ class SpeedProbe:
         factor is beyond :data:`FACTOR_TO_DISTRUST` either way) something else was using the CPU
         while they ran.
         """
-        for what, factor, ratios in (
-            ("", self.factor, self.ratios),
-            ("one-thread ", self.single_thread_factor, self.single_thread_ratios),
+        # fitted factors: what the fit leaves unexplained must be as steady as plain ratios
+        residuals = tuple(r / f for r, f in zip(self.ratios, self.fitted_ratios(), strict=True))
+        for what, factor, ratios, spread_of in (
+            ("", self.factor, self.ratios, residuals),
+            ("one-thread ", self.single_thread_factor, self.single_thread_ratios, self.single_thread_ratios),
         ):
             if factor is None or not ratios:
                 continue
-            spread = max(ratios) / min(ratios)
+            spread = max(spread_of) / min(spread_of)
             if spread > RATIO_SPREAD_TO_DISTRUST or not 1 / FACTOR_TO_DISTRUST < factor < FACTOR_TO_DISTRUST:
                 return (
                     f"{what}speed probe ratios {min(ratios):.3f}-{max(ratios):.3f} (factor {factor:.3f}): "
                     "the device was probably busy while probing; do not trust predictions at this speed, "
                     "probe again on an idle device"
                 )
+        if self.single_thread_source == "subnets" and not (
+            self.single_thread_factor is not None
+            and 1 / FACTOR_TO_DISTRUST < self.single_thread_factor < FACTOR_TO_DISTRUST
+        ):
+            return (
+                f"speed probe: one-thread factor {self.single_thread_factor} fitted on the subnets: the device "
+                "was probably busy while probing; probe again on an idle device"
+            )
         return None
 
     def describe(self) -> str:
         """One line for a log."""
-        line = (
-            f"speed probe: {len(self.keys)} of the profile's subnets run {self.factor:.3f}x their recorded time "
-            f"(ratios {min(self.ratios):.3f}-{max(self.ratios):.3f}"
-        )
+        ratios = f"ratios {min(self.ratios):.3f}-{max(self.ratios):.3f}"
+        if self.single_thread_source == "subnets" and self.single_thread_factor is not None:
+            shares = self.single_thread_shares
+            return (
+                f"speed probe: {len(self.keys)} of the profile's subnets ran {ratios} their recorded time; fitted on "
+                f"their one-thread shares ({min(shares):.2f}-{max(shares):.2f}): tuned kernels {self.factor:.3f}x, "
+                f"one-thread kernels {self.single_thread_factor:.3f}x{self._alone()} ({self.seconds:.0f} s)"
+            )
+        line = f"speed probe: {len(self.keys)} of the profile's subnets run {self.factor:.3f}x their recorded time "
+        line += f"({ratios}"
         if self.single_thread_factor is not None:
             line += (
                 f"), {len(self.single_thread_keys)} one-thread kernels {self.single_thread_factor:.3f}x "
@@ -82,14 +126,45 @@ class SpeedProbe:
             )
         return line + f", {self.seconds:.0f} s)"
 
+    def _alone(self) -> str:
+        if self.kernels_alone_factor is None:
+            return ""
+        return f"; {len(self.single_thread_keys)} of them timed alone {self.kernels_alone_factor:.3f}x"
+
     def to_dict(self) -> dict[str, Any]:
         """The probe as a JSON record (what a search front, an export manifest or a profile journal keeps)."""
-        out: dict[str, Any] = {"factor": self.factor, "ratios": list(self.ratios), "subnets": list(self.keys)}
+        out: dict[str, Any] = {
+            "factor": self.factor,
+            "ratios": list(self.ratios),
+            "subnets": list(self.keys),
+            "seconds": round(self.seconds, 1),
+        }
         if self.single_thread_factor is not None:
             out["single_thread_factor"] = self.single_thread_factor
+            out["single_thread_source"] = self.single_thread_source
+        if self.single_thread_shares:
+            out["single_thread_shares"] = list(self.single_thread_shares)
+        if self.single_thread_keys:
             out["single_thread_ratios"] = list(self.single_thread_ratios)
             out["single_thread_kernels"] = list(self.single_thread_keys)
+            out["kernels_alone_factor"] = self.kernels_alone_factor
         return out
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> SpeedProbe:
+        """The probe :meth:`to_dict` wrote (other keys, such as a manifest's ``warning``, are ignored)."""
+        single = record.get("single_thread_factor")
+        return cls(
+            factor=float(record["factor"]),
+            ratios=tuple(float(r) for r in record["ratios"]),
+            keys=tuple(str(k) for k in record["subnets"]),
+            seconds=float(record.get("seconds", 0.0)),
+            single_thread_factor=None if single is None else float(single),
+            single_thread_ratios=tuple(float(r) for r in record.get("single_thread_ratios", ())),
+            single_thread_keys=tuple(str(k) for k in record.get("single_thread_kernels", ())),
+            single_thread_shares=tuple(float(x) for x in record.get("single_thread_shares", ())),
+            single_thread_source=record.get("single_thread_source", "kernels" if single is not None else None),
+        )
 
 
 def profiled_here_problems(profile: Any, *, cores: int | None = None) -> list[str]:
@@ -115,22 +190,70 @@ def profiled_here_problems(profile: Any, *, cores: int | None = None) -> list[st
     return problems
 
 
-def probe_subnets(profile: Any, count: int) -> list[dict[str, Any]]:
-    """``count`` of the profile's measured subnets spread evenly over their latency range (deterministic).
-
-    Subnets at their fastest schedules come first (what the search picks; their timings repeat best).
-    """
-    ok = [m for m in profile.models if m.get("status") == "ok" and m.get("timing")]
-    preferred = [m for m in ok if m.get("schedules") == "fastest"] or ok
-    if count < 1:
-        raise CodesignError("a speed probe needs at least one subnet")
-    if not preferred:
-        raise CodesignError("the profile has no measured whole subnets to probe the device's speed with")
-    ranked = sorted(preferred, key=lambda m: m["timing"]["median_ms"])
+def _spread(records: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """``count`` of ``records`` spread evenly over their recorded latency range, fastest first."""
+    ranked = sorted(records, key=lambda m: m["timing"]["median_ms"])
     if count >= len(ranked):
         return ranked
     picks = np.unique(np.round(np.linspace(0, len(ranked) - 1, count)).astype(int))
     return [ranked[i] for i in picks]
+
+
+def probe_subnets(profile: Any, count: int) -> list[dict[str, Any]]:
+    """``count`` of the profile's measured subnets, each kind spread evenly over its latency range (deterministic).
+
+    Half (rounded up) are at their fastest schedules (what the search picks; mostly tuned, multi-threaded
+    kernels), the rest at random schedules (mostly default-lowered, one-thread kernels), so that
+    :func:`fit_thread_factors` can tell the two speeds apart; a profile with one kind gives that kind.
+    Only subnets timed at the profile's own speed qualify: a recalibration's (``speed_factor``) were
+    divided by an earlier probe's factors.
+    """
+    if count < 1:
+        raise CodesignError("a speed probe needs at least one subnet")
+    ok = [m for m in profile.models if m.get("status") == "ok" and m.get("timing") and m.get("speed_factor") is None]
+    if not ok:
+        raise CodesignError("the profile has no measured whole subnets to probe the device's speed with")
+    fastest = [m for m in ok if m.get("schedules") == "fastest"]
+    others = [m for m in ok if m.get("schedules") != "fastest"]
+    if not fastest or not others or count < 2:
+        return _spread(fastest or others, count)
+    tuned = _spread(fastest, count - min(count // 2, len(others)))
+    return tuned + _spread(others, count - len(tuned))
+
+
+MIN_SHARE_SPAN = 0.3
+"""Smallest spread of the probe subnets' one-thread shares over which :func:`fit_thread_factors` fits two factors."""
+
+
+def single_thread_shares(profile: Any, genomes: list[Genome]) -> np.ndarray:
+    """Per genome, the part of the profile's predicted latency that :meth:`LatencyModel.at_speed` scales by its
+    one-thread factor (default-lowered kernels and layout changes)."""
+    from codesign.latency.model import LatencyModel
+
+    model = LatencyModel.from_profile(profile)
+    base = model.predict(genomes)
+    step = 0.5
+    return np.asarray((model.at_speed(1.0, single_thread_factor=1.0 + step).predict(genomes) - base) / (step * base))
+
+
+def fit_thread_factors(ratios: np.ndarray, shares: np.ndarray) -> tuple[float, float] | None:
+    """The factors ``(tuned, one_thread)`` with ``ratio ~= tuned * (1 - share) + one_thread * share``, or ``None``
+    when ``shares`` span less than :data:`MIN_SHARE_SPAN` or a factor comes out non-positive.
+
+    A Theil-Sen line (the median slope over pairs of subnets at least half the span apart, then the median
+    intercept), so one subnet timed while something else ran moves neither factor much.
+    """
+    ratios, shares = np.asarray(ratios, dtype=float), np.asarray(shares, dtype=float)
+    if len(ratios) < 2 or np.ptp(shares) < MIN_SHARE_SPAN:
+        return None
+    i, j = np.triu_indices(len(ratios), k=1)
+    apart = np.abs(shares[j] - shares[i]) >= MIN_SHARE_SPAN / 2
+    slope = float(np.median((ratios[j] - ratios[i])[apart] / (shares[j] - shares[i])[apart]))
+    tuned = float(np.median(ratios - slope * shares))
+    one_thread = tuned + slope
+    if tuned <= 0 or one_thread <= 0:
+        return None
+    return tuned, one_thread
 
 
 PROBE_KERNEL_SHORTEST_QUANTILE = 0.3
@@ -185,13 +308,18 @@ def probe_device_speed(
     *,
     subnets: int = 8,
     kernels: int = 8,
+    kernels_alone: bool = False,
     repeat: int = 10,
     time_subnet: Callable[[Any, Genome], float] | None = None,
     time_kernel: Callable[[Any], float] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> SpeedProbe:
-    """Compile ``subnets`` of ``profile``'s measured subnets, time them here and compare with the profile;
-    then the same for ``kernels`` of its default-lowered (one-thread) kernels (0: none).
+    """Compile ``subnets`` of ``profile``'s measured subnets (:func:`probe_subnets`), time them here and compare
+    with the profile; fit the tuned and one-thread factors on them (:func:`fit_thread_factors`). Only when
+    their one-thread shares do not span enough for that (a profile without random-schedule subnets), or with
+    ``kernels_alone``, are ``kernels`` of its default-lowered kernels (0: none) timed alone: for the one-thread
+    factor in the first case, for :attr:`SpeedProbe.kernels_alone_factor` in both (a recalibration converts
+    kernels it times alone with it: alone, they drift unlike inside a network).
 
     Runs on this machine (the profile's target must be this CPU). By default the executables are
     timed in this process, their windows interleaved (the TVM runtime uses as many threads as
@@ -223,8 +351,10 @@ def probe_device_speed(
         keys.append(str(record["key"]))
         if progress is not None:
             progress(f"speed probe {len(keys)}: {record['key']} {now:.3f} ms now, {ratios[-1]:.3f}x the profile's")
+    shares = single_thread_shares(profile, genomes)
+    fitted = fit_thread_factors(np.asarray(ratios), shares)
     kernel_ratios, kernel_keys = [], []
-    for record, recorded_ms in probe_kernels(profile, kernels):
+    for record, recorded_ms in probe_kernels(profile, kernels if fitted is None or kernels_alone else 0):
         workload = Workload.from_dict(record["workload"])
         if time_kernel is not None:
             now = float(time_kernel(workload))
@@ -234,14 +364,17 @@ def probe_device_speed(
         kernel_keys.append(str(record["key"]))
         if progress is not None:
             progress(f"speed probe, one thread: {record['key']} {now * 1e3:.1f} us now, {kernel_ratios[-1]:.3f}x")
+    alone = float(np.median(kernel_ratios)) if kernel_ratios else None
     return SpeedProbe(
-        factor=float(np.median(ratios)),
+        factor=fitted[0] if fitted else float(np.median(ratios)),
         ratios=tuple(ratios),
         keys=tuple(keys),
         seconds=time.perf_counter() - started,
-        single_thread_factor=float(np.median(kernel_ratios)) if kernel_ratios else None,
+        single_thread_factor=fitted[1] if fitted else alone,
         single_thread_ratios=tuple(kernel_ratios),
         single_thread_keys=tuple(kernel_keys),
+        single_thread_shares=tuple(float(x) for x in shares),
+        single_thread_source="subnets" if fitted else ("kernels" if kernel_ratios else None),
     )
 
 
