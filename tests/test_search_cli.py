@@ -130,7 +130,8 @@ def test_search_speed_probe_scales_the_model_and_resume_reuses_it(inputs, tmp_pa
 
 
 def test_search_speed_probe_times_the_profiled_subnets_here(tmp_path, default_space, inputs):
-    """A real probe on a profile of this CPU; on another CPU's profile a one-line error before any work."""
+    """A real probe on a profile of this CPU; on another CPU's profile a one-line error before any work, or with
+    --allow-mismatch a warning and a search at the profile's speed."""
     from dataclasses import replace
 
     from codesign.latency.workloads import Workload
@@ -182,6 +183,16 @@ def test_search_speed_probe_times_the_profiled_subnets_here(tmp_path, default_sp
 
     foreign = replace(here, target={**here.target, "mcpu": "cortex-a72"})
     foreign_path = save_profile(tmp_path / "foreign.json", foreign)
-    bad = codesign(*_search_args(foreign_path, predictor, tmp_path / "bad", "--speed-probe", "1"), cwd=tmp_path)
-    assert bad.returncode == 1 and "not measured with this machine" in bad.stderr
+    strict = _search_args(foreign_path, predictor, tmp_path / "bad", "--speed-probe", "1")
+    strict.remove("--allow-mismatch")
+    bad = codesign(*strict, cwd=tmp_path)
+    assert bad.returncode == 1 and "cortex-a72" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+    # with --allow-mismatch another device's profile is accepted as such: the search runs at its speed
+    accepted = tmp_path / "accepted"
+    args = _search_args(foreign_path, predictor, accepted, "--speed-probe", "1")
+    result = codesign(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "--speed-probe skipped: the profile was not measured with this machine" in result.stderr
+    assert not (accepted / "speed_probe.json").exists()
+    assert json.loads((accepted / "front.json").read_text()).get("speed_probe") is None

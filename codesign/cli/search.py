@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from codesign.cli.base import Command, add_data_arguments, add_threads_argument, apply_threads
@@ -312,10 +313,19 @@ def _speed_probe(args: argparse.Namespace, profile: Any, out: Any) -> dict[str, 
         path.unlink(missing_ok=True)  # a new search without a probe: an earlier run's factor must not be resumed
         return None
     problems = profiled_here_problems(profile)
+    if problems and args.allow_mismatch:  # another device's profile, accepted as such: its own speed is all there is
+        print(
+            f"warning: --speed-probe skipped: the profile was not measured with this machine and TVM "
+            f"({'; '.join(problems)}); searching at the profile's speed",
+            file=sys.stderr,
+        )
+        path.unlink(missing_ok=True)
+        return None
     if problems:
         raise CodesignError(
             f"--speed-probe: the profile was not measured with this machine and TVM ({'; '.join(problems)}): "
-            "probe on the profiled device, or search without --speed-probe"
+            "probe on the profiled device, search without --speed-probe, or add --allow-mismatch to search at "
+            "the profile's speed"
         )
     os.environ["TVM_NUM_THREADS"] = str(profile.target.get("num-cores") or os.cpu_count() or 1)
     probe = probe_device_speed(profile, subnets=args.speed_probe, kernels=args.speed_probe, progress=print)
