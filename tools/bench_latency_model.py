@@ -19,8 +19,9 @@ share of subnets whose two timings agree within +-10% is the machine's own repea
 ceiling any model can reach on it; the model is scored against the mean of the two timings.
 
 A shared or virtual machine's speed drifts by 10-15% over hours, which alone moves predictions out
-of +-10%. ``--speed-probe N`` first re-times N of the profile's own subnets (never the held-out
-ones; half at the search's schedules, half at random ones), fits the factors by which its
+of +-10%. ``--speed-probe N`` re-times N of the profile's own subnets after compiling, right
+before the timings (never the held-out ones; half at the search's schedules, half at random
+ones), fits the factors by which its
 tuned and its one-thread (default-lowered) kernels run slower now than recorded
 (``codesign.profile.speed_probe.fit_thread_factors``), and scales the model's predictions by
 them, the FLOPs baseline's by the tuned one (see ``LatencyModel.at_speed``); the report then
@@ -52,6 +53,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -195,12 +197,14 @@ def measure_here(
     model: Any,
     profile: Any,
     drawn: list[tuple[Any, str]],
-    speed: dict[str, Any] | None,
+    probe_speed: Callable[[], dict[str, Any] | None],
     compare: Any = None,
 ) -> list[dict]:
     """Compile every drawn subnet, then time all on this machine twice, in two interleaved passes.
 
-    With a probed ``speed`` (a :meth:`SpeedProbe.to_dict` record), predictions are the model's at that speed,
+    ``probe_speed()`` runs between the two, right before the timings, so that it finds the machine's speed while
+    they run (a probe before the 8-minute compile phase was up to 8% off it on 2026-12-07). With a probed ``speed``
+    (a :meth:`SpeedProbe.to_dict` record, or ``None``), predictions are the model's at that speed,
     beside the unscaled ones (``profile_ms``) and those with every kernel scaled by the subnets' factor
     (``one_factor_ms``: the probe before it timed one-thread kernels), and with ``speed["kernels_alone"]`` at
     the factors of the probe before it fitted them on subnets (``kernels_alone_ms``: the search-scheduled
@@ -212,8 +216,15 @@ def measure_here(
     from codesign.profile.speed_probe import model_at_probed_speed
 
     space = model.space
-    k = flops_factor(model, profile, speed["factor"] if speed else 1.0)
     genomes = [g for g, _ in drawn]
+    executables = []
+    for i, (g, _) in enumerate(drawn):
+        executables.append(
+            compile_subnet(space, g, profile.target, profile.tuning_records["families"], positions=model.positions)
+        )
+        print(f"[{i + 1:3d}/{len(drawn)}] compiled", flush=True)
+    speed = probe_speed()
+    k = flops_factor(model, profile, speed["factor"] if speed else 1.0)
     as_profiled = model.predict(genomes)
     predicted = model_at_probed_speed(model, speed).predict(genomes) if speed else as_profiled
     one_factor = model.at_speed(speed["factor"]).predict(genomes) if speed else as_profiled
@@ -226,12 +237,6 @@ def measure_here(
         None if compare is None else (model_at_probed_speed(compare, speed) if speed else compare).predict(genomes)
     )
     started = time.perf_counter()
-    executables = []
-    for i, (g, _) in enumerate(drawn):
-        executables.append(
-            compile_subnet(space, g, profile.target, profile.tuning_records["families"], positions=model.positions)
-        )
-        print(f"[{i + 1:3d}/{len(drawn)}] compiled", flush=True)
     first = time_executables(
         [(e, g.resolution) for e, g in zip(executables, genomes, strict=True)], space, windows=args.repeat
     )
@@ -443,8 +448,10 @@ def main() -> int:
         drawn = draw_held_out(model, profile, args.subnets, args.seed)
         if args.build_bundle:
             return build_held_out_bundle(args, model, profile, drawn)
-        speed = None
-        if args.speed_probe:
+
+        def probe_speed() -> dict[str, Any] | None:
+            if not args.speed_probe:
+                return None
             from codesign.profile.speed_probe import probe_device_speed
 
             probe = probe_device_speed(
@@ -458,10 +465,12 @@ def main() -> int:
             print(probe.describe(), flush=True)
             speed = probe.to_dict()
             speed["kernels_alone"] = previous_probe_factors(profile, probe)
+            return speed
+
         compare = None
         if args.compare_profile:
             compare = LatencyModel.from_profile(load_profile(args.compare_profile, allow_mismatch=True).profile)
-        rows = measure_here(args, model, profile, drawn, speed, compare)
+        rows = measure_here(args, model, profile, drawn, probe_speed, compare)
         second_label = "the second pass"
     if not rows:
         print("no subnet was measured", file=sys.stderr)

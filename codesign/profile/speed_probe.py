@@ -12,9 +12,9 @@ Kernels at TVM's default lowering run on one thread and drift unlike the tuned, 
 ones (on the CI machine class: subnets 1.22-1.29x their profile time, one-thread kernels alone
 0.98x). The probe therefore times subnets of both kinds the profile holds, at the search's
 fastest schedules (mostly multi-threaded) and at random schedules (mostly default-lowered), and
-fits the two factors that explain their ratios (:func:`fit_thread_factors`): inside a network a
-one-thread kernel ran 1.06x while alone it ran 0.98x, so the fit, not a kernel timed alone, is
-what predicts a network.
+fits the two factors that explain their ratios (:func:`fit_thread_factors`): in one probe inside
+networks one-thread kernels ran 1.08x while alone they ran 0.98x, so the fit, not a kernel timed
+alone, is what predicts a network (README, "Both factors fitted on subnets").
 """
 
 from __future__ import annotations
