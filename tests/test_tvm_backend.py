@@ -8,9 +8,12 @@ from codesign.latency import Workload
 from codesign.profile.tvm_backend import (
     build_in_child,
     build_kernel,
+    changed_tile_decisions,
     distinct_top_records,
     host_llvm_target,
+    resampled_tiles,
     time_kernel,
+    trace_to_json,
     transpose_task,
     tune_task,
     workload_tasks,
@@ -52,6 +55,27 @@ def test_tune_and_replay_distinct_schedules(target, tmp_path):
     for record in records:
         timing = time_kernel(build_kernel(task, target, record.trace), task, repeat=3, min_repeat_ms=5)
         assert timing.median_ms > 0
+    # replayed on its own shape every tiling fits; on 28 channels at 5 px none of the 32-channel, 4 px ones can
+    (other,) = workload_tasks(Workload("conv", 16, 28, 5, 1, 1, "relu"), target)
+    for record in records:
+        trace = trace_to_json(record.trace)
+        assert resampled_tiles(task, trace) == {}
+        redrawn = resampled_tiles(other, trace)
+        assert redrawn and all(math.prod(new) != math.prod(old) for old, new in redrawn.values())
+
+
+def test_changed_tile_decisions_are_the_perfect_tilings_that_differ():
+    traced = [
+        [
+            ["GetBlock", [], [], ["b0"]],
+            ["SamplePerfectTile", ["l1"], [4, 64], ["v2"]],
+            ["SampleCategorical", [], [], []],
+        ],
+        [[1, [4, 3, 1, 2]], [2, 1]],
+    ]
+    assert changed_tile_decisions(traced, traced) == {}
+    replayed = [traced[0], [[1, [1, 1, 1, 27]], [2, 0]]]  # a categorical drawn again is no tiling
+    assert changed_tile_decisions(traced, replayed) == {1: ([4, 3, 1, 2], [1, 1, 1, 27])}
 
 
 def test_nhwc_kernels_and_the_transposes_between_layouts_build_and_time(target):

@@ -9,6 +9,10 @@ time now. Run it on the profiled device (the profile's target must be this CPU).
     TVM_NUM_THREADS=2 python tools/time_kernel.py --profile hw_profiles/llvm-rocketlake-2c.json \\
         --kernel conv_i48_o216_r3_k1_s1_hswish [--candidates 0,9,10,11]
 
+Each replayed candidate also lists the tilings TVM drew again on this shape because the tuned ones
+do not divide its loops (``tiles redrawn: [4, 3, 1, 2]->[1, 1, 1, 27]``): what a kernel predictor
+trained on shapes where the trace fits cannot foresee.
+
 Last line: ``RESULT time_kernel worst_now_over_profile=<ratio> candidate=<index>`` (the candidate
 whose time now most exceeds the profile's value).
 """
@@ -66,6 +70,8 @@ def main() -> int:
         source = names.get(int(model.sources[row, c]), "?") if c < model.sources.shape[1] else "?"
         try:
             tasks = tb.workload_tasks(workload, profile.target, layout=layout)
+            trace = option.get("trace")
+            redrawn = [d for t in tasks for d in tb.resampled_tiles(t, trace).values()] if trace else []
             now = sum(
                 tb.time_kernel(
                     tb.build_from_json(t, profile.target, option.get("trace")), t, repeat=args.repeat
@@ -80,7 +86,11 @@ def main() -> int:
         if offered and ratio > worst:
             worst, worst_candidate = ratio, c
         shown = f"{ratio:11.2f}" if offered else f"{'-':>11}"
-        print(f"{c:4d} {layout:7s} {recorded * 1e3:10.1f} {source:9s} {now * 1e3:9.1f} {shown}  {option['source']}")
+        tilings = "  tiles redrawn: " + ", ".join(f"{a}->{b}" for a, b in redrawn) if redrawn else ""
+        print(
+            f"{c:4d} {layout:7s} {recorded * 1e3:10.1f} {source:9s} {now * 1e3:9.1f} {shown}  {option['source']}"
+            f"{tilings}"
+        )
     print(f"RESULT time_kernel worst_now_over_profile={worst:.2f} candidate={worst_candidate}")
     return 0
 

@@ -404,6 +404,30 @@ def replay_json(task: KernelTask, trace_json: Any) -> Any:
     return sch
 
 
+def changed_tile_decisions(traced: Any, replayed: Any) -> dict[int, tuple[list[int], list[int]]]:
+    """The ``SamplePerfectTile`` decisions of JSON trace ``traced`` that differ in ``replayed`` (the same trace
+    after replaying it on another shape), by instruction index, as ``(traced, replayed)``."""
+    instructions, decisions = traced
+    before = {int(i): d for i, d in decisions}
+    after = {int(i): d for i, d in replayed[1]}
+    return {
+        i: (list(before[i]), list(after.get(i) or []))
+        for i, instruction in enumerate(instructions)
+        if instruction[0] == "SamplePerfectTile" and i in before and after.get(i) != before[i]
+    }
+
+
+def resampled_tiles(task: KernelTask, trace_json: Any) -> dict[int, tuple[list[int], list[int]]]:
+    """The tilings of ``trace_json`` that TVM drew again when replaying it on ``task`` because they do not divide
+    this shape's loops (see :func:`changed_tile_decisions`); empty when the trace fits as tuned.
+
+    A tiling drawn again is not adapted from the tuned one: a packed 1x1 trace whose channel-block tiling
+    ``[4, 3, 1, 2]`` (24 blocks) was redrawn as ``[1, 1, 1, 27]`` on 27 blocks ran 27x its predicted time
+    (``tools/time_kernel.py`` shows these per candidate).
+    """
+    return changed_tile_decisions(trace_json, trace_to_json(replay_json(task, trace_json).trace))
+
+
 def software_versions() -> dict[str, str]:
     """Versions of TVM, its FFI and the LLVM it was built with (provenance for profiles)."""
     tvm = require_tvm()
