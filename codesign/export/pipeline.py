@@ -544,8 +544,10 @@ def describe(manifest: dict[str, Any]) -> str:
         )
         if "speed_probe" in latency:
             probe = latency["speed_probe"]
+            one_thread = probe.get("single_thread_factor")
+            one_thread_part = f", one-thread kernels {one_thread:.3f}x" if one_thread is not None else ""
             parts.append(
-                f"speed probe: this machine runs {probe['factor']:.3f}x the profile's time now "
+                f"speed probe: this machine runs {probe['factor']:.3f}x the profile's time now{one_thread_part} "
                 f"({len(probe['subnets'])} subnets), predicted at that speed "
                 f"{latency.get('predicted_retuned_at_probed_speed_ms', latency['predicted_at_probed_speed_ms']):.3f} ms"
             )
