@@ -1,5 +1,6 @@
 """The profiling run, for real on this CPU with a tiny space and budget (TVM, MetaSchedule)."""
 
+import collections
 import json
 
 import numpy as np
@@ -103,6 +104,31 @@ def test_tune_measure_and_resume(tiny_space, tmp_path):
     assert profile.validation["measurement_minutes"] > 0 and len(profile.models) == 3
     latency = LatencyModel.from_profile(profile)
     assert 0 < latency.predict([Genome.largest(tiny_space)])[0] < 1e3
+
+    # every replayed tuned schedule (timed or only checked to replay) records the tilings it took on that shape,
+    # the kernel predictor reads them, and a profile measured without them gets the same ones back by replaying
+    from dataclasses import replace
+
+    from codesign.profile.profiler import record_tilings
+
+    families = profile.tuning_records["families"]
+    traced = [
+        (r, families.get(m["family"], [{"trace": None}])[r["candidate"]]["trace"] is not None)
+        for m in profile.measurements
+        for r in m["results"]
+        if r["status"] != "failed"
+    ]
+    replayed = [r for r, has_trace in traced if has_trace]
+    assert replayed and all(r["tilings"] and all(isinstance(f, int) for t in r["tilings"] for f in t) for r in replayed)
+    assert not any("tilings" in r for r, has_trace in traced if not has_trace)  # default lowerings have none
+    assert fitted["kernel_validation"]["pairs_with_tilings"] > 0
+    stripped = [
+        {**m, "results": [{k: v for k, v in r.items() if k != "tilings"} for r in m["results"]]}
+        for m in profile.measurements
+    ]
+    restored, added = record_tilings(replace(profile, measurements=stripped))
+    assert restored == profile.measurements and added == len(replayed)
+    assert record_tilings(profile) == (profile.measurements, 0)
 
 
 def test_profiling_in_two_layouts_gives_mixed_layout_candidates_and_transposes(tiny_space, tmp_path):
@@ -480,6 +506,19 @@ def test_refit_fits_the_activation_term_where_it_validates_and_measures_nothing(
     assert LatencyModel.from_profile(refit).predict(genomes) == pytest.approx(measured, rel=1e-3)
     assert refit.predictor["model_validation"]["activation_term"]["kept"] is True
 
+    # --kernel-predictor re-fits the kernel predictor too (the profile's pairs have no traces to replay here)
+    stale = {**predictor, "filled": {k: [2.0 * v for v in row] for k, row in predictor["filled"].items()}}
+    save_profile(source, replace(profile, models=models, predictor=stale))
+    result = run_cli("profile", "--refit", str(source), "--kernel-predictor", "-o", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "kernel predictor and calibration re-fitted" in result.stdout and "kernel predictor before" in result.stdout
+    refit = load_profile(out).profile
+    assert refit.predictor["filled"] == predictor["filled"] and refit.measurements == profile.measurements
+    assert refit.predictor["calibration"]["recalibrations"][-1]["kernel_predictor_refit"] is True
+    assert LatencyModel.from_profile(refit).predict(genomes) == pytest.approx(measured, rel=1e-3)
+    alone = run_cli("profile", "--kernel-predictor", "-o", str(tmp_path / "y.json"), cwd=tmp_path)
+    assert alone.returncode == 1 and "--kernel-predictor applies to --refit" in alone.stderr
+
     empty = tmp_path / "no-models.json"
     save_profile(empty, replace(profile, models=[], predictor=predictor))
     bad = run_cli("profile", "--refit", str(empty), "-o", str(tmp_path / "x.json"), cwd=tmp_path)
@@ -660,3 +699,43 @@ def test_a_disturbed_kernel_timing_is_timed_again_and_the_lower_median_kept():
     slower = Timing(mean_ms=5.0, median_ms=5.0, std_ms=0.1, repeats=5, number=1)
     queue = [disturbed, slower]  # the second attempt is no better: the lower median stands
     assert steady_timing(lambda: queue.pop(0)) == (disturbed, 1)
+
+
+def test_collapsed_pairs_are_the_predicted_pairs_whose_tilings_collapsed_on_replay(tiny_space):
+    """Only pairs predicted (seen to replay, never timed) whose replay collapsed a tiling are timed first."""
+    from dataclasses import replace
+
+    from codesign.latency.model import LatencyModel
+    from codesign.profile.profiler import collapsed_pairs
+    from codesign.testing import synthetic_profile
+
+    profile = synthetic_profile(tiny_space)
+    counts = collections.Counter(m["family"] for m in profile.measurements)
+    family = max(counts, key=lambda f: counts[f])
+    trace = [[["SamplePerfectTile", [], [], []]], [[0, [4, 3, 1, 2]]]]
+    options = [dict(o) for o in profile.tuning_records["families"][family]]
+    options[1]["trace"] = trace
+    families = {**profile.tuning_records["families"], family: options}
+    ours = [m for m in profile.measurements if m["family"] == family]
+    assert len(ours) >= 3
+    cases = {  # key -> (status, tilings of candidate 1)
+        ours[0]["key"]: ("unmeasured", [[1, 1, 1, 27]]),  # predicted and collapsed: timed first
+        ours[1]["key"]: ("unmeasured", [[3, 3, 1, 2]]),  # predicted, tiled differently but not collapsed
+        ours[2]["key"]: ("ok", [[1, 1, 1, 9]]),  # collapsed but already timed
+    }
+    measurements = []
+    for m in profile.measurements:
+        results = m["results"]
+        if m["key"] in cases:
+            status, tilings = cases[m["key"]]
+            results = [
+                {**r, "status": status, "tilings": tilings, **({"timing": None} if status == "unmeasured" else {})}
+                if r["candidate"] == 1
+                else r
+                for r in results
+            ]
+        measurements.append({**m, "results": results, "share": 0.5 if m["key"] == ours[0]["key"] else 0.1})
+    changed = replace(profile, measurements=measurements, tuning_records={"families": families})
+    wanted = collapsed_pairs(changed, LatencyModel.from_profile(changed))
+    assert list(wanted) == [ours[0]["key"]] and wanted[ours[0]["key"]][1] == {1}
+    assert wanted[ours[0]["key"]][0].key() == ours[0]["key"]

@@ -5,12 +5,14 @@ import math
 import pytest
 
 from codesign.latency import Workload
+from codesign.latency.predictor import trace_tilings
 from codesign.profile.tvm_backend import (
     build_in_child,
     build_kernel,
     changed_tile_decisions,
     distinct_top_records,
     host_llvm_target,
+    replayed_tilings,
     resampled_tiles,
     time_kernel,
     trace_to_json,
@@ -62,6 +64,12 @@ def test_tune_and_replay_distinct_schedules(target, tmp_path):
         assert resampled_tiles(task, trace) == {}
         redrawn = resampled_tiles(other, trace)
         assert redrawn and all(math.prod(new) != math.prod(old) for old, new in redrawn.values())
+        # the tilings replayed: the tuned ones on its own shape, on the other shape the redrawn ones in their place
+        assert replayed_tilings([task], trace) == trace_tilings(trace)
+        elsewhere = replayed_tilings([other], trace)
+        assert len(elsewhere) == len(trace_tilings(trace))
+        assert sorted(map(tuple, elsewhere)) != sorted(map(tuple, trace_tilings(trace)))
+        assert all(list(new) in elsewhere for _, new in redrawn.values())
 
 
 def test_changed_tile_decisions_are_the_perfect_tilings_that_differ():

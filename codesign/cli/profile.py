@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from codesign.cli.base import Command
@@ -119,6 +120,13 @@ class ProfileCommand(Command):
             "(runs anywhere): a profile made by an older codesign gets the current calibration form; written to -o",
         )
         parser.add_argument(
+            "--kernel-predictor",
+            action="store_true",
+            help="with --refit: also re-fit the kernel predictor on PROFILE's kernel timings (filling every untimed "
+            "pair anew), after replaying each timed or replay-checked schedule to record the loop tilings it takes "
+            "(needs TVM, no device: a few minutes for a full profile)",
+        )
+        parser.add_argument(
             "--models-only",
             action="store_true",
             help="with --recalibrate: time no kernels, only the whole subnets (the kernel table is kept)",
@@ -132,12 +140,14 @@ class ProfileCommand(Command):
         )
         parser.add_argument(
             "--kernel-schedules",
-            choices=("fastest", "random"),
+            choices=("fastest", "random", "collapsed"),
             default="fastest",
             help="with --recalibrate: time the predicted kernel/schedule pairs of the subnets scheduled as the "
             "search schedules them (fastest, default), or with every schedule gene drawn at random (random: the "
             "pairs a search evolving schedule genes meets, otherwise filled from the few kernels timed under "
-            "every candidate), subnet by subnet within --budget-minutes",
+            "every candidate), subnet by subnet within --budget-minutes; or every predicted pair whose loop "
+            "tilings collapsed when its schedule was replayed on that kernel (collapsed: what the kernel "
+            "predictor cannot foresee), the most important kernels first",
         )
         parser.add_argument(
             "--speed-probe",
@@ -218,6 +228,8 @@ class ProfileCommand(Command):
             raise CodesignError("give -o FILE.json (or -o DIR with --build-only)")
         if args.merge:
             return _merge_bundle(args.merge, args.results, args.out, args.seed)
+        if args.kernel_predictor and not args.refit:
+            raise CodesignError("--kernel-predictor applies to --refit; add --refit PROFILE.json")
         if args.recalibrate and args.refit:
             raise CodesignError("give --recalibrate or --refit, not both (--recalibrate re-fits after it measures)")
         if args.recalibrate:
@@ -316,12 +328,19 @@ def _refit(args: argparse.Namespace) -> int:
 
     loaded = load_profile(args.refit, allow_mismatch=True)
     before = (loaded.profile.predictor or {}).get("model_validation", {}).get("calibrated")
-    profile = refit_calibration(loaded.profile)
+    kernels_before = (loaded.profile.predictor or {}).get("kernel_validation", {}).get("all")
+    profile = refit_calibration(
+        loaded.profile, kernel_predictor=args.kernel_predictor, progress=lambda msg: print(msg, file=sys.stderr)
+    )
     save_profile(Path(args.out), profile)
     terms = profile.predictor["calibration"]["terms"]
-    print(
-        f"profile written to {args.out}: calibration re-fitted, " + ", ".join(f"{k}={v:.6g}" for k, v in terms.items())
-    )
+    what = "kernel predictor and calibration" if args.kernel_predictor else "calibration"
+    print(f"profile written to {args.out}: {what} re-fitted, " + ", ".join(f"{k}={v:.6g}" for k, v in terms.items()))
+    if args.kernel_predictor and kernels_before:
+        print(
+            f"kernel predictor before (cross-validated): {kernels_before['within10']:.1%} within +-10%, "
+            f"RMSPE {kernels_before['rmspe']:.3f}"
+        )
     if before:
         print(
             f"before: whole models (leave-one-out) {before['within10']:.1%} within +-10%, RMSPE {before['rmspe']:.3f}"

@@ -17,7 +17,14 @@ import numpy as np
 
 from codesign.latency.model import Calibration, LatencyModel, kernel_table_from_profile
 from codesign.latency.positions import PositionTable
-from codesign.latency.predictor import KernelLatencyPredictor, error_summary, grouped_cross_validation
+from codesign.latency.predictor import (
+    KernelLatencyPredictor,
+    ScheduleTilings,
+    error_summary,
+    grouped_cross_validation,
+    tiling_features,
+    trace_tilings,
+)
 from codesign.latency.transposes import TransposeCosts
 from codesign.latency.workloads import Workload, kernel_family
 from codesign.space import Genome, SearchSpace
@@ -32,6 +39,26 @@ def measurement_rows(measurements: list[dict[str, Any]]) -> list[tuple[Workload,
             if r["status"] == "ok":
                 rows.append((w, int(r["candidate"]), float(r["timing"]["median_ms"])))
     return rows
+
+
+def schedule_tilings(families: dict[str, list[dict[str, Any]]], measurements: list[dict[str, Any]]) -> ScheduleTilings:
+    """Per ``(kernel key, candidate)``, the :func:`~codesign.latency.predictor.tiling_features` of every pair the
+    profiler replayed (timed or seen to replay): the measurement results' ``tilings`` against the trace's own.
+
+    Pairs without recorded tilings (a default lowering, or a profile measured before they were
+    recorded: see :func:`~codesign.profile.profiler.record_tilings`) are left out, and the
+    predictor reads them as having none.
+    """
+    tilings: dict[tuple[str, int], list[float]] = {}
+    for record in measurements:
+        options = families.get(str(record.get("family")), [])
+        for result in record["results"]:
+            c = int(result["candidate"])
+            replayed = result.get("tilings")
+            if replayed is None or c >= len(options) or not options[c].get("trace"):
+                continue
+            tilings[(str(record["key"]), c)] = tiling_features(trace_tilings(options[c]["trace"]), replayed)
+    return tilings
 
 
 def fit_predictor(
@@ -51,21 +78,23 @@ def fit_predictor(
     rows = [row for row in measurement_rows(measurements) if row[0].kind != "pool_fc"]
     if len({w for w, _, _ in rows}) < 4:
         return None
-    predictor = KernelLatencyPredictor.fit(rows)
-    predicted, measured = grouped_cross_validation(rows, seed=seed)
+    tilings = schedule_tilings(families, measurements)
+    predictor = KernelLatencyPredictor.fit(rows, tilings=tilings)
+    predicted, measured = grouped_cross_validation(rows, seed=seed, tilings=tilings)
     by_family: dict[str, list[int]] = collections.defaultdict(list)
     for i, (w, _, _) in enumerate(rows):
         by_family[kernel_family(w)].append(i)
     ok = np.isfinite(predicted)
     kernel_validation = {
         "method": "5-fold cross-validation, all candidates of a kernel held out together",
+        "pairs_with_tilings": sum(1 for w, c, _ in rows if (w.key(), c) in tilings),
         "all": error_summary(predicted[ok], measured[ok]),
         "by_family": {
             f: error_summary(predicted[idx][ok[idx]], measured[idx][ok[idx]]) for f, idx in sorted(by_family.items())
         },
     }
     measured_pairs = {(w, c) for w, c, _ in rows}
-    filled = filled_table(space, families, predictor)
+    filled = filled_table(space, families, predictor, tilings)
     section: dict[str, Any] = {
         "kernel_model": predictor.to_dict(),
         "filled": filled,
@@ -153,15 +182,19 @@ def fit_calibration(
 
 
 def filled_table(
-    space: SearchSpace, families: dict[str, list[dict[str, Any]]], predictor: KernelLatencyPredictor
+    space: SearchSpace,
+    families: dict[str, list[dict[str, Any]]],
+    predictor: KernelLatencyPredictor,
+    tilings: ScheduleTilings | None = None,
 ) -> dict[str, list[float]]:
-    """The predictor's latency (ms) of every kernel of ``space`` under every candidate of its family."""
+    """The predictor's latency (ms) of every kernel of ``space`` under every candidate of its family
+    (with the ``tilings`` of the pairs the profiler replayed)."""
     pairs = []
     for w in PositionTable(space).workloads:
         count = 1 if w.kind == "pool_fc" else max(1, len(families.get(kernel_family(w), [None])))
         pairs += [(w, c) for c in range(count)]
     filled: dict[str, list[float]] = {}
-    for (w, _candidate), value in zip(pairs, predictor.predict(pairs), strict=True):
+    for (w, _candidate), value in zip(pairs, predictor.predict(pairs, tilings=tilings), strict=True):
         filled.setdefault(w.key(), []).append(float(value))
     return filled
 
@@ -200,5 +233,6 @@ def provisional_model(
     rows = [row for row in measurement_rows(measurements) if row[0].kind != "pool_fc"]
     if len({w for w, _, _ in rows}) < 4:
         return None
-    section = {"filled": filled_table(space, families, KernelLatencyPredictor.fit(rows))}
+    tilings = schedule_tilings(families, measurements)
+    section = {"filled": filled_table(space, families, KernelLatencyPredictor.fit(rows, tilings=tilings), tilings)}
     return uncalibrated_model(space, families, measurements, section, transposes)

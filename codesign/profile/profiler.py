@@ -335,14 +335,13 @@ class Profiler:
 
                 by_layout[layout] = with_retries(extract, attempts=cfg.attempts)
             tasks, error = by_layout[layout]
+            tilings, problem = None, None
+            if tasks and option["trace"] is not None:
+                try:
+                    tilings = tb.replayed_tilings(tasks, option["trace"])
+                except Exception as exc:  # a trace that does not fit this shape
+                    problem = f"{type(exc).__name__}: {exc}"
             if only is not None and index not in only:
-                problem = None
-                if tasks and option["trace"] is not None:
-                    try:
-                        for t in tasks:
-                            tb.replay_json(t, option["trace"])
-                    except Exception as exc:  # a trace that does not fit this shape
-                        problem = f"{type(exc).__name__}: {exc}"
                 results.append(
                     {
                         "candidate": index,
@@ -350,6 +349,7 @@ class Profiler:
                         "status": "failed" if problem or not tasks else "unmeasured",
                         "timing": None,
                         "error": problem or (None if tasks else error),
+                        **({"tilings": tilings} if tilings is not None else {}),
                     }
                 )
                 continue
@@ -396,6 +396,7 @@ class Profiler:
                     "status": "ok" if timing else "failed",
                     "timing": timing,
                     "error": failure,
+                    **({"tilings": tilings} if tilings is not None and timing else {}),
                 }
             )
         record = {
@@ -603,11 +604,13 @@ class Profiler:
 
     def _family_errors(self) -> dict[str, float]:
         from codesign.latency.predictor import grouped_cross_validation
+        from codesign.profile.fitting import schedule_tilings
 
         rows = self.measurement_rows()
         if len({w for w, _, _ in rows}) < 10:
             return {}
-        predicted, measured = grouped_cross_validation(rows, folds=4, seed=self.config.seed)
+        tilings = schedule_tilings(self.candidates(), list(self._done("measured").values()))
+        predicted, measured = grouped_cross_validation(rows, folds=4, seed=self.config.seed, tilings=tilings)
         errors: dict[str, list[float]] = collections.defaultdict(list)
         for (w, _, _), p, m in zip(rows, predicted, measured, strict=True):
             if np.isfinite(p):
@@ -869,15 +872,76 @@ def profile_from_journal(space: SearchSpace, config: ProfileConfig, work_dir: st
     )
 
 
-def refit_calibration(profile: Any) -> Any:
+def record_tilings(profile: Any, *, progress: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """``profile``'s kernel measurements with the ``tilings`` of every replayed pair recorded that lacked them,
+    and how many were added.
+
+    A profile measured before the profiler recorded them gets them here: each tuned schedule the
+    profiler timed or saw replay is replayed again on its kernel (TVM, no device, no build: about
+    0.05 s a pair) and the tilings it takes are read (:func:`~codesign.profile.tvm_backend.replayed_tilings`).
+    A pair that no longer replays keeps its record as it was.
+    """
+    from codesign.profile import tvm_backend as tb
+
+    say = progress or (lambda _msg: None)
+    families = profile.tuning_records.get("families", {})
+    missing = sum(
+        1
+        for record in profile.measurements
+        for r in record["results"]
+        if r["status"] in ("ok", "unmeasured")
+        and "tilings" not in r
+        and (options := families.get(str(record.get("family")), []))
+        and int(r["candidate"]) < len(options)
+        and options[int(r["candidate"])].get("trace") is not None
+    )
+    if missing:
+        say(f"replaying {missing} kernel/schedule pairs to record the tilings they take")
+    tasks: dict[tuple[str, str], Any] = {}
+    found: dict[tuple[str, int], list[list[int]] | None] = {}
+    updated, added = [], 0
+    for record in profile.measurements:
+        options = families.get(str(record.get("family")), [])
+        results = []
+        for result in record["results"]:
+            c = int(result["candidate"])
+            trace = options[c].get("trace") if c < len(options) else None
+            if result["status"] not in ("ok", "unmeasured") or "tilings" in result or trace is None:
+                results.append(result)
+                continue
+            pair = (str(record["key"]), c)
+            if pair not in found:
+                layout = str(options[c].get("layout", "NCHW"))
+                try:
+                    if (pair[0], layout) not in tasks:
+                        workload = Workload.from_dict(record["workload"])
+                        tasks[(pair[0], layout)] = tb.workload_tasks(workload, profile.target, layout=layout)
+                    found[pair] = tb.replayed_tilings(tasks[(pair[0], layout)], trace)
+                except Exception:  # a schedule that no longer replays: its record stays as measured
+                    found[pair] = None
+            if found[pair] is None:
+                results.append(result)
+            else:
+                results.append({**result, "tilings": found[pair]})
+                added += 1
+        updated.append({**record, "results": results})
+    return updated, added
+
+
+def refit_calibration(
+    profile: Any, *, kernel_predictor: bool = False, progress: Callable[[str], None] | None = None
+) -> Any:
     """``profile`` (a :class:`~codesign.profile.profile_file.HardwareProfile`) with its whole-model calibration fitted
     again on the subnets it holds (nothing is measured).
 
-    The kernel table and predictor are kept; the re-fit is appended to the calibration's history.
+    The kernel table and predictor are kept, unless ``kernel_predictor``: then the tilings of its
+    replayed pairs are recorded where missing (:func:`record_tilings`, needs TVM but no device) and
+    the kernel predictor is fitted again on its kernel timings first, which fills the untimed pairs
+    anew. The re-fit is appended to the calibration's history.
     """
     from dataclasses import replace
 
-    from codesign.profile.fitting import fit_calibration
+    from codesign.profile.fitting import fit_calibration, fit_predictor
     from codesign.profile.profile_file import current_command, now_utc
 
     started = time.monotonic()
@@ -889,14 +953,21 @@ def refit_calibration(profile: Any) -> Any:
     if not any(m.get("status") == "ok" for m in profile.models):
         raise CodesignError("the profile holds no timed whole subnets to fit a calibration on")
     history = list(predictor.get("calibration", {}).get("recalibrations", []))
-    predictor.update(
-        fit_calibration(space, families, profile.measurements, profile.models, predictor, profile.transposes)
-    )
+    measurements, tilings_added = list(profile.measurements), 0
+    if kernel_predictor:
+        measurements, tilings_added = record_tilings(profile, progress=progress)
+        seed = int(profile.validation.get("config", {}).get("seed", 0))
+        refit = fit_predictor(space, families, measurements, [], seed=seed, transposes=profile.transposes)
+        if refit is None:
+            raise CodesignError("the profile holds too few kernel timings to fit a kernel predictor on")
+        predictor = {**refit, "calibration": predictor["calibration"]}
+    predictor.update(fit_calibration(space, families, measurements, profile.models, predictor, profile.transposes))
     history.append(
         {
             "created": now_utc(),
             "command": current_command(),
             "refit_only": True,
+            **({"kernel_predictor_refit": True, "tilings_recorded": tilings_added} if kernel_predictor else {}),
             "models_added": 0,
             "models_retimed": 0,
             "kernel_records_added": 0,
@@ -904,11 +975,11 @@ def refit_calibration(profile: Any) -> Any:
         }
     )
     predictor["calibration"] = {**predictor["calibration"], "recalibrations": history}
-    return replace(profile, predictor=predictor)
+    return replace(profile, measurements=measurements, predictor=predictor)
 
 
 CalibrationSampling = Literal["random", "spread"]
-KernelSchedules = Literal["fastest", "random"]
+KernelSchedules = Literal["fastest", "random", "collapsed"]
 
 
 def spread_architectures(
@@ -1063,6 +1134,40 @@ def kernels_to_time(
     return wanted
 
 
+def collapsed_pairs(profile: Any, model: Any) -> dict[str, tuple[Workload, set[int]]]:
+    """Per kernel key, the predicted (never timed) schedule candidates whose tilings collapsed when replayed on
+    that kernel (:func:`~codesign.latency.predictor.collapsed_tilings`), the kernels that carry most of a random
+    subnet's work first: what :func:`recalibrate_profile` times first with ``kernel_schedules="collapsed"``.
+
+    A collapse the kernel predictor has seen timed in that family it can predict; one it has not
+    (a channel-block tiling ``[4, 3, 1, 2]`` collapsed to ``[1, 1, 1, 9]`` ran 25x its prediction)
+    it cannot, whatever its features, so these pairs are timed rather than predicted. Reads the
+    ``tilings`` the profiler recorded (:func:`record_tilings` adds them to an older profile).
+    """
+    from codesign.latency.model import PREDICTED
+    from codesign.latency.predictor import collapsed_tilings, trace_tilings
+
+    families = profile.tuning_records.get("families", {})
+    rows = {w.key(): i for i, w in enumerate(model.positions.workloads)}
+    found: dict[str, tuple[Workload, set[int], float]] = {}
+    for record in profile.measurements:
+        options = families.get(str(record.get("family")), [])
+        row = rows.get(str(record["key"]))
+        for result in record["results"]:
+            c = int(result["candidate"])
+            if row is None or "tilings" not in result or c >= len(options) or not options[c].get("trace"):
+                continue
+            if c >= model.sources.shape[1] or model.sources[row, c] != PREDICTED:
+                continue
+            if collapsed_tilings(trace_tilings(options[c]["trace"]), result["tilings"]):
+                workload, candidates, share = found.get(
+                    record["key"], (Workload.from_dict(record["workload"]), set(), 0.0)
+                )
+                found[record["key"]] = (workload, candidates | {c}, max(share, float(record.get("share", 0.0))))
+    ordered = sorted(found.items(), key=lambda item: -item[1][2])
+    return {key: (workload, candidates) for key, (workload, candidates, _) in ordered}
+
+
 def recalibrate_profile(
     profile: Any,
     *,
@@ -1102,6 +1207,9 @@ def recalibrate_profile(
     ``sampling="spread"`` takes the architectures from :func:`spread_architectures` instead of at
     random: the space's smallest and largest subnets and others spanning the latency range between,
     for a calibration that holds at the range's ends (random draws cluster in its middle).
+
+    ``kernel_schedules="collapsed"`` times, instead, every predicted pair whose tilings collapsed on
+    replay (:func:`collapsed_pairs`), the most important kernels first.
 
     ``kernel_schedules="random"`` times, instead of the picks' kernels, the predicted pairs of the
     architectures with every schedule gene drawn at random (:meth:`LatencyModel.random_schedules`),
@@ -1156,7 +1264,12 @@ def recalibrate_profile(
     measurements = list(profile.measurements)
     predictor = dict(profile.predictor)
     if time_kernels and architectures:
-        wanted = kernels_to_time(model, architectures, kernel_schedules, seed=seed + len(history))
+        # the kernel predictor reads each replayed pair's tilings; a profile measured before they were recorded
+        measurements, _ = record_tilings(replace(profile, measurements=measurements), progress=say)
+        if kernel_schedules == "collapsed":
+            wanted = collapsed_pairs(replace(profile, measurements=measurements), model)
+        else:
+            wanted = kernels_to_time(model, architectures, kernel_schedules, seed=seed + len(history))
         profiler.time_candidates(wanted, families, deadline=deadline, say=say)
         # a work dir reused from an earlier round holds kernels the profile already has
         timed = [

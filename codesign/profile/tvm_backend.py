@@ -417,6 +417,21 @@ def changed_tile_decisions(traced: Any, replayed: Any) -> dict[int, tuple[list[i
     }
 
 
+def replayed_tilings(tasks: list[KernelTask], trace_json: Any) -> list[list[int]]:
+    """The tilings ``trace_json`` takes when replayed on ``tasks`` (a workload's kernels, in order), concatenated.
+
+    Replaying keeps each tuned tiling from the innermost factor outwards while it divides the new
+    loop; at the first factor that does not, TVM puts the whole remaining loop there and 1 outside
+    it (``[4, 3, 1, 2]`` becomes ``[3, 3, 1, 2]`` on 18 channel blocks but ``[1, 1, 1, 27]`` on 27).
+    These, not the candidate's index, say what a replayed schedule does on a shape: the kernel
+    predictor reads them (:func:`~codesign.latency.predictor.tiling_features`). Raises when the
+    trace does not replay.
+    """
+    from codesign.latency.predictor import trace_tilings
+
+    return [tiling for task in tasks for tiling in trace_tilings(trace_to_json(replay_json(task, trace_json).trace))]
+
+
 def resampled_tiles(task: KernelTask, trace_json: Any) -> dict[int, tuple[list[int], list[int]]]:
     """The tilings of ``trace_json`` that TVM drew again when replaying it on ``task`` because they do not divide
     this shape's loops (see :func:`changed_tile_decisions`); empty when the trace fits as tuned.
