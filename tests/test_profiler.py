@@ -126,6 +126,15 @@ def test_tune_measure_and_resume(tiny_space, tmp_path):
         {**m, "results": [{k: v for k, v in r.items() if k != "tilings"} for r in m["results"]]}
         for m in profile.measurements
     ]
+    # a schedule the coverage pass only saw replay, whose tilings collapsed there, was timed after it
+    from codesign.latency.predictor import collapsed_tilings, trace_tilings
+
+    timed = {(m["key"], r["candidate"]) for m in profile.measurements for r in m["results"] if r["status"] == "ok"}
+    for m in profile.measurements:
+        for r in m["results"]:
+            if r["status"] == "unmeasured" and "tilings" in r:
+                tuned = trace_tilings(families[m["family"]][r["candidate"]]["trace"])
+                assert not collapsed_tilings(tuned, r["tilings"]) or (m["key"], r["candidate"]) in timed
     restored, added = record_tilings(replace(profile, measurements=stripped))
     assert restored == profile.measurements and added == len(replayed)
     assert record_tilings(profile) == (profile.measurements, 0)

@@ -19,9 +19,13 @@ Method (budgeted, resumable):
 5. Coverage: every other workload is timed under the default and the family's ``coverage_candidates``
    most often fastest candidates; every other candidate is checked to replay on it (a trace that
    does not fit a shape is recorded as failed, so no subnet is ever predicted with it).
-6. Adaptive: with the time left, fully time workloads of the family where the kernel predictor's
+6. Collapsed tilings: time the candidates the coverage pass only checked whose tilings collapsed
+   on replay (a tuned tiling that does not divide this shape's loop becomes one innermost factor:
+   the loop no longer blocked, nor parallel), the most important kernels first: a kernel
+   predictor cannot foresee a collapse its family never showed timed (one ran 25x its prediction).
+7. Adaptive: with the time left, fully time workloads of the family where the kernel predictor's
    cross-validated error is largest (nn-Meter's adaptive sampling, at family granularity).
-7. Whole models: compile ``calibration_models`` random subnets under their schedule genes (mixed
+8. Whole models: compile ``calibration_models`` random subnets under their schedule genes (mixed
    layouts included) and time them; they calibrate and judge the per-kernel sum.
 
 Every finished step is appended to a journal first, so a killed run resumes where it stopped.
@@ -156,6 +160,21 @@ class Profiler:
 
     def _done(self, kind: str) -> dict[str, dict[str, Any]]:
         return {r["key"]: r for r in self.journal if r.get("type") == kind}
+
+    def _kernel_records(self) -> list[dict[str, Any]]:
+        """Every kernel measurement record in the journal, in order (a kernel may have several)."""
+        return [r for r in self.journal if r.get("type") == "measured"]
+
+    def _kernel_results(self) -> dict[str, dict[int, dict[str, Any]]]:
+        """Per kernel key, each candidate's latest result over all its records (a timing or failure is never
+        replaced by a later replay check)."""
+        merged: dict[str, dict[int, dict[str, Any]]] = collections.defaultdict(dict)
+        for record in self._kernel_records():
+            for r in record["results"]:
+                known = merged[record["key"]].get(int(r["candidate"]))
+                if r["status"] != "unmeasured" or known is None:
+                    merged[record["key"]][int(r["candidate"])] = r
+        return merged
 
     def candidates(self) -> dict[str, list[dict[str, Any]]]:
         """Schedule candidates per family from the journal: index 0 is the default lowering."""
@@ -296,6 +315,7 @@ class Profiler:
         full_deadline = now + max(0.0, kernel_deadline - now) * cfg.full_fraction
         self._measure_kernels(ranked, candidates, full_deadline, say, adaptive=False)
         self._cover_kernels(ranked, candidates, kernel_deadline, say)
+        self._time_collapsed(candidates, kernel_deadline, say)
         self._measure_kernels(ranked, candidates, kernel_deadline, say, adaptive=True)
         self._check_replays(ranked, candidates, say)
         if cfg.calibration_models:
@@ -421,11 +441,10 @@ class Profiler:
     ) -> None:
         """Time kernels under every candidate: in rank order, or (``adaptive``) where the predictor errs most."""
         cfg = self.config
-        measured = self._done("measured")
+        results = self._kernel_results()  # a kernel's records together: coverage, then collapsed pairs timed
 
         def complete(key: str) -> bool:
-            record = measured.get(key)
-            return record is not None and all(r["status"] != "unmeasured" for r in record["results"])
+            return key in results and all(r["status"] != "unmeasured" for r in results[key].values())
 
         pending = [(w, share) for w, share in ranked[: cfg.max_workloads] if not complete(w.key())]
         family_error: dict[str, float] = {}
@@ -498,6 +517,44 @@ class Profiler:
                 min_repeat_ms=cfg.coverage_min_repeat_ms,
             )
             say(describe_record("covered", record))
+
+    def _time_collapsed(
+        self, candidates: dict[str, list[dict[str, Any]]], deadline: float, say: Callable[[str], None]
+    ) -> None:
+        """Candidates the coverage pass only checked to replay whose tilings collapsed there: timed, by rank."""
+        from codesign.latency.predictor import collapsed_tilings, trace_tilings
+
+        timed = {
+            (r["key"], int(x["candidate"]))
+            for r in self.journal
+            if r.get("type") == "measured"
+            for x in r["results"]
+            if x["status"] != "unmeasured"
+        }
+        wanted: dict[str, tuple[Workload, float, set[int]]] = {}
+        for record in self._done("measured").values():
+            options = candidates.get(record["family"], [])
+            for r in record["results"]:
+                c = int(r["candidate"])
+                if r["status"] != "unmeasured" or "tilings" not in r or (record["key"], c) in timed:
+                    continue
+                if c < len(options) and options[c].get("trace") is not None:
+                    if collapsed_tilings(trace_tilings(options[c]["trace"]), r["tilings"]):
+                        entry = wanted.setdefault(
+                            record["key"], (Workload.from_dict(record["workload"]), float(record["share"]), set())
+                        )
+                        entry[2].add(c)
+        if wanted:
+            say(
+                f"timing {sum(len(cs) for *_, cs in wanted.values())} schedules whose tilings collapsed on "
+                f"{len(wanted)} kernels"
+            )
+        for _key, (w, share, cs) in sorted(wanted.items(), key=lambda item: -item[1][1]):
+            if time.monotonic() > deadline:
+                say("kernel budget spent before every collapsed schedule was timed")
+                return
+            options = candidates.get(kernel_family(w), [{"source": "default", "trace": None}])
+            say(describe_record("measured", self._measure_one(w, share, options, only=cs, others=False)))
 
     def _check_replays(
         self,
@@ -600,7 +657,7 @@ class Profiler:
         """Every successful kernel measurement as ``(workload, candidate, median_ms)``."""
         from codesign.profile.fitting import measurement_rows
 
-        return measurement_rows(list(self._done("measured").values()))
+        return measurement_rows(self._kernel_records())
 
     def _family_errors(self) -> dict[str, float]:
         from codesign.latency.predictor import grouped_cross_validation
@@ -609,7 +666,7 @@ class Profiler:
         rows = self.measurement_rows()
         if len({w for w, _, _ in rows}) < 10:
             return {}
-        tilings = schedule_tilings(self.candidates(), list(self._done("measured").values()))
+        tilings = schedule_tilings(self.candidates(), self._kernel_records())
         predicted, measured = grouped_cross_validation(rows, folds=4, seed=self.config.seed, tilings=tilings)
         errors: dict[str, list[float]] = collections.defaultdict(list)
         for (w, _, _), p, m in zip(rows, predicted, measured, strict=True):
@@ -642,9 +699,9 @@ class Profiler:
         from codesign.profile.fitting import provisional_model
 
         positions = PositionTable(self.space)
-        measured = self._done("measured")
+        measured = self._kernel_results()
         model = provisional_model(
-            self.space, candidates, list(measured.values()), list(self._done("transpose").values())
+            self.space, candidates, self._kernel_records(), list(self._done("transpose").values())
         )
         rng = np.random.default_rng(self.config.seed + 1)
         genomes = []
@@ -662,8 +719,7 @@ class Profiler:
             for p, position in enumerate(positions.positions):
                 count = max(1, len(candidates.get(position.family, [None])))
                 w = positions.workloads[ids[p]]
-                record = measured.get(w.key())
-                results = {r["candidate"]: r for r in record["results"]} if record else {}
+                results = measured.get(w.key(), {})
                 # usable: a default lowering, or a schedule seen to build and run on this kernel (a schedule
                 # only checked to replay may send code generation into a build that never ends)
                 options = candidates.get(position.family, [])
