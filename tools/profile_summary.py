@@ -56,6 +56,7 @@ def main() -> int:
     s = np.asarray(spreads)
     print(f"slowest / fastest tuned schedule of one kernel: median {np.median(s):.1f}x, largest {s.max():.0f}x")
     print_layouts(profile, families)
+    print_tilings(profile, families)
     models = [m for m in profile.models if m.get("status") == "ok"]
     minutes = profile.validation.get("measurement_minutes")
     print(f"{len(models)} of {len(profile.models)} whole subnets measured; {minutes} minutes of measurement")
@@ -63,6 +64,29 @@ def main() -> int:
     print_model_validation(profile.predictor or {})
     print_torch_comparison(models)
     return 0
+
+
+def print_tilings(profile: object, families: dict) -> None:
+    """Replayed kernel/schedule pairs whose recorded tilings differ from the tuned ones, and those that collapsed."""
+    from codesign.latency.predictor import collapsed_tilings, trace_tilings
+
+    pairs: dict[tuple[str, int], tuple[bool, bool]] = {}
+    for m in profile.measurements:  # type: ignore[attr-defined]
+        options = families.get(m["family"], [])
+        for r in m["results"]:
+            c = r["candidate"]
+            if "tilings" in r and c < len(options) and options[c].get("trace") is not None:
+                tuned = trace_tilings(options[c]["trace"])
+                pairs[(m["key"], c)] = (r["tilings"] != tuned, bool(collapsed_tilings(tuned, r["tilings"])))
+    if not pairs:
+        print("no replayed tilings recorded (made before they were: `codesign profile --refit F --kernel-predictor`)")
+        return
+    moved = sum(1 for m, _ in pairs.values() if m)
+    collapsed = sum(1 for _, c in pairs.values() if c)
+    print(
+        f"replayed kernel/schedule pairs: {len(pairs)}; tilings other than the tuned ones on {moved}, "
+        f"collapsed (all outer factors 1) on {collapsed}"
+    )
 
 
 def print_layouts(profile: object, families: dict) -> None:
