@@ -278,7 +278,8 @@ def test_the_retuned_prediction_scales_model_times_by_the_measured_gain(loaded, 
     assert retune_module.retuned_prediction(model, genome, []) == pytest.approx(predicted)
     assert retune_module.retuned_prediction(model, genome, [as_predicted]) == pytest.approx(predicted)
     faster = retune_module.retuned_prediction(model, genome, [replace(as_predicted, kept="tuned")])
-    assert faster < predicted - 0.9 * layer["latency_ms"] / 2  # every layer running it, scaled by the calibration
+    # each layer running it saves half its time, scaled by the calibration's layer scale (0.89 on the Intel profile)
+    assert faster < predicted - 0.99 * model.calibration.layer_scale * layer["latency_ms"] / 2
     # times measured on a machine running 3x slower than the profile: the same gain, the same prediction
     slower = replace(as_predicted, chosen_ms=3 * layer["latency_ms"], tuned_ms=1.5 * layer["latency_ms"], kept="tuned")
     assert retune_module.retuned_prediction(model, genome, [slower]) == pytest.approx(faster)
