@@ -522,39 +522,27 @@ class Profiler:
         self, candidates: dict[str, list[dict[str, Any]]], deadline: float, say: Callable[[str], None]
     ) -> None:
         """Candidates the coverage pass only checked to replay whose tilings collapsed there: timed, by rank."""
-        from codesign.latency.predictor import collapsed_tilings, trace_tilings
-
         timed = {
             (r["key"], int(x["candidate"]))
-            for r in self.journal
-            if r.get("type") == "measured"
+            for r in self._kernel_records()
             for x in r["results"]
             if x["status"] != "unmeasured"
         }
-        wanted: dict[str, tuple[Workload, float, set[int]]] = {}
-        for record in self._done("measured").values():
-            options = candidates.get(record["family"], [])
-            for r in record["results"]:
-                c = int(r["candidate"])
-                if r["status"] != "unmeasured" or "tilings" not in r or (record["key"], c) in timed:
-                    continue
-                if c < len(options) and options[c].get("trace") is not None:
-                    if collapsed_tilings(trace_tilings(options[c]["trace"]), r["tilings"]):
-                        entry = wanted.setdefault(
-                            record["key"], (Workload.from_dict(record["workload"]), float(record["share"]), set())
-                        )
-                        entry[2].add(c)
+        wanted = collapsed_schedules(
+            self._kernel_records(), candidates, wanted=lambda key, candidate: (key, candidate) not in timed
+        )
         if wanted:
             say(
-                f"timing {sum(len(cs) for *_, cs in wanted.values())} schedules whose tilings collapsed on "
+                f"timing {sum(len(cs) for _, cs in wanted.values())} schedules whose tilings collapsed on "
                 f"{len(wanted)} kernels"
             )
-        for _key, (w, share, cs) in sorted(wanted.items(), key=lambda item: -item[1][1]):
+        share = {r["key"]: float(r.get("share", 0.0)) for r in self._kernel_records()}
+        for key, (w, cs) in wanted.items():
             if time.monotonic() > deadline:
                 say("kernel budget spent before every collapsed schedule was timed")
                 return
             options = candidates.get(kernel_family(w), [{"source": "default", "trace": None}])
-            say(describe_record("measured", self._measure_one(w, share, options, only=cs, others=False)))
+            say(describe_record("measured", self._measure_one(w, share[key], options, only=cs, others=False)))
 
     def _check_replays(
         self,
@@ -1190,38 +1178,53 @@ def kernels_to_time(
     return wanted
 
 
-def collapsed_pairs(profile: Any, model: Any) -> dict[str, tuple[Workload, set[int]]]:
-    """Per kernel key, the predicted (never timed) schedule candidates whose tilings collapsed when replayed on
-    that kernel (:func:`~codesign.latency.predictor.collapsed_tilings`), the kernels that carry most of a random
-    subnet's work first: what :func:`recalibrate_profile` times first with ``kernel_schedules="collapsed"``.
+def collapsed_schedules(
+    measurements: list[dict[str, Any]],
+    families: dict[str, list[dict[str, Any]]],
+    *,
+    wanted: Callable[[str, int], bool],
+) -> dict[str, tuple[Workload, set[int]]]:
+    """Per kernel key, the schedule candidates whose recorded tilings collapsed when replayed on that kernel
+    (:func:`~codesign.latency.predictor.collapsed_tilings`) and that ``wanted(key, candidate)`` accepts, the
+    kernels that carry most of a random subnet's work first.
 
     A collapse the kernel predictor has seen timed in that family it can predict; one it has not
     (a channel-block tiling ``[4, 3, 1, 2]`` collapsed to ``[1, 1, 1, 9]`` ran 25x its prediction)
-    it cannot, whatever its features, so these pairs are timed rather than predicted. Reads the
+    it cannot, whatever its features, so such pairs are timed rather than predicted. Reads the
     ``tilings`` the profiler recorded (:func:`record_tilings` adds them to an older profile).
     """
-    from codesign.latency.model import PREDICTED
     from codesign.latency.predictor import collapsed_tilings, trace_tilings
 
-    families = profile.tuning_records.get("families", {})
-    rows = {w.key(): i for i, w in enumerate(model.positions.workloads)}
     found: dict[str, tuple[Workload, set[int], float]] = {}
-    for record in profile.measurements:
+    for record in measurements:
         options = families.get(str(record.get("family")), [])
-        row = rows.get(str(record["key"]))
         for result in record["results"]:
             c = int(result["candidate"])
-            if row is None or "tilings" not in result or c >= len(options) or not options[c].get("trace"):
+            if "tilings" not in result or c >= len(options) or not options[c].get("trace"):
                 continue
-            if c >= model.sources.shape[1] or model.sources[row, c] != PREDICTED:
-                continue
-            if collapsed_tilings(trace_tilings(options[c]["trace"]), result["tilings"]):
+            if wanted(str(record["key"]), c) and collapsed_tilings(
+                trace_tilings(options[c]["trace"]), result["tilings"]
+            ):
                 workload, candidates, share = found.get(
                     record["key"], (Workload.from_dict(record["workload"]), set(), 0.0)
                 )
                 found[record["key"]] = (workload, candidates | {c}, max(share, float(record.get("share", 0.0))))
     ordered = sorted(found.items(), key=lambda item: -item[1][2])
     return {key: (workload, candidates) for key, (workload, candidates, _) in ordered}
+
+
+def collapsed_pairs(profile: Any, model: Any) -> dict[str, tuple[Workload, set[int]]]:
+    """The profile's predicted (never timed) pairs whose tilings collapsed (:func:`collapsed_schedules`): what
+    :func:`recalibrate_profile` times first with ``kernel_schedules="collapsed"``."""
+    from codesign.latency.model import PREDICTED
+
+    rows = {w.key(): i for i, w in enumerate(model.positions.workloads)}
+
+    def predicted(key: str, candidate: int) -> bool:
+        row = rows.get(key)
+        return row is not None and candidate < model.sources.shape[1] and model.sources[row, candidate] == PREDICTED
+
+    return collapsed_schedules(profile.measurements, profile.tuning_records.get("families", {}), wanted=predicted)
 
 
 def recalibrate_profile(
