@@ -22,7 +22,7 @@ Method (budgeted, resumable):
 6. Collapsed tilings: time the candidates the coverage pass only checked whose tilings collapsed
    on replay (a tuned tiling that does not divide this shape's loop becomes one innermost factor:
    the loop no longer blocked, nor parallel), the most important kernels first: a kernel
-   predictor cannot foresee a collapse its family never showed timed (one ran 25x its prediction).
+   predictor cannot foresee a collapse its family never showed timed (one ran 28x its prediction).
 7. Adaptive: with the time left, fully time workloads of the family where the kernel predictor's
    cross-validated error is largest (nn-Meter's adaptive sampling, at family granularity).
 8. Whole models: compile ``calibration_models`` random subnets under their schedule genes (mixed
@@ -1189,7 +1189,7 @@ def collapsed_schedules(
     kernels that carry most of a random subnet's work first.
 
     A collapse the kernel predictor has seen timed in that family it can predict; one it has not
-    (a channel-block tiling ``[4, 3, 1, 2]`` collapsed to ``[1, 1, 1, 9]`` ran 25x its prediction)
+    (a channel-block tiling ``[4, 3, 1, 2]`` collapsed to ``[1, 1, 1, 9]`` ran 28x its prediction)
     it cannot, whatever its features, so such pairs are timed rather than predicted. Reads the
     ``tilings`` the profiler recorded (:func:`record_tilings` adds them to an older profile).
     """
