@@ -15,6 +15,7 @@ from codesign.profile.speed_probe import (
     probe_kernels,
     probe_subnets,
     single_thread_shares,
+    speed_from_subnet_timings,
 )
 from codesign.profile.tvm_backend import host_llvm_target
 from codesign.space import Genome
@@ -282,6 +283,21 @@ def test_probe_fits_both_factors_on_subnets_of_both_schedule_kinds(tiny_space):
     assert "3 of them timed alone 0.900x" in with_alone.describe()
     probed = model.at_speed(probe.factor, single_thread_factor=probe.single_thread_factor)
     np.testing.assert_allclose(probed.predict(genomes), [now[g.to_json()] for g in genomes], rtol=1e-9)
+    # the same subnets timed by a caller (a benchmark interleaving them with what it predicts): the same fit
+    records = probe_subnets(profile, 8)
+    given = speed_from_subnet_timings(profile, records, [now[Genome.from_dict(r["genome"]).to_json()] for r in records])
+    assert given.keys == probe.keys and given.ratios == pytest.approx(probe.ratios)
+    assert (given.factor, given.single_thread_factor, given.single_thread_source) == pytest.approx(
+        (1.3, 1.05, "subnets")
+    )
+    one_kind = [r for r in records if r["schedules"] == "fastest"]
+    median_only = speed_from_subnet_timings(
+        profile, one_kind, [now[Genome.from_dict(r["genome"]).to_json()] for r in one_kind]
+    )
+    assert median_only.single_thread_factor is None and median_only.single_thread_source is None
+    assert median_only.factor == pytest.approx(float(np.median(median_only.ratios)))
+    with pytest.raises(CodesignError, match="one timing per probe subnet"):
+        speed_from_subnet_timings(profile, records, [1.0])
     busy_genome = genomes[int(probe.keys[-1][-3:])]  # a random-schedule subnet the probe times
     now[busy_genome.to_json()] *= 283  # timed while something else held the CPU
     busy = probe_device_speed(profile, subnets=8, kernels=0, time_subnet=lambda executable, g: now[g.to_json()])

@@ -19,14 +19,17 @@ share of subnets whose two timings agree within +-10% is the machine's own repea
 ceiling any model can reach on it; the model is scored against the mean of the two timings.
 
 A shared or virtual machine's speed drifts by 10-15% over hours, which alone moves predictions out
-of +-10%. ``--speed-probe N`` re-times N of the profile's own subnets after compiling, right
-before the timings (never the held-out ones; half at the search's schedules, half at random
-ones), fits the factors by which its
-tuned and its one-thread (default-lowered) kernels run slower now than recorded
-(``codesign.profile.speed_probe.fit_thread_factors``), and scales the model's predictions by
-them, the FLOPs baseline's by the tuned one (see ``LatencyModel.at_speed``); the report then
-scores the model as profiled, with every kernel at the tuned factor, and at the probed speed,
-and the RESULT line scores the last.
+of +-10%. ``--speed-probe N`` times N of the profile's own subnets (never the held-out ones; half at
+the search's schedules, half at random ones) in the same two passes, their windows interleaved with
+the held-out subnets' windows, fits on them the factors by which tuned and one-thread
+(default-lowered) kernels run slower now than recorded
+(``codesign.profile.speed_probe.speed_from_subnet_timings``), and scales the model's predictions by
+them, the FLOPs baseline's by the tuned one (see ``LatencyModel.at_speed``). The probe subnets are
+a reference measured beside the predicted ones: what the model is judged on is how each held-out
+subnet compares with the profile's own subnets on the machine as it runs. The report also scores,
+on the same timings, the model as profiled, with every kernel at the tuned factor, and at the speed
+of a separate probe of the same subnets right before the passes (how this benchmark probed before
+2026-12-07 evening); the RESULT line scores the in-pass probe.
 
 Run it on an otherwise idle machine: it measures. Last line:
 ``RESULT latency_model within10=<share> rmspe=<value> flops_within10=<share> n=<count>``.
@@ -164,6 +167,7 @@ def report(rows: list[dict[str, Any]], profile: Any, second_label: str) -> int:
         ("compare_ms", "--compare-profile on the same timings", True),
         ("profile_ms", "  as profiled (no speed probe)", False),
         ("one_factor_ms", "  every kernel at the tuned kernels' probed factor (no one-thread factor)", True),
+        ("probe_before_ms", "  at the speed of a separate probe right before the passes", True),
         ("kernels_alone_ms", "  the probe before (one-thread kernels timed alone, not fitted on subnets)", True),
     )
     for key, label, per_schedules in alternatives:
@@ -182,16 +186,6 @@ def report(rows: list[dict[str, Any]], profile: Any, second_label: str) -> int:
     return 0
 
 
-def previous_probe_factors(profile: Any, probe: Any) -> dict[str, float] | None:
-    """The factors the probe gave before it fitted them on subnets, from the same timings: the search-scheduled
-    subnets' median ratio, and the one-thread kernels' timed alone (``None`` when it timed none alone)."""
-    if probe.single_thread_source != "subnets" or probe.kernels_alone_factor is None:
-        return None
-    fastest = {m["key"] for m in profile.models if m.get("schedules") == "fastest"}
-    tuned = [r for k, r in zip(probe.keys, probe.ratios, strict=True) if k in fastest] or list(probe.ratios)
-    return {"factor": float(np.median(tuned)), "single_thread_factor": probe.kernels_alone_factor}
-
-
 def measure_here(
     args: argparse.Namespace,
     model: Any,
@@ -202,44 +196,78 @@ def measure_here(
 ) -> list[dict]:
     """Compile every drawn subnet, then time all on this machine twice, in two interleaved passes.
 
-    ``probe_speed()`` runs between the two, right before the timings, so that it finds the machine's speed while
-    they run (a probe before the 8-minute compile phase was up to 8% off it on 2026-12-07). With a probed ``speed``
-    (a :meth:`SpeedProbe.to_dict` record, or ``None``), predictions are the model's at that speed,
-    beside the unscaled ones (``profile_ms``) and those with every kernel scaled by the subnets' factor
-    (``one_factor_ms``: the probe before it timed one-thread kernels), and with ``speed["kernels_alone"]`` at
-    the factors of the probe before it fitted them on subnets (``kernels_alone_ms``: the search-scheduled
-    subnets' median ratio, the one-thread kernels' timed alone). A ``compare`` model's predictions of the same
-    subnets (at the same speed) are kept as ``compare_ms``.
+    With ``--speed-probe N``, N of the profile's own subnets (:func:`probe_subnets`, never held-out ones) are
+    compiled too and timed in the same passes, their windows interleaved with the held-out subnets' windows, so
+    that the factors fitted on them (``speed_from_subnet_timings``, on the mean of their two timings) are the
+    machine's speed during exactly those timings: ``predicted_ms``. Beside it, from the same timings: the model
+    as profiled (``profile_ms``), with every kernel at the tuned factor (``one_factor_ms``), and at the speed of
+    ``probe_speed()``, a separate probe of the same subnets run right before the passes (``probe_before_ms``:
+    how this benchmark probed until 2026-12-07; a probe minutes before the timings was up to 8% off them).
+    A ``compare`` model's predictions of the same subnets (at the in-pass speed) are kept as ``compare_ms``.
     """
     from codesign.compiler.tvm_compile import compile_subnet, time_executables
     from codesign.latency.workloads import subnet_macs
-    from codesign.profile.speed_probe import model_at_probed_speed
+    from codesign.profile.speed_probe import model_at_probed_speed, probe_subnets, speed_from_subnet_timings
+    from codesign.space import Genome
 
     space = model.space
+    families = profile.tuning_records["families"]
     genomes = [g for g, _ in drawn]
     executables = []
     for i, (g, _) in enumerate(drawn):
-        executables.append(
-            compile_subnet(space, g, profile.target, profile.tuning_records["families"], positions=model.positions)
-        )
+        executables.append(compile_subnet(space, g, profile.target, families, positions=model.positions))
         print(f"[{i + 1:3d}/{len(drawn)}] compiled", flush=True)
-    speed = probe_speed()
-    k = flops_factor(model, profile, speed["factor"] if speed else 1.0)
-    as_profiled = model.predict(genomes)
-    predicted = model_at_probed_speed(model, speed).predict(genomes) if speed else as_profiled
-    one_factor = model.at_speed(speed["factor"]).predict(genomes) if speed else as_profiled
-    alone = speed.get("kernels_alone") if speed else None
-    kernels_alone = (
-        None if alone is None else model.at_speed(alone["factor"], single_thread_factor=alone["single_thread_factor"])
-    )
-    transposes = model.terms(model.vectors(genomes))[2]  # layout changes in each compiled subnet
-    compared = (
-        None if compare is None else (model_at_probed_speed(compare, speed) if speed else compare).predict(genomes)
-    )
+    probe_records = probe_subnets(profile, args.speed_probe) if args.speed_probe else []
+    probe_genomes = [Genome.from_dict(record["genome"]) for record in probe_records]
+    probe_executables = [
+        compile_subnet(space, g, profile.target, families, positions=model.positions) for g in probe_genomes
+    ]
+    before = probe_speed()
+    timed = [(e, g.resolution) for e, g in zip(executables + probe_executables, genomes + probe_genomes, strict=True)]
+    held_out = len(drawn)
+
+    def in_pass_speed(times: list[float]) -> dict[str, Any] | None:
+        if not probe_records:
+            return None
+        return speed_from_subnet_timings(profile, probe_records, times).to_dict()
+
+    def at(speed: dict[str, Any] | None, of: Any = model) -> np.ndarray:
+        return (model_at_probed_speed(of, speed) if speed else of).predict(genomes)
+
     started = time.perf_counter()
-    first = time_executables(
-        [(e, g.resolution) for e, g in zip(executables, genomes, strict=True)], space, windows=args.repeat
+    first = [t.median_ms for t in time_executables(timed, space, windows=args.repeat)]
+    first_pass_predicted = at(in_pass_speed(first[held_out:]))
+    for i, (_, kind) in enumerate(drawn):
+        print(
+            f"[{i + 1:3d}/{len(drawn)}] measured {first[i]:.3f} ms  model at this pass's probed speed "
+            f"{first_pass_predicted[i]:.3f} ({(first_pass_predicted[i] / first[i] - 1) * 100:+.1f}%)  {kind}",
+            flush=True,
+        )
+    print("second pass, reverse order (the machine's repeatability):", flush=True)
+    order = list(reversed(range(len(timed))))
+    second = [0.0] * len(timed)
+    for i, timing in zip(order, time_executables([timed[i] for i in order], space, windows=args.repeat), strict=True):
+        second[i] = timing.median_ms
+    print(
+        f"measured {held_out} compiled subnets and {len(probe_records)} probe subnets twice in "
+        f"{time.perf_counter() - started:.0f} s on {os.environ.get('TVM_NUM_THREADS', 'default')} runtime threads"
     )
+    mean_times = [0.5 * (a + b) for a, b in zip(first, second, strict=True)]
+    speed = in_pass_speed(mean_times[held_out:])
+    if speed:
+        from codesign.profile.speed_probe import SpeedProbe
+
+        probe = SpeedProbe.from_dict(speed)
+        print(f"in the passes: {probe.describe()}", flush=True)
+        if probe.warning():
+            print(f"warning: {probe.warning()}", flush=True)
+    k = flops_factor(model, profile, speed["factor"] if speed else 1.0)
+    predicted = at(speed)
+    as_profiled = model.predict(genomes)
+    one_factor = model.at_speed(speed["factor"]).predict(genomes) if speed else as_profiled
+    probed_before = at(before) if before else None
+    compared = None if compare is None else at(speed, compare)
+    transposes = model.terms(model.vectors(genomes))[2]  # layout changes in each compiled subnet
     rows = []
     for i, (g, kind) in enumerate(drawn):
         macs = subnet_macs(space, g)
@@ -247,12 +275,13 @@ def measure_here(
             {
                 "genome": g.to_dict(),
                 "schedules": kind,
-                "first_ms": first[i].median_ms,
-                "std_ms": first[i].std_ms,
+                "first_ms": first[i],
+                "second_ms": second[i],
+                "measured_ms": mean_times[i],
                 "predicted_ms": float(predicted[i]),
                 **({"profile_ms": float(as_profiled[i]), "one_factor_ms": float(one_factor[i])} if speed else {}),
+                **({"probe_before_ms": float(probed_before[i])} if probed_before is not None else {}),
                 **({"compare_ms": float(compared[i])} if compared is not None else {}),
-                **({"kernels_alone_ms": float(kernels_alone.predict([g])[0])} if kernels_alone is not None else {}),
                 "flops_ms": k * macs,
                 "macs": macs,
                 "transposes": int(transposes[i]),
@@ -261,28 +290,12 @@ def measure_here(
         )
         r = rows[-1]
         print(
-            f"[{i + 1:3d}/{len(drawn)}] measured {r['first_ms']:.3f} ms (+-{r['std_ms']:.3f})  "
-            f"model {r['predicted_ms']:.3f} ({(r['predicted_ms'] / r['first_ms'] - 1) * 100:+.1f}%)  "
-            f"flops {r['flops_ms']:.3f} ({(r['flops_ms'] / r['first_ms'] - 1) * 100:+.1f}%)  {r['schedules']}"
-            f"  transposes {r['transposes']}",
-            flush=True,
-        )
-    print("second pass, reverse order (the machine's repeatability):", flush=True)
-    order = list(reversed(range(len(drawn))))
-    second = time_executables([(executables[i], genomes[i].resolution) for i in order], space, windows=args.repeat)
-    for i, timing in zip(order, second, strict=True):
-        r = rows[i]
-        r["second_ms"] = timing.median_ms
-        r["measured_ms"] = 0.5 * (r["first_ms"] + r["second_ms"])
-        print(
             f"[{i + 1:3d}/{len(drawn)}] {r['first_ms']:.3f} then {r['second_ms']:.3f} ms "
-            f"({(r['second_ms'] / r['first_ms'] - 1) * 100:+.1f}%)",
+            f"({(r['second_ms'] / r['first_ms'] - 1) * 100:+.1f}%)  model {r['predicted_ms']:.3f} "
+            f"({(r['predicted_ms'] / r['measured_ms'] - 1) * 100:+.1f}%)  flops {r['flops_ms']:.3f} "
+            f"({(r['flops_ms'] / r['measured_ms'] - 1) * 100:+.1f}%)  {kind}  transposes {r['transposes']}",
             flush=True,
         )
-    print(
-        f"measured {len(rows)} compiled subnets twice in {time.perf_counter() - started:.0f} s on "
-        f"{os.environ.get('TVM_NUM_THREADS', 'default')} runtime threads"
-    )
     return rows
 
 
@@ -396,7 +409,8 @@ def main() -> int:
         type=int,
         default=0,
         metavar="N",
-        help="first re-time N of the profile's own subnets and score the model at the speed they show (default 0: off)",
+        help="time N of the profile's own subnets in the same passes and score the model at the speed they show "
+        "(default 0: off); a separate probe of them right before the passes is scored beside it",
     )
     parser.add_argument(
         "--compare-profile",
@@ -454,18 +468,9 @@ def main() -> int:
                 return None
             from codesign.profile.speed_probe import probe_device_speed
 
-            probe = probe_device_speed(
-                profile,
-                subnets=args.speed_probe,
-                kernels=args.speed_probe,
-                kernels_alone=True,
-                repeat=args.repeat,
-                progress=print,
-            )
-            print(probe.describe(), flush=True)
-            speed = probe.to_dict()
-            speed["kernels_alone"] = previous_probe_factors(profile, probe)
-            return speed
+            probe = probe_device_speed(profile, subnets=args.speed_probe, kernels=0, repeat=args.repeat)
+            print(f"right before the passes: {probe.describe()}", flush=True)
+            return probe.to_dict()
 
         compare = None
         if args.compare_profile:

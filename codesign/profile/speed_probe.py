@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -346,7 +346,6 @@ def probe_device_speed(
     positions = PositionTable(space)
     families = profile.tuning_records.get("families", {})
     started = time.perf_counter()
-    ratios, keys = [], []
     records = probe_subnets(profile, subnets)
     genomes = [Genome.from_dict(record["genome"]) for record in records]
     executables = [compile_subnet(space, g, profile.target, families, positions=positions) for g in genomes]
@@ -355,15 +354,13 @@ def probe_device_speed(
     else:
         pairs = [(executable, g.resolution) for executable, g in zip(executables, genomes, strict=True)]
         times = [t.median_ms for t in time_executables(pairs, space, windows=repeat)]
-    for record, now in zip(records, times, strict=True):
-        ratios.append(now / float(record["timing"]["median_ms"]))
-        keys.append(str(record["key"]))
-        if progress is not None:
-            progress(f"speed probe {len(keys)}: {record['key']} {now:.3f} ms now, {ratios[-1]:.3f}x the profile's")
-    shares = single_thread_shares(profile, genomes)
-    fitted = fit_thread_factors(np.asarray(ratios), shares)
+    from_subnets = speed_from_subnet_timings(profile, records, times)
+    if progress is not None:
+        for i, (key, ratio) in enumerate(zip(from_subnets.keys, from_subnets.ratios, strict=True)):
+            progress(f"speed probe {i + 1}: {key} {times[i]:.3f} ms now, {ratio:.3f}x the profile's")
+    fitted = from_subnets.single_thread_source == "subnets"
     kernel_ratios, kernel_keys = [], []
-    for record, recorded_ms in probe_kernels(profile, kernels if fitted is None or kernels_alone else 0):
+    for record, recorded_ms in probe_kernels(profile, kernels if not fitted or kernels_alone else 0):
         workload = Workload.from_dict(record["workload"])
         if time_kernel is not None:
             now = float(time_kernel(workload))
@@ -374,16 +371,38 @@ def probe_device_speed(
         if progress is not None:
             progress(f"speed probe, one thread: {record['key']} {now * 1e3:.1f} us now, {kernel_ratios[-1]:.3f}x")
     alone = float(np.median(kernel_ratios)) if kernel_ratios else None
+    return replace(
+        from_subnets,
+        seconds=time.perf_counter() - started,
+        single_thread_factor=from_subnets.single_thread_factor if fitted else alone,
+        single_thread_ratios=tuple(kernel_ratios),
+        single_thread_keys=tuple(kernel_keys),
+        single_thread_source="subnets" if fitted else ("kernels" if kernel_ratios else None),
+    )
+
+
+def speed_from_subnet_timings(profile: Any, records: list[dict[str, Any]], times: list[float]) -> SpeedProbe:
+    """A probe from ``times`` (median ms, here and now) of the profile's subnets ``records`` (:func:`probe_subnets`),
+    however the caller timed them: both factors fitted on them (:func:`fit_thread_factors`), or, when their
+    one-thread shares span too little for that, their median ratio with no one-thread factor (every kernel at it).
+
+    A benchmark that times these subnets in the same interleaved rounds as the subnets it predicts gets the
+    machine's speed during exactly those rounds, not minutes before them.
+    """
+    if len(records) != len(times) or not records:
+        raise CodesignError(f"a speed probe needs one timing per probe subnet, got {len(times)} for {len(records)}")
+    genomes = [Genome.from_dict(record["genome"]) for record in records]
+    ratios = [float(now) / float(record["timing"]["median_ms"]) for record, now in zip(records, times, strict=True)]
+    shares = single_thread_shares(profile, genomes)
+    fitted = fit_thread_factors(np.asarray(ratios), shares)
     return SpeedProbe(
         factor=fitted[0] if fitted else float(np.median(ratios)),
         ratios=tuple(ratios),
-        keys=tuple(keys),
-        seconds=time.perf_counter() - started,
-        single_thread_factor=fitted[1] if fitted else alone,
-        single_thread_ratios=tuple(kernel_ratios),
-        single_thread_keys=tuple(kernel_keys),
+        keys=tuple(str(record["key"]) for record in records),
+        seconds=0.0,
+        single_thread_factor=fitted[1] if fitted else None,
         single_thread_shares=tuple(float(x) for x in shares),
-        single_thread_source="subnets" if fitted else ("kernels" if kernel_ratios else None),
+        single_thread_source="subnets" if fitted else None,
     )
 
 
