@@ -748,3 +748,52 @@ def test_collapsed_pairs_are_the_predicted_pairs_whose_tilings_collapsed_on_repl
     wanted = collapsed_pairs(changed, LatencyModel.from_profile(changed))
     assert list(wanted) == [ours[0]["key"]] and wanted[ours[0]["key"]][1] == {1}
     assert wanted[ours[0]["key"]][0].key() == ours[0]["key"]
+
+
+def test_the_profilers_collapsed_phase_times_exactly_the_replay_only_pairs_that_collapsed(tiny_space, tmp_path):
+    """The phase after coverage, on a journal written to force it: a candidate only checked to replay whose
+    tilings collapsed is timed (alone, most-shared kernel first); one timed in a later record, one that replayed
+    without collapsing, and one that collapsed but was timed are not; past the deadline nothing is timed."""
+    from codesign.latency.workloads import enumerate_workloads
+
+    trace = [[["SamplePerfectTile", [], [], []]], [[0, [4, 3, 1, 2]]]]
+    by_family = collections.defaultdict(list)
+    for w in enumerate_workloads(tiny_space):
+        by_family[kernel_family(w)].append(w)
+    family, workloads = max(by_family.items(), key=lambda item: len(item[1]))
+    assert len(workloads) >= 4
+    candidates = {family: [{"source": "default", "trace": None}, {"source": "tuned", "trace": trace}]}
+    profiler = Profiler(tiny_space, ProfileConfig(target=host_llvm_target(1)), tmp_path)
+
+    def record(w, share, status, tilings):
+        result = {"candidate": 1, "status": status, "tilings": tilings, "timing": None}
+        return {
+            "type": "measured",
+            "key": w.key(),
+            "family": family,
+            "workload": w.to_dict(),
+            "share": share,
+            "results": [{"candidate": 0, "status": "ok", "timing": {"median_ms": 0.01}}, result],
+        }
+
+    collapsed, later_timed, fitting, timed_collapsed = workloads[:4]
+    for entry in (
+        record(collapsed, 0.2, "unmeasured", [[1, 1, 1, 27]]),
+        record(later_timed, 0.9, "unmeasured", [[1, 1, 1, 9]]),
+        record(later_timed, 0.9, "ok", [[1, 1, 1, 9]]),
+        record(fitting, 0.9, "unmeasured", [[3, 3, 1, 2]]),
+        record(timed_collapsed, 0.9, "ok", [[1, 1, 1, 27]]),
+    ):
+        profiler.journal.append(entry)
+    calls, said = [], []
+
+    def fake_measure(w, share, options, *, only=None, others=True, **_):
+        calls.append((w.key(), share, only, others, len(options)))
+        return record(w, share, "ok", [[1, 1, 1, 27]])
+
+    profiler._measure_one = fake_measure  # type: ignore[method-assign]
+    profiler._time_collapsed(candidates, float("-inf"), said.append)
+    assert calls == [] and any("budget spent" in line for line in said)
+    profiler._time_collapsed(candidates, float("inf"), said.append)
+    assert calls == [(collapsed.key(), 0.2, {1}, False, 2)]
+    assert any("timing 1 schedules whose tilings collapsed on 1 kernels" in line for line in said)
