@@ -229,7 +229,10 @@ def measure_here(
     def in_pass_speed(times: list[float]) -> dict[str, Any] | None:
         if not probe_records:
             return None
-        return speed_from_subnet_timings(profile, probe_records, times).to_dict()
+        seconds = time.perf_counter() - started  # the passes' time so far, the probe subnets' share of it
+        return speed_from_subnet_timings(
+            profile, probe_records, times, seconds=seconds * len(probe_records) / len(timed)
+        ).to_dict()
 
     def at(speed: dict[str, Any] | None, of: Any = model) -> np.ndarray:
         return (model_at_probed_speed(of, speed) if speed else of).predict(genomes)

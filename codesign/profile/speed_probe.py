@@ -381,10 +381,13 @@ def probe_device_speed(
     )
 
 
-def speed_from_subnet_timings(profile: Any, records: list[dict[str, Any]], times: list[float]) -> SpeedProbe:
+def speed_from_subnet_timings(
+    profile: Any, records: list[dict[str, Any]], times: list[float], *, seconds: float = 0.0
+) -> SpeedProbe:
     """A probe from ``times`` (median ms, here and now) of the profile's subnets ``records`` (:func:`probe_subnets`),
-    however the caller timed them: both factors fitted on them (:func:`fit_thread_factors`), or, when their
-    one-thread shares span too little for that, their median ratio with no one-thread factor (every kernel at it).
+    however the caller timed them (taking ``seconds``): both factors fitted on them (:func:`fit_thread_factors`), or,
+    when their one-thread shares span too little for that, their median ratio with no one-thread factor (every
+    kernel at it).
 
     A benchmark that times these subnets in the same interleaved rounds as the subnets it predicts gets the
     machine's speed during exactly those rounds, not minutes before them.
@@ -399,7 +402,7 @@ def speed_from_subnet_timings(profile: Any, records: list[dict[str, Any]], times
         factor=fitted[0] if fitted else float(np.median(ratios)),
         ratios=tuple(ratios),
         keys=tuple(str(record["key"]) for record in records),
-        seconds=0.0,
+        seconds=seconds,
         single_thread_factor=fitted[1] if fitted else None,
         single_thread_shares=tuple(float(x) for x in shares),
         single_thread_source="subnets" if fitted else None,
