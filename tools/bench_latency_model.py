@@ -56,7 +56,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +190,6 @@ def measure_here(
     model: Any,
     profile: Any,
     drawn: list[tuple[Any, str]],
-    probe_speed: Callable[[], dict[str, Any] | None],
     compare: Any = None,
 ) -> list[dict]:
     """Compile every drawn subnet, then time all on this machine twice, in two interleaved passes.
@@ -201,8 +199,8 @@ def measure_here(
     that the factors fitted on them (``speed_from_subnet_timings``, on the mean of their two timings) are the
     machine's speed during exactly those timings: ``predicted_ms``. Beside it, from the same timings: the model
     as profiled (``profile_ms``), with every kernel at the tuned factor (``one_factor_ms``), and at the speed of
-    ``probe_speed()``, a separate probe of the same subnets run right before the passes (``probe_before_ms``:
-    how this benchmark probed until 2026-12-07; a probe minutes before the timings was up to 8% off them).
+    a separate probe, the same subnets timed alone right before the passes (``probe_before_ms``: how this
+    benchmark probed until 2026-12-07; a probe minutes before the timings was up to 8% off them).
     A ``compare`` model's predictions of the same subnets (at the in-pass speed) are kept as ``compare_ms``.
     """
     from codesign.compiler.tvm_compile import compile_subnet, time_executables
@@ -222,7 +220,19 @@ def measure_here(
     probe_executables = [
         compile_subnet(space, g, profile.target, families, positions=model.positions) for g in probe_genomes
     ]
-    before = probe_speed()
+    before = None
+    if probe_records:
+        started = time.perf_counter()
+        alone = time_executables(
+            [(e, g.resolution) for e, g in zip(probe_executables, probe_genomes, strict=True)],
+            space,
+            windows=args.repeat,
+        )
+        probe = speed_from_subnet_timings(
+            profile, probe_records, [t.median_ms for t in alone], seconds=time.perf_counter() - started
+        )
+        print(f"right before the passes: {probe.describe()}", flush=True)
+        before = probe.to_dict()
     timed = [(e, g.resolution) for e, g in zip(executables + probe_executables, genomes + probe_genomes, strict=True)]
     held_out = len(drawn)
 
@@ -466,19 +476,10 @@ def main() -> int:
         if args.build_bundle:
             return build_held_out_bundle(args, model, profile, drawn)
 
-        def probe_speed() -> dict[str, Any] | None:
-            if not args.speed_probe:
-                return None
-            from codesign.profile.speed_probe import probe_device_speed
-
-            probe = probe_device_speed(profile, subnets=args.speed_probe, kernels=0, repeat=args.repeat)
-            print(f"right before the passes: {probe.describe()}", flush=True)
-            return probe.to_dict()
-
         compare = None
         if args.compare_profile:
             compare = LatencyModel.from_profile(load_profile(args.compare_profile, allow_mismatch=True).profile)
-        rows = measure_here(args, model, profile, drawn, probe_speed, compare)
+        rows = measure_here(args, model, profile, drawn, compare)
         second_label = "the second pass"
     if not rows:
         print("no subnet was measured", file=sys.stderr)
