@@ -204,18 +204,27 @@ def measure_here(
     A ``compare`` model's predictions of the same subnets (at the in-pass speed) are kept as ``compare_ms``.
     """
     from codesign.compiler.tvm_compile import compile_subnet, time_executables
+    from codesign.errors import CodesignError
     from codesign.latency.workloads import subnet_macs
-    from codesign.profile.speed_probe import model_at_probed_speed, probe_subnets, speed_from_subnet_timings
+    from codesign.profile.speed_probe import (
+        SpeedProbe,
+        model_at_probed_speed,
+        probe_subnets,
+        speed_from_subnet_timings,
+    )
     from codesign.space import Genome
 
     space = model.space
     families = profile.tuning_records["families"]
     genomes = [g for g, _ in drawn]
+    try:  # before compiling: a profile without whole subnets to probe fails now, not ten minutes later
+        probe_records = probe_subnets(profile, args.speed_probe) if args.speed_probe else []
+    except CodesignError as error:
+        raise SystemExit(f"--speed-probe: {error}") from None
     executables = []
     for i, (g, _) in enumerate(drawn):
         executables.append(compile_subnet(space, g, profile.target, families, positions=model.positions))
         print(f"[{i + 1:3d}/{len(drawn)}] compiled", flush=True)
-    probe_records = probe_subnets(profile, args.speed_probe) if args.speed_probe else []
     probe_genomes = [Genome.from_dict(record["genome"]) for record in probe_records]
     probe_executables = [
         compile_subnet(space, g, profile.target, families, positions=model.positions) for g in probe_genomes
@@ -268,12 +277,10 @@ def measure_here(
     mean_times = [0.5 * (a + b) for a, b in zip(first, second, strict=True)]
     speed = in_pass_speed(mean_times[held_out:])
     if speed:
-        from codesign.profile.speed_probe import SpeedProbe
-
-        probe = SpeedProbe.from_dict(speed)
-        print(f"in the passes: {probe.describe()}", flush=True)
-        if probe.warning():
-            print(f"warning: {probe.warning()}", flush=True)
+        in_passes = SpeedProbe.from_dict(speed)
+        print(f"in the passes: {in_passes.describe()}", flush=True)
+        if (warning := in_passes.warning()) is not None:
+            print(f"warning: {warning}", flush=True)
     k = flops_factor(model, profile, speed["factor"] if speed else 1.0)
     predicted = at(speed)
     as_profiled = model.predict(genomes)
