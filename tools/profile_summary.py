@@ -57,6 +57,7 @@ def main() -> int:
     print(f"slowest / fastest tuned schedule of one kernel: median {np.median(s):.1f}x, largest {s.max():.0f}x")
     print_layouts(profile, families)
     print_tilings(profile, families)
+    print_disturbed(profile)
     models = [m for m in profile.models if m.get("status") == "ok"]
     minutes = profile.validation.get("measurement_minutes")
     print(f"{len(models)} of {len(profile.models)} whole subnets measured; {minutes} minutes of measurement")
@@ -87,6 +88,30 @@ def print_tilings(profile: object, families: dict) -> None:
         f"replayed kernel/schedule pairs: {len(pairs)}; tilings other than the tuned ones on {moved}, "
         f"collapsed (all outer factors 1) on {collapsed}"
     )
+
+
+def print_disturbed(profile: object) -> None:
+    """Kernel timings whose repeats spread beyond the profiler's ``NOISY_SPREAD`` (disturbed while timed), the worst
+    against the kernel predictor's fill of the same pair."""
+    from codesign.profile.profiler import NOISY_SPREAD
+
+    timed, disturbed = 0, []
+    filled = (profile.predictor or {}).get("filled", {})  # type: ignore[attr-defined]
+    for m in profile.measurements:  # type: ignore[attr-defined]
+        for r in m["results"]:
+            t = r.get("timing")
+            if r["status"] != "ok" or not t:
+                continue
+            timed += 1
+            if t["std_ms"] > NOISY_SPREAD * t["median_ms"]:
+                fill = (filled.get(m["key"]) or [])[r["candidate"] : r["candidate"] + 1]
+                disturbed.append((m["key"], r["candidate"], t, fill[0] if fill else float("nan")))
+    print(f"kernel timings spread beyond {NOISY_SPREAD:.0%} of their median: {len(disturbed)} of {timed}")
+    for key, c, t, fill in sorted(disturbed, key=lambda d: -d[2]["median_ms"] / d[3])[:3]:
+        print(
+            f"  {key} candidate {c}: median {t['median_ms'] * 1e3:.1f} us, mean {t['mean_ms'] * 1e3:.1f}, "
+            f"deviation {t['std_ms'] * 1e3:.1f} over {t['repeats']} repeats; the predictor fills {fill * 1e3:.1f} us"
+        )
 
 
 def print_layouts(profile: object, families: dict) -> None:
