@@ -399,3 +399,33 @@ def test_an_untimed_pair_wins_a_kernel_only_by_more_than_the_predictors_error(ti
     assert far.explain(picked)["layers"][0]["latency_ms"] == pytest.approx(0.6 * timings[best])  # as predicted
     no_margin = replace(timed, predictor={"filled": {}, "kernel_validation": {"all": {"rmspe": float("nan")}}})
     assert LatencyModel.from_profile(no_margin).untimed_margin == 0.0
+
+
+def test_a_disturbed_kernel_timing_gives_way_to_the_predictors_value(tiny_space):
+    """A timing whose repeats spread beyond NOISY_SPREAD (a 3 us kernel once recorded at 4 ms) is neither in the
+    table nor in the kernel predictor's training rows; a steady one, up to the threshold, is both."""
+    import copy
+
+    from codesign.latency.model import NOISY_SPREAD, PREDICTED, kernel_table_from_profile
+    from codesign.profile.fitting import measurement_rows
+
+    profile = synthetic_profile(tiny_space)
+    measurements = copy.deepcopy(profile.measurements)
+    disturbed, edge = [m for m in measurements if m["workload"]["kind"] != "pool_fc"][:2]
+    for record, spread in ((disturbed, 2 * NOISY_SPREAD), (edge, NOISY_SPREAD)):
+        timing = record["results"][1]["timing"]
+        timing.update(median_ms=4.0, std_ms=spread * 4.0)
+    filled = {m["key"]: [1.0] * len(m["results"]) for m in measurements}
+    changed = type(profile)(
+        **{
+            **profile.__dict__,
+            "measurements": measurements,
+            "predictor": {**(profile.predictor or {}), "filled": filled},
+        }
+    )
+    table, sources = kernel_table_from_profile(changed)
+    assert table[disturbed["key"]][1] == 1.0 and sources[disturbed["key"]][1] == PREDICTED
+    assert table[edge["key"]][1] == 4.0
+    rows = {(w.key(), c): ms for w, c, ms in measurement_rows(measurements)}
+    assert (disturbed["key"], 1) not in rows and rows[(edge["key"], 1)] == 4.0
+    assert (disturbed["key"], 0) in rows

@@ -797,3 +797,32 @@ def test_the_profilers_collapsed_phase_times_exactly_the_replay_only_pairs_that_
     profiler._time_collapsed(candidates, float("inf"), said.append)
     assert calls == [(collapsed.key(), 0.2, {1}, False, 2)]
     assert any("timing 1 schedules whose tilings collapsed on 1 kernels" in line for line in said)
+
+
+def test_disturbed_pairs_are_those_whose_latest_timing_spread_beyond_the_threshold(tiny_space):
+    """`--kernel-schedules disturbed` times again each pair whose latest timing was disturbed, the most-shared kernel
+    first; a pair timed steadily in a later record, a steady one and a failed one are not wanted."""
+    from codesign.latency.model import NOISY_SPREAD
+    from codesign.latency.workloads import enumerate_workloads
+    from codesign.profile.profiler import disturbed_pairs
+
+    def record(w, share, *timings):
+        results = [
+            {"candidate": c, "status": "ok", "timing": {"median_ms": 1.0, "std_ms": spread}}
+            if spread is not None
+            else {"candidate": c, "status": "failed", "timing": None}
+            for c, spread in timings
+        ]
+        return {"key": w.key(), "workload": w.to_dict(), "share": share, "results": results}
+
+    a, b, c = [w for w in enumerate_workloads(tiny_space) if w.kind != "pool_fc"][:3]
+    noisy, steady = 2 * NOISY_SPREAD, NOISY_SPREAD
+    measurements = [
+        record(a, 0.1, (0, steady), (1, noisy), (2, None)),
+        record(b, 0.2, (0, noisy), (1, noisy)),
+        record(b, 0.0, (1, steady)),  # timed again steadily later
+        record(c, 0.05, (0, steady)),
+    ]
+    wanted = disturbed_pairs(measurements)
+    assert list(wanted) == [b.key(), a.key()]
+    assert wanted[b.key()][1] == {0} and wanted[a.key()][1] == {1} and wanted[a.key()][0] == a

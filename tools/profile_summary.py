@@ -91,9 +91,9 @@ def print_tilings(profile: object, families: dict) -> None:
 
 
 def print_disturbed(profile: object) -> None:
-    """Kernel timings whose repeats spread beyond the profiler's ``NOISY_SPREAD`` (disturbed while timed), the worst
-    against the kernel predictor's fill of the same pair."""
-    from codesign.profile.profiler import NOISY_SPREAD
+    """Kernel timings whose repeats spread beyond ``NOISY_SPREAD`` (disturbed while timed), the worst against the
+    kernel predictor's fill of the same pair, which the latency model uses instead."""
+    from codesign.latency.model import NOISY_SPREAD, timing_disturbed
 
     timed, disturbed = 0, []
     filled = (profile.predictor or {}).get("filled", {})  # type: ignore[attr-defined]
@@ -103,14 +103,17 @@ def print_disturbed(profile: object) -> None:
             if r["status"] != "ok" or not t:
                 continue
             timed += 1
-            if t["std_ms"] > NOISY_SPREAD * t["median_ms"]:
+            if timing_disturbed(t):
                 fill = (filled.get(m["key"]) or [])[r["candidate"] : r["candidate"] + 1]
                 disturbed.append((m["key"], r["candidate"], t, fill[0] if fill else float("nan")))
-    print(f"kernel timings spread beyond {NOISY_SPREAD:.0%} of their median: {len(disturbed)} of {timed}")
+    print(
+        f"kernel timings spread beyond {NOISY_SPREAD:.0%} of their median: {len(disturbed)} of {timed} (predicted "
+        "instead; `codesign profile --recalibrate F --kernel-schedules disturbed` times them again)"
+    )
     for key, c, t, fill in sorted(disturbed, key=lambda d: -d[2]["median_ms"] / d[3])[:3]:
         print(
             f"  {key} candidate {c}: median {t['median_ms'] * 1e3:.1f} us, mean {t['mean_ms'] * 1e3:.1f}, "
-            f"deviation {t['std_ms'] * 1e3:.1f} over {t['repeats']} repeats; the predictor fills {fill * 1e3:.1f} us"
+            f"deviation {t['std_ms'] * 1e3:.1f} over {t['repeats']} repeats; predicted at {fill * 1e3:.1f} us"
         )
 
 

@@ -140,14 +140,15 @@ class ProfileCommand(Command):
         )
         parser.add_argument(
             "--kernel-schedules",
-            choices=("fastest", "random", "collapsed"),
+            choices=("fastest", "random", "collapsed", "disturbed"),
             default="fastest",
             help="with --recalibrate: time the predicted kernel/schedule pairs of the subnets scheduled as the "
             "search schedules them (fastest, default), or with every schedule gene drawn at random (random: the "
             "pairs a search evolving schedule genes meets, otherwise filled from the few kernels timed under "
             "every candidate), subnet by subnet within --budget-minutes; or every predicted pair whose loop "
             "tilings collapsed when its schedule was replayed on that kernel (collapsed: what the kernel "
-            "predictor cannot foresee), the most important kernels first",
+            "predictor cannot foresee), the most important kernels first; or every pair whose recorded timing "
+            "spread beyond 25%% of its median over its repeats (disturbed: predicted until timed again steadily)",
         )
         parser.add_argument(
             "--speed-probe",
@@ -371,8 +372,12 @@ def _recalibrate(args: argparse.Namespace) -> int:
         raise CodesignError("--speed-probe needs a number of subnets of at least 1 (0: no probe)")
     if args.kernel_schedules != "fastest" and args.models_only:
         raise CodesignError("--kernel-schedules chooses the kernels to time; --models-only times none")
-    if args.calibration_models < (0 if args.retime_models else 1):
-        raise CodesignError("--recalibrate needs --calibration-models of at least 1 (or --retime-models)")
+    kernels_only = args.retime_models or args.kernel_schedules in ("collapsed", "disturbed")
+    if args.calibration_models < (0 if kernels_only else 1):
+        raise CodesignError(
+            "--recalibrate needs --calibration-models of at least 1 (or --retime-models, or --kernel-schedules "
+            "collapsed or disturbed)"
+        )
     target = host_llvm_target(args.cores)
     loaded = load_profile(args.recalibrate, target=target, tvm_version=software_versions()["tvm"], allow_mismatch=True)
     if loaded.warnings:

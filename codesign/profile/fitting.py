@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from codesign.latency.model import Calibration, LatencyModel, kernel_table_from_profile
+from codesign.latency.model import Calibration, LatencyModel, kernel_table_from_profile, timing_disturbed
 from codesign.latency.positions import PositionTable
 from codesign.latency.predictor import (
     KernelLatencyPredictor,
@@ -31,12 +31,13 @@ from codesign.space import Genome, SearchSpace
 
 
 def measurement_rows(measurements: list[dict[str, Any]]) -> list[tuple[Workload, int, float]]:
-    """Successful kernel measurements as ``(workload, candidate, median_ms)``."""
+    """Successful kernel measurements as ``(workload, candidate, median_ms)``, leaving out timings disturbed while
+    timed (:func:`~codesign.latency.model.timing_disturbed`): the predictor would learn their noise."""
     rows = []
     for record in measurements:
         w = Workload.from_dict(record["workload"])
         for r in record["results"]:
-            if r["status"] == "ok":
+            if r["status"] == "ok" and not timing_disturbed(r["timing"]):
                 rows.append((w, int(r["candidate"]), float(r["timing"]["median_ms"])))
     return rows
 

@@ -45,13 +45,10 @@ import numpy as np
 
 from codesign.compiler.layouts import fits_layout
 from codesign.errors import CodesignError
+from codesign.latency.model import NOISY_SPREAD, timing_disturbed
 from codesign.latency.workloads import Workload, enumerate_workloads, kernel_family, subnet_workloads
 from codesign.profile.journal import Journal, with_retries
 from codesign.space import Genome, SearchSpace
-
-NOISY_SPREAD = 0.25
-"""A kernel timing whose repeats spread more than this (standard deviation over median) was disturbed (seen in a
-shipped profile: a 3 us kernel recorded at 4 ms, deviation 2 ms): it is timed once more and the lower median kept."""
 
 
 def steady_timing(time_once: Callable[[], Any]) -> tuple[Any, int]:
@@ -1023,7 +1020,7 @@ def refit_calibration(
 
 
 CalibrationSampling = Literal["random", "spread"]
-KernelSchedules = Literal["fastest", "random", "collapsed"]
+KernelSchedules = Literal["fastest", "random", "collapsed", "disturbed"]
 
 
 def spread_architectures(
@@ -1227,6 +1224,28 @@ def collapsed_pairs(profile: Any, model: Any) -> dict[str, tuple[Workload, set[i
     return collapsed_schedules(profile.measurements, profile.tuning_records.get("families", {}), wanted=predicted)
 
 
+def disturbed_pairs(measurements: list[dict[str, Any]]) -> dict[str, tuple[Workload, set[int]]]:
+    """Per kernel key, the schedule candidates whose latest timing was disturbed while timed
+    (:func:`~codesign.latency.model.timing_disturbed`; the latency model predicts those pairs instead), the kernels
+    that carry most of a random subnet's work first: what :func:`recalibrate_profile` times again with
+    ``kernel_schedules="disturbed"``. A pair timed again steadily in a later record is not wanted."""
+    latest: dict[tuple[str, int], bool] = {}
+    workloads: dict[str, Workload] = {}
+    share: dict[str, float] = collections.defaultdict(float)
+    for record in measurements:
+        key = str(record["key"])
+        share[key] = max(share[key], float(record.get("share", 0.0)))
+        for result in record["results"]:
+            if result.get("status") == "ok" and result.get("timing"):
+                latest[(key, int(result["candidate"]))] = timing_disturbed(result["timing"])
+                workloads.setdefault(key, Workload.from_dict(record["workload"]))
+    wanted: dict[str, tuple[Workload, set[int]]] = {}
+    for (key, candidate), disturbed in latest.items():
+        if disturbed:
+            wanted.setdefault(key, (workloads[key], set()))[1].add(candidate)
+    return dict(sorted(wanted.items(), key=lambda item: -share[item[0]]))
+
+
 def recalibrate_profile(
     profile: Any,
     *,
@@ -1269,6 +1288,9 @@ def recalibrate_profile(
 
     ``kernel_schedules="collapsed"`` times, instead, every predicted pair whose tilings collapsed on
     replay (:func:`collapsed_pairs`), the most important kernels first.
+
+    ``kernel_schedules="disturbed"`` times again, instead, every pair whose recorded timing was disturbed
+    (:func:`disturbed_pairs`; the model predicts those until a steady timing replaces them).
 
     ``kernel_schedules="random"`` times, instead of the picks' kernels, the predicted pairs of the
     architectures with every schedule gene drawn at random (:meth:`LatencyModel.random_schedules`),
@@ -1322,11 +1344,13 @@ def recalibrate_profile(
     factor, single_thread_factor = kernel_speed_factors(probe)
     measurements = list(profile.measurements)
     predictor = dict(profile.predictor)
-    if time_kernels and architectures:
+    if time_kernels and (architectures or kernel_schedules in ("collapsed", "disturbed")):
         # the kernel predictor reads each replayed pair's tilings; a profile measured before they were recorded
         measurements, _ = record_tilings(replace(profile, measurements=measurements), progress=say)
         if kernel_schedules == "collapsed":
             wanted = collapsed_pairs(replace(profile, measurements=measurements), model)
+        elif kernel_schedules == "disturbed":
+            wanted = disturbed_pairs(measurements)
         else:
             wanted = kernels_to_time(model, architectures, kernel_schedules, seed=seed + len(history))
         profiler.time_candidates(wanted, families, deadline=deadline, say=say)

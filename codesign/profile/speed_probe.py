@@ -275,9 +275,10 @@ def probe_kernels(profile: Any, count: int) -> list[tuple[dict[str, Any], float]
     recorded median (ms), spread evenly over their latency range above
     :data:`PROBE_KERNEL_SHORTEST_QUANTILE` (deterministic).
 
-    Only timings taken at the profile's own speed qualify: a recalibration's (``speed_factor``)
-    were divided by an earlier probe's factor.
+    Only steady timings taken at the profile's own speed qualify: a recalibration's (``speed_factor``)
+    were divided by an earlier probe's factor, and a disturbed one is no reference.
     """
+    from codesign.latency.model import timing_disturbed
     from codesign.latency.workloads import kernel_family
 
     families = profile.tuning_records.get("families", {})
@@ -290,7 +291,12 @@ def probe_kernels(profile: Any, count: int) -> list[tuple[dict[str, Any], float]
             continue
         for result in record["results"]:
             timing = result.get("timing")
-            if int(result["candidate"]) == 0 and result.get("status") == "ok" and timing:
+            if (
+                int(result["candidate"]) == 0
+                and result.get("status") == "ok"
+                and timing
+                and not timing_disturbed(timing)
+            ):
                 timed[record["key"]] = (record, float(timing["median_ms"]))
     ranked = sorted(timed.values(), key=lambda pair: pair[1])
     ranked = ranked[int(len(ranked) * PROBE_KERNEL_SHORTEST_QUANTILE) :]
