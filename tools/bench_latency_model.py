@@ -185,6 +185,30 @@ def report(rows: list[dict[str, Any]], profile: Any, second_label: str) -> int:
     return 0
 
 
+def print_misses(rows: list[dict[str, Any]], model: Any, *, kernels: int = 4) -> None:
+    """Each subnet predicted outside +-10%, worst first, with its ``kernels`` largest kernels as the model sees them
+    (:meth:`LatencyModel.explain`): schedule, layout, whether timed or predicted, share of the kernel sum."""
+    from codesign.space import Genome
+
+    misses = [r for r in rows if abs(r["predicted_ms"] / r["measured_ms"] - 1) > 0.10]
+    if not misses:
+        return
+    print(f"outside +-10% ({len(misses)}), the largest kernels of each as the model sees them:")
+    for r in sorted(misses, key=lambda r: -abs(r["predicted_ms"] / r["measured_ms"] - 1)):
+        explained = model.explain(Genome.from_dict(r["genome"]))
+        total = sum(layer["latency_ms"] for layer in explained["layers"]) or 1.0
+        print(
+            f"  measured {r['measured_ms']:.3f} ms, predicted {r['predicted_ms']:.3f} "
+            f"({(r['predicted_ms'] / r['measured_ms'] - 1) * 100:+.1f}%), schedules={r['schedules']}, "
+            f"{explained['kernels']} kernels, {explained['transposes']} layout changes"
+        )
+        for layer in sorted(explained["layers"], key=lambda layer: -layer["latency_ms"])[:kernels]:
+            print(
+                f"    {layer['latency_ms'] / total:5.1%} {layer['workload']} #{layer['schedule']} "
+                f"({layer['schedule_source']}, {layer['layout']}, {layer['source']}) {layer['latency_ms'] * 1e3:.1f} us"
+            )
+
+
 def measure_here(
     args: argparse.Namespace,
     model: Any,
@@ -492,6 +516,7 @@ def main() -> int:
         print("no subnet was measured", file=sys.stderr)
         return 1
     report(rows, profile, second_label)
+    print_misses(rows, model)
     if args.out:
         from codesign.fileio import write_json_atomic
 
