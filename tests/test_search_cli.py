@@ -160,7 +160,12 @@ def test_search_speed_probe_times_the_profiled_subnets_here(tmp_path, default_sp
     (kernel, _), *_ = probe_kernels(here, 1)
     kernel_now = time_default_kernel(Workload.from_dict(kernel["workload"]), here.target)
     measurements = [
-        {**r, "results": [{**r["results"][0], "timing": {**r["results"][0]["timing"], "median_ms": kernel_now}}]}
+        {
+            **r,
+            "results": [
+                {**r["results"][0], "timing": {**r["results"][0]["timing"], "median_ms": kernel_now, "std_ms": 0.0}}
+            ],
+        }
         if r["key"] == kernel["key"]
         else {**r, "speed_factor": 1.0}
         for r in here.measurements
