@@ -10,7 +10,8 @@ import pytest
 from codesign.export.pipeline import export_subnet
 from codesign.latency.model import LatencyModel
 from codesign.profile.profile_file import load_profile
-from codesign.profile.shipped import shipped_profiles
+from codesign.profile.shipped import find_shipped_profile
+from codesign.profile.tvm_backend import host_llvm_target
 from codesign.search.accuracy_predictor import AccuracyPredictor
 from codesign.search.encoding import SearchEncoding
 from codesign.search.pipeline import default_predictor_path
@@ -28,7 +29,9 @@ BUDGET_MS = 0.3
 @pytest.fixture(scope="module")
 def search_dir(tmp_path_factory):
     """What `codesign search --latency-ms 0.3 -o DIR` writes, searched in-process (no finalist evaluation)."""
-    profile_path = [p for p in shipped_profiles() if "llvm" in p.name][0]
+    # this CPU's profile (or the portable one): a profile's kernels may use instructions another CPU lacks (the Intel
+    # profile's AVX-512 ones stop an AMD CPU with an illegal instruction)
+    profile_path = find_shipped_profile(host_llvm_target(2), allow_mismatch=True)
     model = LatencyModel.from_profile(profile_path)
     predictor = AccuracyPredictor.load(default_predictor_path(None))
     problem = SearchProblem(SearchEncoding(model.space, model), model, predictor, Budget(latency_ms=BUDGET_MS))
