@@ -213,7 +213,7 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
     import sys
     from dataclasses import replace
 
-    from codesign.latency.model import MEASURED, PREDICTED, LatencyModel
+    from codesign.latency.model import MEASURED, PREDICTED, LatencyModel, timing_disturbed
     from codesign.profile.profile_file import load_profile
     from codesign.space import Genome, SearchSpace
 
@@ -263,7 +263,12 @@ def test_profile_command_writes_a_valid_profile(tmp_path):
     index = {w.key(): i for i, w in enumerate(before.positions.workloads)}
     assert all(before.sources[index[key], x["candidate"]] == PREDICTED for key, x in timed)
     after = LatencyModel.from_profile(recalibrated)
-    assert all(after.sources[index[key], x["candidate"]] == MEASURED for key, x in timed if x["status"] == "ok")
+    # a timing disturbed while timed (a busy CI machine) stays predicted: the table does not trust it
+    assert all(
+        after.sources[index[key], x["candidate"]] == (PREDICTED if timing_disturbed(x["timing"]) else MEASURED)
+        for key, x in timed
+        if x["status"] == "ok"
+    )
     # then the picks of the refined kernel table (under the calibration of the time) are measured whole
     added = recalibrated.models[2:]
     assert len(added) == 2 and all(m["status"] == "ok" and m["key"].startswith("recalibration") for m in added)
