@@ -777,8 +777,8 @@ def kernel_table_from_profile(profile: Any) -> tuple[dict[str, list[float | None
                 row[c], src[c] = median, MEASURED
             elif result.get("status") == "failed":
                 src[c] = FAILED
-            elif result.get("status") == "ok":  # built and timed, but disturbed: the filled prediction stands
-                src[c] = PREDICTED
+            elif result.get("status") == "ok":  # timed but disturbed: an earlier steady timing, else the prediction
+                src[c] = MEASURED if src[c] == MEASURED else PREDICTED
             elif (option := options_of(record["family"], c)).get("layout", "NCHW") == "NHWC" and option.get("trace"):
                 # an NHWC trace seen to replay but never built here: such replays have sent LLVM into
                 # code generation that never ended, so only NHWC traces built and timed are offered
