@@ -403,10 +403,11 @@ def test_an_untimed_pair_wins_a_kernel_only_by_more_than_the_predictors_error(ti
 
 def test_a_disturbed_kernel_timing_gives_way_to_the_predictors_value(tiny_space):
     """A timing whose repeats spread beyond NOISY_SPREAD (a 3 us kernel once recorded at 4 ms) is neither in the
-    table nor in the kernel predictor's training rows; a steady one, up to the threshold, is both."""
+    table nor in the kernel predictor's training rows; a steady one, up to the threshold, is both, and a later
+    disturbed timing of the same pair does not demote it."""
     import copy
 
-    from codesign.latency.model import NOISY_SPREAD, PREDICTED, kernel_table_from_profile
+    from codesign.latency.model import MEASURED, NOISY_SPREAD, PREDICTED, kernel_table_from_profile
     from codesign.profile.fitting import measurement_rows
 
     profile = synthetic_profile(tiny_space)
@@ -415,6 +416,10 @@ def test_a_disturbed_kernel_timing_gives_way_to_the_predictors_value(tiny_space)
     for record, spread in ((disturbed, 2 * NOISY_SPREAD), (edge, NOISY_SPREAD)):
         timing = record["results"][1]["timing"]
         timing.update(median_ms=4.0, std_ms=spread * 4.0)
+    # a later recalibration timed the steady pair again while disturbed: the earlier steady timing stands
+    later = copy.deepcopy(edge["results"][1])
+    later["timing"].update(median_ms=9.0, std_ms=2 * NOISY_SPREAD * 9.0)
+    edge["results"].append(later)
     filled = {m["key"]: [1.0] * len(m["results"]) for m in measurements}
     changed = type(profile)(
         **{
@@ -425,7 +430,7 @@ def test_a_disturbed_kernel_timing_gives_way_to_the_predictors_value(tiny_space)
     )
     table, sources = kernel_table_from_profile(changed)
     assert table[disturbed["key"]][1] == 1.0 and sources[disturbed["key"]][1] == PREDICTED
-    assert table[edge["key"]][1] == 4.0
+    assert table[edge["key"]][1] == 4.0 and sources[edge["key"]][1] == MEASURED
     rows = {(w.key(), c): ms for w, c, ms in measurement_rows(measurements)}
     assert (disturbed["key"], 1) not in rows and rows[(edge["key"], 1)] == 4.0
     assert (disturbed["key"], 0) in rows
