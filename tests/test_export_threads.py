@@ -70,3 +70,27 @@ def test_a_timing_process_that_hangs_or_prints_nothing_is_a_clear_error(tmp_path
     monkeypatch.setattr(threads.subprocess, "run", silent)
     with pytest.raises(CodesignError, match="printed no timings"):
         sweep_threads(library, [1, 1, 28, 28], counts=[1], rounds=1)
+
+
+def test_libraries_swept_together_are_timed_in_the_same_interleaved_rounds(tmp_path, monkeypatch):
+    """Each round times every library at each of its counts, so a change of the machine's speed falls on all."""
+    from pathlib import Path
+
+    from codesign.export import threads
+
+    calls = []
+
+    def fake(library, input_shape, threads_, repeat):
+        calls.append((Path(library).name, threads_))
+        return [float(len(calls))] * repeat
+
+    monkeypatch.setattr(threads, "_time_once", fake)
+    model = threads.TimedLibrary(tmp_path / "model.so", (1, 1, 28, 28), (1, 2))
+    probe = threads.TimedLibrary(tmp_path / "probe.so", (1, 1, 24, 24), (2,))
+    swept = threads.sweep_libraries([model, probe], rounds=2, repeat=3)
+    round_ = [("model.so", 1), ("model.so", 2), ("probe.so", 2)]
+    assert calls == round_ + round_
+    assert swept[0].samples_ms == {1: [1.0] * 3 + [4.0] * 3, 2: [2.0] * 3 + [5.0] * 3}
+    assert swept[1].samples_ms == {2: [3.0] * 3 + [6.0] * 3} and swept[1].rounds == 2
+    with pytest.raises(ValueError):
+        threads.sweep_libraries([model, threads.TimedLibrary(tmp_path / "p.so", (1,), ())])

@@ -124,8 +124,9 @@ class ExportCommand(Command):
             type=int,
             default=0,
             metavar="N",
-            help="when the library is timed here: also re-time N of the profile's own subnets the same way and "
-            "record how fast this machine runs now relative to its profile, with the prediction at that speed "
+            help="when the library is timed here: also re-time N of the profile's own subnets the same way, in "
+            "the same rounds, and record how fast this machine runs now relative to its profile, with the "
+            "prediction at that speed "
             "(a shared VM drifts 10-15%% over hours; default 0: off)",
         )
         parser.add_argument(

@@ -10,7 +10,9 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +25,7 @@ from codesign.data import DataSplits
 from codesign.errors import ExportError
 from codesign.evaluation import TorchSubnetEvaluator, accuracy_of, predict_logits, prepare_images
 from codesign.export.onnx_export import DEFAULT_OPSET, check_onnx_parity, export_onnx, onnxruntime_logits
+from codesign.export.threads import ThreadSweep, TimedLibrary
 from codesign.fileio import staging_directory, write_json_atomic
 from codesign.space import Genome
 from codesign.supernet import LoadedSupernet
@@ -138,9 +141,12 @@ def _tvm_artifact(
     section["device_check"] = _save_reference(staging, images, reference)
     here = profile is not None and target_mismatch(target, host_llvm_target()) is None
     if measure_latency and here:
-        section["latency"].update(_measure_threads(library, space, genome, target, runtime_threads))
-        if speed_probe and model is not None and predicted is not None:
-            probe = _probe_speed(profile, space, target, speed_probe, staging)
+        probing = bool(speed_probe and model is not None and predicted is not None)
+        measured, probe = _measure_here(
+            library, space, genome, target, runtime_threads, profile=profile, probe_subnets=speed_probe * probing
+        )
+        section["latency"].update(measured)
+        if probe is not None and model is not None and predicted is not None:
             latency = section["latency"]
             latency["speed_probe"] = probe
             at_speed = float(model_at_probed_speed(model, probe).predict([genome])[0])
@@ -203,47 +209,72 @@ def _retune_step(
     return step
 
 
-def _probe_speed(profile: Any, space: Any, target: dict[str, Any], subnets: int, staging: Path) -> dict[str, Any]:
-    """The machine's speed now relative to ``profile`` (the manifest's ``speed_probe``).
+def _measure_here(
+    library: Path,
+    space: Any,
+    genome: Genome,
+    target: dict[str, Any],
+    runtime_threads: RuntimeThreads,
+    *,
+    profile: Any,
+    probe_subnets: int,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Time the shipped library on this CPU (:func:`_measure_threads`) and, with ``probe_subnets`` > 0, the
+    machine's speed relative to ``profile`` (the manifest's ``speed_probe``), measured in the same rounds.
 
-    The probe's subnets are timed exactly as the artifact is: exported, in a fresh process with the
-    runtime-only loader, at the target's core count.
+    The probe's subnets are compiled as the profile compiled them, exported and timed exactly as the artifact
+    is (a fresh process with the runtime-only loader, at the target's core count), each round timing the
+    artifact and then every probe subnet: the factor is the machine's speed while the artifact ran, not
+    minutes before (a separate probe read 1.25x where the same subnets timed between the measured ones read
+    0.92x, tools/bench_latency_model.py on the znver3 VM, 2026-12-07).
     """
-    from codesign.export.threads import sweep_threads
-    from codesign.profile.speed_probe import probe_device_speed
+    from codesign.profile.speed_probe import compile_probe_subnets, speed_from_subnet_timings, with_kernels_alone
 
+    if probe_subnets < 1:
+        return _measure_threads(library, space, genome, target, runtime_threads)[0], None
     cores = int(target.get("num-cores") or os.cpu_count() or 1)
-    scratch = staging / ".speed_probe"
-    scratch.mkdir()
-
-    def time_subnet(executable: Any, genome: Genome) -> float:
-        library = scratch / "probe.so"
-        executable.export_library(str(library))
-        shape = [1, space.in_channels, genome.resolution, genome.resolution]
-        return sweep_threads(library, shape, counts=[cores], rounds=2).median_ms(cores)
-
-    try:
-        probe = probe_device_speed(profile, subnets=subnets, kernels=subnets, time_subnet=time_subnet)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    record: dict[str, Any] = probe.to_dict()
+    started = time.perf_counter()
+    records, genomes, executables = compile_probe_subnets(profile, probe_subnets)
+    with tempfile.TemporaryDirectory(prefix="codesign-probe-") as scratch:
+        probes = []
+        for i, (executable, probed) in enumerate(zip(executables, genomes, strict=True)):
+            path = Path(scratch) / f"probe{i}.so"
+            executable.export_library(str(path))
+            shape = (1, space.in_channels, probed.resolution, probed.resolution)
+            probes.append(TimedLibrary(path, shape, (cores,)))
+        measured, sweeps = _measure_threads(library, space, genome, target, runtime_threads, probes=probes)
+    times = [sweep.median_ms(cores) for sweep in sweeps]
+    probe = with_kernels_alone(
+        profile,
+        speed_from_subnet_timings(profile, records, times),
+        kernels=probe_subnets,
+        started=started,
+    )
+    record: dict[str, Any] = {**probe.to_dict(), "timed": "in the rounds that timed the artifact"}
     warning = probe.warning()
     if warning is not None:
         record["warning"] = warning
         print(f"warning: {warning}")
-    return record
+    return measured, record
 
 
 def _measure_threads(
-    library: Path, space: Any, genome: Genome, target: dict[str, Any], runtime_threads: RuntimeThreads
-) -> dict[str, Any]:
+    library: Path,
+    space: Any,
+    genome: Genome,
+    target: dict[str, Any],
+    runtime_threads: RuntimeThreads,
+    *,
+    probes: Sequence[TimedLibrary] = (),
+) -> tuple[dict[str, Any], list[ThreadSweep]]:
     """Time the shipped library on this CPU at the profiled core count and the candidate thread counts.
 
     ``measured`` is the timing at the target's ``num-cores`` (what the latency model predicts);
     ``recommended_threads`` the count the artifact should run on: the fastest measured with
-    ``runtime_threads="auto"``, else the one given.
+    ``runtime_threads="auto"``, else the one given. ``probes`` are timed in the same rounds (at their own
+    thread counts); their sweeps are returned beside the section.
     """
-    from codesign.export.threads import candidate_thread_counts, sweep_threads
+    from codesign.export.threads import candidate_thread_counts, sweep_libraries
 
     cores = int(target.get("num-cores") or os.cpu_count() or 1)
     if runtime_threads == "auto":
@@ -252,16 +283,18 @@ def _measure_threads(
         if runtime_threads < 1:
             raise ExportError(f"runtime threads must be at least 1, got {runtime_threads}")
         counts = sorted({cores, runtime_threads})
-    sweep = sweep_threads(library, [1, space.in_channels, genome.resolution, genome.resolution], counts=counts)
+    shape = (1, space.in_channels, genome.resolution, genome.resolution)
+    sweep, *probe_sweeps = sweep_libraries([TimedLibrary(Path(library), shape, tuple(counts)), *probes])
     measured = sweep.timing(cores)
     _warn_on_spread(measured["std_ms"], measured["median_ms"])
     recommended = sweep.recommended() if runtime_threads == "auto" else runtime_threads
-    return {
+    section = {
         "measured": {**measured, "threads": cores, "where": "this machine, batch 1, runtime-only loader"},
         "by_threads": sweep.to_dict(),
         "recommended_threads": recommended,
         "recommended_by": "fastest measured" if runtime_threads == "auto" else "--runtime-threads",
     }
+    return section, probe_sweeps
 
 
 def choose_schedules(genome: Genome, profile: Any, policy: SchedulePolicy) -> tuple[Genome, str]:

@@ -109,6 +109,32 @@ def _time_once(library: Path, input_shape: Sequence[int], threads: int, repeat: 
     return [float(v) for v in result["samples_ms"]]
 
 
+@dataclass(frozen=True)
+class TimedLibrary:
+    """One library :func:`sweep_libraries` times: where it is, its input shape and the thread counts to time."""
+
+    path: Path
+    input_shape: tuple[int, ...]
+    counts: tuple[int, ...]
+
+
+def sweep_libraries(libraries: Sequence[TimedLibrary], *, rounds: int = 3, repeat: int = 10) -> list[ThreadSweep]:
+    """Time CPU libraries in the same interleaved rounds, one :class:`ThreadSweep` per library.
+
+    Each round times every library at each of its thread counts (``repeat`` samples in a fresh process
+    each), so a busy spell, or a change in the speed of a shared machine, falls on all of them alike:
+    how an export times the speed probe's subnets beside the library whose prediction they correct.
+    """
+    if rounds < 1 or not libraries or any(not library.counts for library in libraries):
+        raise ValueError("need at least one round, one library and a thread count for each")
+    samples: list[dict[int, list[float]]] = [{int(t): [] for t in library.counts} for library in libraries]
+    for _ in range(rounds):
+        for library, timed in zip(libraries, samples, strict=True):
+            for t in timed:
+                timed[t].extend(_time_once(Path(library.path), library.input_shape, t, repeat))
+    return [ThreadSweep(timed, rounds) for timed in samples]
+
+
 def sweep_threads(
     library: str | Path,
     input_shape: Sequence[int],
@@ -122,11 +148,7 @@ def sweep_threads(
     Alternating rounds (1, 2, 1, 2, ...) spread a busy spell of a shared machine over every count
     instead of charging it to one; each round is ``repeat`` samples in a fresh process.
     """
-    if rounds < 1 or not counts:
+    if not counts:
         raise ValueError("need at least one round and one thread count")
-    path = Path(library)
-    samples: dict[int, list[float]] = {int(t): [] for t in counts}
-    for _ in range(rounds):
-        for t in samples:
-            samples[t].extend(_time_once(path, input_shape, t, repeat))
-    return ThreadSweep(samples, rounds)
+    timed = TimedLibrary(Path(library), tuple(int(d) for d in input_shape), tuple(int(t) for t in counts))
+    return sweep_libraries([timed], rounds=rounds, repeat=repeat)[0]

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from codesign.errors import CodesignError
-from codesign.space import Genome
+from codesign.space import Genome, SearchSpace
 
 RATIO_SPREAD_TO_DISTRUST = 1.5
 """Largest max/min of the probe's per-subnet ratios taken as a steady machine (its subnets drift together)."""
@@ -343,28 +343,63 @@ def probe_device_speed(
     compares (e.g. an exported library in a fresh process), ``time_kernel(workload) -> median ms``
     a kernel (default: :func:`time_default_kernel`).
     """
-    from codesign.compiler.tvm_compile import compile_subnet, time_executables
-    from codesign.latency.positions import PositionTable
-    from codesign.latency.workloads import Workload
-    from codesign.space import SearchSpace
+    from codesign.compiler.tvm_compile import time_executables
 
-    space = SearchSpace.from_dict(profile.space)
-    positions = PositionTable(space)
-    families = profile.tuning_records.get("families", {})
     started = time.perf_counter()
-    records = probe_subnets(profile, subnets)
-    genomes = [Genome.from_dict(record["genome"]) for record in records]
-    executables = [compile_subnet(space, g, profile.target, families, positions=positions) for g in genomes]
+    records, genomes, executables = compile_probe_subnets(profile, subnets)
     if time_subnet is not None:
         times = [float(time_subnet(executable, g)) for executable, g in zip(executables, genomes, strict=True)]
     else:
+        space = SearchSpace.from_dict(profile.space)
         pairs = [(executable, g.resolution) for executable, g in zip(executables, genomes, strict=True)]
         times = [t.median_ms for t in time_executables(pairs, space, windows=repeat)]
     from_subnets = speed_from_subnet_timings(profile, records, times)
     if progress is not None:
         for i, (key, ratio) in enumerate(zip(from_subnets.keys, from_subnets.ratios, strict=True)):
             progress(f"speed probe {i + 1}: {key} {times[i]:.3f} ms now, {ratio:.3f}x the profile's")
-    fitted = from_subnets.single_thread_source == "subnets"
+    return with_kernels_alone(
+        profile,
+        from_subnets,
+        kernels=kernels,
+        kernels_alone=kernels_alone,
+        time_kernel=time_kernel,
+        progress=progress,
+        started=started,
+    )
+
+
+def compile_probe_subnets(profile: Any, count: int) -> tuple[list[dict[str, Any]], list[Genome], list[Any]]:
+    """The probe's subnets (:func:`probe_subnets`): their records, genomes and executables, compiled exactly
+    as the profile compiled them (its schedules), for this machine's target."""
+    from codesign.compiler.tvm_compile import compile_subnet
+    from codesign.latency.positions import PositionTable
+
+    space = SearchSpace.from_dict(profile.space)
+    positions = PositionTable(space)
+    families = profile.tuning_records.get("families", {})
+    records = probe_subnets(profile, count)
+    genomes = [Genome.from_dict(record["genome"]) for record in records]
+    executables = [compile_subnet(space, g, profile.target, families, positions=positions) for g in genomes]
+    return records, genomes, executables
+
+
+def with_kernels_alone(
+    profile: Any,
+    probe: SpeedProbe,
+    *,
+    kernels: int,
+    kernels_alone: bool = False,
+    time_kernel: Callable[[Any], float] | None = None,
+    progress: Callable[[str], None] | None = None,
+    started: float | None = None,
+) -> SpeedProbe:
+    """``probe`` (fitted on subnets by :func:`speed_from_subnet_timings`) with ``kernels`` of the profile's
+    default-lowered kernels timed alone (:func:`probe_kernels`) where it needs them: when the subnets' one-thread
+    shares span too little to fit the one-thread factor (then it is their median ratio), or with ``kernels_alone``
+    (recorded beside the fitted factor). ``started`` (a :func:`time.perf_counter` value) dates the probe's start."""
+    from codesign.latency.workloads import Workload
+
+    fitted = probe.single_thread_source == "subnets"
     kernel_ratios, kernel_keys = [], []
     for record, recorded_ms in probe_kernels(profile, kernels if not fitted or kernels_alone else 0):
         workload = Workload.from_dict(record["workload"])
@@ -378,9 +413,9 @@ def probe_device_speed(
             progress(f"speed probe, one thread: {record['key']} {now * 1e3:.1f} us now, {kernel_ratios[-1]:.3f}x")
     alone = float(np.median(kernel_ratios)) if kernel_ratios else None
     return replace(
-        from_subnets,
-        seconds=time.perf_counter() - started,
-        single_thread_factor=from_subnets.single_thread_factor if fitted else alone,
+        probe,
+        seconds=probe.seconds if started is None else time.perf_counter() - started,
+        single_thread_factor=probe.single_thread_factor if fitted else alone,
         single_thread_ratios=tuple(kernel_ratios),
         single_thread_keys=tuple(kernel_keys),
         single_thread_source="subnets" if fitted else ("kernels" if kernel_ratios else None),
