@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -143,7 +142,14 @@ def _tvm_artifact(
     if measure_latency and here:
         probing = bool(speed_probe and model is not None and predicted is not None)
         measured, probe = _measure_here(
-            library, space, genome, target, runtime_threads, profile=profile, probe_subnets=speed_probe * probing
+            library,
+            space,
+            genome,
+            target,
+            runtime_threads,
+            profile=profile,
+            probe_subnets=speed_probe * probing,
+            staging=staging,
         )
         section["latency"].update(measured)
         if probe is not None and model is not None and predicted is not None:
@@ -218,6 +224,7 @@ def _measure_here(
     *,
     profile: Any,
     probe_subnets: int,
+    staging: Path,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Time the shipped library on this CPU (:func:`_measure_threads`) and, with ``probe_subnets`` > 0, the
     machine's speed relative to ``profile`` (the manifest's ``speed_probe``), measured in the same rounds.
@@ -235,14 +242,18 @@ def _measure_here(
     cores = int(target.get("num-cores") or os.cpu_count() or 1)
     started = time.perf_counter()
     records, genomes, executables = compile_probe_subnets(profile, probe_subnets)
-    with tempfile.TemporaryDirectory(prefix="codesign-probe-") as scratch:
+    scratch = staging / ".speed_probe"  # inside the export's staging: nothing left elsewhere if it is killed
+    scratch.mkdir()
+    try:
         probes = []
         for i, (executable, probed) in enumerate(zip(executables, genomes, strict=True)):
-            path = Path(scratch) / f"probe{i}.so"
+            path = scratch / f"probe{i}.so"
             executable.export_library(str(path))
             shape = (1, space.in_channels, probed.resolution, probed.resolution)
             probes.append(TimedLibrary(path, shape, (cores,)))
         measured, sweeps = _measure_threads(library, space, genome, target, runtime_threads, probes=probes)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     times = [sweep.median_ms(cores) for sweep in sweeps]
     probe = with_kernels_alone(
         profile,
