@@ -226,6 +226,44 @@ class CompiledModel:
             self.tvm_ffi, self.vm, "main_timed", self.device, [], repeat=repeat, min_repeat_ms=min_repeat_ms
         )
 
+    def window_timer(self, images: np.ndarray, *, window_ms: float = 50.0) -> Callable[[], float]:
+        """A function timing one window of about ``window_ms``: milliseconds per inference over it.
+
+        The runs per window are counted once here (on a warm-up sized by TVM's timer), so that windows of
+        several models can alternate (:func:`time_interleaved`).
+        """
+        self.vm["save_function"]("main", "main_timed", 1, self.to_device(np.asarray(images, dtype=np.float32)))
+        per_run_ms = time_function(
+            self.tvm_ffi, self.vm, "main_timed", self.device, [], repeat=1, min_repeat_ms=window_ms
+        )[0]
+        number = max(1, int(round(window_ms / max(per_run_ms, 1e-6))))
+        evaluator = self.tvm_ffi.get_global_func("runtime.RPCTimeEvaluator")
+        feval = evaluator(self.vm, "main_timed", _DEVICE_TYPES[self.device], 0, number, 1, 0, 100, 0, 1, 0, "")
+
+        def window() -> float:
+            return 1e3 * struct.unpack("@d", bytes(feval()))[0]
+
+        return window
+
+
+def time_interleaved(
+    models: Sequence[CompiledModel], inputs: Sequence[np.ndarray], *, windows: int = 10, window_ms: float = 50.0
+) -> list[list[float]]:
+    """Milliseconds per inference of each model, ``windows`` samples each, their windows alternating.
+
+    Window 1 of every model, then window 2 of every model, and so on: a slow spell of a shared machine
+    (on the 2-vCPU VMs measured, two-thread runs slowed 1.6-2.8x for spells of 0.2-1 s, 2026-12-08) falls
+    on all models alike instead of on whichever was being timed.
+    """
+    if len(models) != len(inputs):
+        raise ValueError(f"one input per model: {len(models)} models, {len(inputs)} inputs")
+    timers = [model.window_timer(x, window_ms=window_ms) for model, x in zip(models, inputs, strict=True)]
+    samples: list[list[float]] = [[] for _ in models]
+    for _ in range(windows):
+        for timer, timed in zip(timers, samples, strict=True):
+            timed.append(timer())
+    return samples
+
 
 def load_artifact_library(
     path: str | Path, *, device: str = "cpu", threads: int | None = None
@@ -292,23 +330,32 @@ def preprocess(images_uint8: np.ndarray, manifest: dict[str, Any]) -> np.ndarray
 
 
 def _time_library_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m codesign.runtime LIBRARY --shape 1,1,28,28``: print a CPU library's timings as JSON.
+    """``python -m codesign.runtime LIBRARY [LIBRARY ...] --shape 1,1,28,28 [--shape ...]``: CPU libraries' timings.
 
-    Runs on ``TVM_NUM_THREADS`` threads; a fresh process per thread count, because the TVM runtime
-    sizes its thread pool once per process.
+    Prints JSON: ``threads``, ``samples_ms`` (the first library's) and ``libraries`` (each one's path and
+    ``samples_ms``). Several libraries are timed in alternating windows (:func:`time_interleaved`); give one
+    ``--shape`` for all or one per library. Runs on ``TVM_NUM_THREADS`` threads: a fresh process per thread
+    count, because the TVM runtime sizes its thread pool once per process.
     """
     import argparse
 
     parser = argparse.ArgumentParser(description=_time_library_main.__doc__)
-    parser.add_argument("library")
-    parser.add_argument("--shape", required=True, help="input shape, comma-separated")
-    parser.add_argument("--repeat", type=int, default=10)
-    parser.add_argument("--min-repeat-ms", type=float, default=50.0)
+    parser.add_argument("library", nargs="+")
+    parser.add_argument(
+        "--shape", required=True, action="append", help="input shape, comma-separated (once, or once per library)"
+    )
+    parser.add_argument("--repeat", type=int, default=10, help="windows per library")
+    parser.add_argument("--min-repeat-ms", type=float, default=50.0, help="length of a window")
     args = parser.parse_args(argv)
-    model = CompiledModel(args.library, device="cpu")
-    x = np.random.default_rng(0).standard_normal([int(d) for d in args.shape.split(",")]).astype(np.float32)
-    samples = model.time(x, repeat=args.repeat, min_repeat_ms=args.min_repeat_ms)
-    print(json.dumps({"threads": model.threads, "samples_ms": samples}))
+    shapes = args.shape * len(args.library) if len(args.shape) == 1 else args.shape
+    if len(shapes) != len(args.library):
+        parser.error(f"{len(args.library)} libraries need one --shape or {len(args.library)}, got {len(args.shape)}")
+    models = [CompiledModel(library, device="cpu") for library in args.library]
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal([int(d) for d in shape.split(",")]).astype(np.float32) for shape in shapes]
+    samples = time_interleaved(models, inputs, windows=args.repeat, window_ms=args.min_repeat_ms)
+    libraries = [{"library": str(path), "samples_ms": timed} for path, timed in zip(args.library, samples, strict=True)]
+    print(json.dumps({"threads": models[0].threads, "samples_ms": samples[0], "libraries": libraries}))
     return 0
 
 

@@ -1,5 +1,6 @@
 """Choosing an artifact's runtime thread count from measurements (the sweep itself runs in test_export_tvm)."""
 
+import numpy as np
 import pytest
 
 from codesign.errors import CodesignError
@@ -73,24 +74,65 @@ def test_a_timing_process_that_hangs_or_prints_nothing_is_a_clear_error(tmp_path
 
 
 def test_libraries_swept_together_are_timed_in_the_same_interleaved_rounds(tmp_path, monkeypatch):
-    """Each round times every library at each of its counts, so a change of the machine's speed falls on all."""
+    """Each round times every library at each of its counts, those at one count in one process with their
+    windows alternating, so a change of the machine's speed falls on all."""
     from pathlib import Path
 
     from codesign.export import threads
 
     calls = []
 
-    def fake(library, input_shape, threads_, repeat):
-        calls.append((Path(library).name, threads_))
-        return [float(len(calls))] * repeat
+    def fake(libraries, threads_, repeat):
+        calls.append(([Path(library.path).name for library in libraries], threads_))
+        return [[float(len(calls) * 10 + i)] * repeat for i, _ in enumerate(libraries)]
 
-    monkeypatch.setattr(threads, "_time_once", fake)
+    monkeypatch.setattr(threads, "_time_together", fake)
     model = threads.TimedLibrary(tmp_path / "model.so", (1, 1, 28, 28), (1, 2))
     probe = threads.TimedLibrary(tmp_path / "probe.so", (1, 1, 24, 24), (2,))
     swept = threads.sweep_libraries([model, probe], rounds=2, repeat=3)
-    round_ = [("model.so", 1), ("model.so", 2), ("probe.so", 2)]
+    round_ = [(["model.so"], 1), (["model.so", "probe.so"], 2)]
     assert calls == round_ + round_
-    assert swept[0].samples_ms == {1: [1.0] * 3 + [4.0] * 3, 2: [2.0] * 3 + [5.0] * 3}
-    assert swept[1].samples_ms == {2: [3.0] * 3 + [6.0] * 3} and swept[1].rounds == 2
+    assert swept[0].samples_ms == {1: [10.0] * 3 + [30.0] * 3, 2: [20.0] * 3 + [40.0] * 3}
+    assert swept[1].samples_ms == {2: [21.0] * 3 + [41.0] * 3} and swept[1].rounds == 2
     with pytest.raises(ValueError):
         threads.sweep_libraries([model, threads.TimedLibrary(tmp_path / "p.so", (1,), ())])
+
+
+def test_libraries_timed_together_for_real(tmp_path):
+    """Two exported libraries in one timing process: one list of samples each, the heavier one slower."""
+    import tvm
+    from tvm.script import relax as R
+
+    from codesign.export.threads import TimedLibrary, sweep_libraries
+
+    small = np.random.default_rng(0).standard_normal((16, 16)).astype("float32")
+    large = np.random.default_rng(1).standard_normal((768, 768)).astype("float32")
+
+    @tvm.script.ir_module
+    class Light:
+        @R.function
+        def main(x: R.Tensor((1, 16), "float32")):
+            with R.dataflow():
+                y = R.matmul(x, R.const(small))
+                R.output(y)
+            return y
+
+    @tvm.script.ir_module
+    class Heavy:
+        @R.function
+        def main(x: R.Tensor((1, 768), "float32")):
+            with R.dataflow():
+                y = R.matmul(R.matmul(x, R.const(large)), R.const(large))
+                R.output(y)
+            return y
+
+    def library(name, module):
+        path = tmp_path / name
+        tvm.compile(module, target=tvm.target.Target({"kind": "llvm"})).export_library(str(path))
+        return path
+
+    light = TimedLibrary(library("light.so", Light), (1, 16), (1,))
+    heavy = TimedLibrary(library("heavy.so", Heavy), (1, 768), (1, 2))
+    light_sweep, heavy_sweep = sweep_libraries([light, heavy], rounds=1, repeat=3)
+    assert len(light_sweep.samples_ms[1]) == 3 and sorted(heavy_sweep.samples_ms) == [1, 2]
+    assert light_sweep.median_ms(1) < heavy_sweep.median_ms(1)

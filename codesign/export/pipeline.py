@@ -230,10 +230,12 @@ def _measure_here(
     machine's speed relative to ``profile`` (the manifest's ``speed_probe``), measured in the same rounds.
 
     The probe's subnets are compiled as the profile compiled them, exported and timed exactly as the artifact
-    is (a fresh process with the runtime-only loader, at the target's core count), each round timing the
-    artifact and then every probe subnet: the factor is the machine's speed while the artifact ran, not
-    minutes before (a separate probe read 1.25x where the same subnets timed between the measured ones read
-    0.92x, tools/bench_latency_model.py on the znver3 VM, 2026-12-07).
+    is (the runtime-only loader, at the target's core count), in the same process as the artifact with their
+    windows alternating with its windows (:func:`codesign.export.threads.sweep_libraries`): the factor is the
+    machine's speed while the artifact ran, not minutes before (a separate probe read 1.25x where the same
+    subnets timed between the measured ones read 0.92x, tools/bench_latency_model.py on the znver3 VM,
+    2026-12-07), nor in the seconds beside it (one process per library read the probe 1.27x while the
+    artifact ran 1.05x its prediction, znver4 VM, 2026-12-08).
     """
     from codesign.profile.speed_probe import compile_probe_subnets, speed_from_subnet_timings, with_kernels_alone
 
@@ -261,7 +263,10 @@ def _measure_here(
         kernels=probe_subnets,
         started=started,
     )
-    record: dict[str, Any] = {**probe.to_dict(), "timed": "in the rounds that timed the artifact"}
+    record: dict[str, Any] = {
+        **probe.to_dict(),
+        "timed": "in the windows that timed the artifact, alternating with them",
+    }
     warning = probe.warning()
     if warning is not None:
         record["warning"] = warning

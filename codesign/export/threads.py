@@ -77,36 +77,35 @@ class ThreadSweep:
         }
 
 
-def _time_once(library: Path, input_shape: Sequence[int], threads: int, repeat: int) -> list[float]:
-    """One fresh process timing ``library`` on ``threads`` threads (the pool is sized once per process)."""
+def _time_together(libraries: Sequence[TimedLibrary], threads: int, repeat: int) -> list[list[float]]:
+    """One fresh process timing ``libraries`` on ``threads`` threads (the pool is sized once per process), their
+    ``repeat`` windows alternating (``codesign.runtime.time_interleaved``): one list of samples per library."""
     package_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, TVM_NUM_THREADS=str(threads))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
-    command = [
-        sys.executable,
-        "-m",
-        "codesign.runtime",
-        str(library),
-        "--shape",
-        ",".join(str(int(d)) for d in input_shape),
-        "--repeat",
-        str(repeat),
-    ]
+    command = [sys.executable, "-m", "codesign.runtime", *(str(library.path) for library in libraries)]
+    for library in libraries:
+        command += ["--shape", ",".join(str(int(d)) for d in library.input_shape)]
+    command += ["--repeat", str(repeat)]
+    names = ", ".join(Path(library.path).name for library in libraries)
     plural = "s" if threads != 1 else ""
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise CodesignError(f"timing {library.name} on {threads} thread{plural} took over {TIMEOUT_S} s") from None
+        raise CodesignError(f"timing {names} on {threads} thread{plural} took over {TIMEOUT_S} s") from None
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise CodesignError(f"timing {library.name} on {threads} thread{plural} failed: {reason}")
+        raise CodesignError(f"timing {names} on {threads} thread{plural} failed: {reason}")
     try:
         result = json.loads(done.stdout.strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError):
-        raise CodesignError(f"timing {library.name} on {threads} thread{plural} printed no timings") from None
+        samples = [[float(v) for v in timed["samples_ms"]] for timed in result["libraries"]]
+    except (IndexError, KeyError, TypeError, ValueError):
+        raise CodesignError(f"timing {names} on {threads} thread{plural} printed no timings") from None
     if int(result["threads"]) != threads:
         raise CodesignError(f"asked for {threads} runtime threads, the runtime used {result['threads']}")
-    return [float(v) for v in result["samples_ms"]]
+    if len(samples) != len(libraries):
+        raise CodesignError(f"timing {names} printed timings of {len(samples)} libraries, not {len(libraries)}")
+    return samples
 
 
 @dataclass(frozen=True)
@@ -121,17 +120,22 @@ class TimedLibrary:
 def sweep_libraries(libraries: Sequence[TimedLibrary], *, rounds: int = 3, repeat: int = 10) -> list[ThreadSweep]:
     """Time CPU libraries in the same interleaved rounds, one :class:`ThreadSweep` per library.
 
-    Each round times every library at each of its thread counts (``repeat`` samples in a fresh process
-    each), so a busy spell, or a change in the speed of a shared machine, falls on all of them alike:
-    how an export times the speed probe's subnets beside the library whose prediction they correct.
+    Each round starts one fresh process per thread count, timing every library that has that count in
+    ``repeat`` alternating windows, so a busy spell, or a change in the speed of a shared machine, falls on
+    all of them alike: how an export times the speed probe's subnets beside the library whose prediction they
+    correct. (Timed one library per process, each a contiguous half second, the slow spells of a shared
+    2-vCPU VM fell on some and missed others: probe subnets read 1.27x while the artifact beside them read
+    1.05x, 2026-12-08.)
     """
     if rounds < 1 or not libraries or any(not library.counts for library in libraries):
         raise ValueError("need at least one round, one library and a thread count for each")
     samples: list[dict[int, list[float]]] = [{int(t): [] for t in library.counts} for library in libraries]
+    counts = sorted({t for timed in samples for t in timed})
     for _ in range(rounds):
-        for library, timed in zip(libraries, samples, strict=True):
-            for t in timed:
-                timed[t].extend(_time_once(Path(library.path), library.input_shape, t, repeat))
+        for t in counts:
+            members = [i for i, timed in enumerate(samples) if t in timed]
+            for i, timed in zip(members, _time_together([libraries[i] for i in members], t, repeat), strict=True):
+                samples[i][t].extend(timed)
     return [ThreadSweep(timed, rounds) for timed in samples]
 
 
