@@ -22,10 +22,13 @@ otherwise idle machine. Last line:
     python tools/bench_export.py --best-of-threads 1,2 --retune-trials 32 --retune-minutes 10 --work out/bench
         # artifacts re-tuned here (codesign export --retune-trials), kept in --work for the next run
 
-A shared VM's speed drifts by 10-15% over hours (``tools/bench_latency_model.py`` measures it):
-``--speed-probe N`` first re-times N of the profile's own subnets in this process and scales the
-predictions by the median ratio of their time now to their recorded time; the table's prediction
-is then the scaled one and the unscaled share is printed beside it.
+A shared VM's speed drifts by 10-15% over hours, and a 2-vCPU VM's two-thread runs slow 1.6-2.8x
+for spells of a fraction of a second (``tools/bench_latency_model.py`` measures both):
+``--speed-probe N`` compiles N of the profile's own subnets as the profile did and times them in
+every round, one window of each after each of the artifact's time-evaluator windows, and scales
+each model's prediction by the factors fitted on the probe's windows of that model's rounds
+(``codesign.profile.speed_probe``, as ``codesign export --speed-probe`` does); the table's
+prediction is then the scaled one and the unscaled errors are printed beside it.
 
 With ``--retune-trials`` each model is also exported with ``--retune-trials`` (and
 ``--retune-minutes``): that artifact is the "TVM" judged (its manifest's ``predicted_retuned_ms``
@@ -104,10 +107,30 @@ def _engines(artifact: Path, threads: int, plain: Path | None = None) -> dict[st
         "manifest": manifest,
         "x": x,
         "tvm": lambda: tvm_model.main(x_tvm),
-        "tvm_evaluator": lambda repeat: tvm_model.time(x, repeat=repeat, min_repeat_ms=50),
+        "tvm_window": tvm_model.window_timer(x, window_ms=50),
         "onnxruntime": lambda: session.run(None, {name: x}),
         "torch": run_torch,
     }
+
+
+def _probe_timers(profile: Any, count: int, work: Path) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The speed probe's subnets (``codesign.profile.speed_probe.compile_probe_subnets``), exported into ``work``
+    and loaded with the runtime-only loader: their records and a 50 ms window timer for each."""
+    from codesign.profile.speed_probe import compile_probe_subnets
+    from codesign.runtime import CompiledModel
+    from codesign.space import SearchSpace
+
+    records, genomes, executables = compile_probe_subnets(profile, count)
+    channels = SearchSpace.from_dict(profile.space).in_channels
+    folder = work / "speed_probe"
+    folder.mkdir(parents=True, exist_ok=True)
+    timers = []
+    for i, (executable, genome) in enumerate(zip(executables, genomes, strict=True)):
+        path = folder / f"probe{i}.so"
+        executable.export_library(str(path))
+        x = np.random.default_rng(i).standard_normal((1, channels, genome.resolution, genome.resolution))
+        timers.append(CompiledModel(path).window_timer(x.astype(np.float32), window_ms=50))
+    return records, timers
 
 
 def main() -> int:
@@ -232,30 +255,39 @@ def main() -> int:
             )
     if args.export_only:
         return 0
-    probed_model = None
-    if args.speed_probe:
-        from codesign.latency.model import LatencyModel
-        from codesign.profile.speed_probe import model_at_probed_speed, probe_device_speed
-
-        probe = probe_device_speed(profile, subnets=args.speed_probe, kernels=args.speed_probe, progress=print)
-        print(probe.describe(), flush=True)
-        model = LatencyModel.from_profile(profile)
-        probed_model = model_at_probed_speed(model, probe.to_dict())
+    probe_records, probe_timers = _probe_timers(profile, args.speed_probe, work) if args.speed_probe else ([], [])
     rows = []
     for label, genome in genomes.items():
         artifact = work / label
         engines = _engines(artifact, args.threads, work / f"{label}-plain" if args.retune_trials else None)
         timed = ("tvm", "tvm_plain", "onnxruntime", "torch") if args.retune_trials else ("tvm", "onnxruntime", "torch")
         samples: dict[str, list[float]] = {engine: [] for engine in (*timed, "tvm_evaluator")}
+        probe_samples: list[list[float]] = [[] for _ in probe_timers]
+        evaluator_window = engines["tvm_window"]
         for _ in range(args.rounds):
             for engine in timed:
                 samples[engine] += _loop_ms(engines[engine], inner=50, repeat=6)
-            samples["tvm_evaluator"] += engines["tvm_evaluator"](6)
+            for _ in range(6):  # the probe's windows alternate with the artifact's
+                samples["tvm_evaluator"].append(evaluator_window())
+                for timer, probed in zip(probe_timers, probe_samples, strict=True):
+                    probed.append(timer())
         medians = {k: statistics.median(v) for k, v in samples.items()}
         latency = engines["manifest"]["tvm"]["latency"]
         predicted = latency.get("predicted_retuned_ms", latency["predicted_ms"])
-        # this genome's speed factor: its one-thread (default-lowered) kernels drift unlike the rest
-        speed = 1.0 if probed_model is None else float(probed_model.predict([genome])[0] / model.predict([genome])[0])
+        speed = 1.0
+        if probe_records:
+            from codesign.profile.speed_probe import (
+                model_at_probed_speed,
+                speed_from_subnet_timings,
+                with_kernels_alone,
+            )
+
+            probe = speed_from_subnet_timings(profile, probe_records, [statistics.median(v) for v in probe_samples])
+            probe = with_kernels_alone(profile, probe, kernels=args.speed_probe)
+            print(f"{label}, in its rounds: {probe.describe()}", flush=True)
+            # this genome's speed factor: its one-thread (default-lowered) kernels drift unlike the rest
+            probed = model_at_probed_speed(model, probe.to_dict())
+            speed = float(probed.predict([genome])[0] / model.predict([genome])[0])
         rows.append(
             {
                 "model": label,
