@@ -263,14 +263,17 @@ def main() -> int:
         timed = ("tvm", "tvm_plain", "onnxruntime", "torch") if args.retune_trials else ("tvm", "onnxruntime", "torch")
         samples: dict[str, list[float]] = {engine: [] for engine in (*timed, "tvm_evaluator")}
         probe_samples: list[list[float]] = [[] for _ in probe_timers]
+        probe_seconds = 0.0
         evaluator_window = engines["tvm_window"]
         for _ in range(args.rounds):
             for engine in timed:
                 samples[engine] += _loop_ms(engines[engine], inner=50, repeat=6)
             for _ in range(6):  # the probe's windows alternate with the artifact's
                 samples["tvm_evaluator"].append(evaluator_window())
+                probing = time.perf_counter()
                 for timer, probed in zip(probe_timers, probe_samples, strict=True):
                     probed.append(timer())
+                probe_seconds += time.perf_counter() - probing
         medians = {k: statistics.median(v) for k, v in samples.items()}
         latency = engines["manifest"]["tvm"]["latency"]
         predicted = latency.get("predicted_retuned_ms", latency["predicted_ms"])
@@ -282,7 +285,8 @@ def main() -> int:
                 with_kernels_alone,
             )
 
-            probe = speed_from_subnet_timings(profile, probe_records, [statistics.median(v) for v in probe_samples])
+            probe_medians = [statistics.median(v) for v in probe_samples]
+            probe = speed_from_subnet_timings(profile, probe_records, probe_medians, seconds=probe_seconds)
             probe = with_kernels_alone(profile, probe, kernels=args.speed_probe)
             print(f"{label}, in its rounds: {probe.describe()}", flush=True)
             # this genome's speed factor: its one-thread (default-lowered) kernels drift unlike the rest
