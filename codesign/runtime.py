@@ -175,12 +175,24 @@ def time_function(
     Uses TVM's own timer (device-synchronized, warm-up run first); ``number=0`` sizes each batch so it
     lasts ``min_repeat_ms``.
     """
+    return _time_evaluator(tvm_ffi, module, name, device, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)(
+        *args
+    )
+
+
+def _time_evaluator(
+    tvm_ffi: Any, module: Any, name: str, device: str, *, number: int, repeat: int, min_repeat_ms: float
+) -> Callable[..., list[float]]:
+    """TVM's time evaluator for ``module[name]``, made once: each call returns ``repeat`` samples in ms."""
     evaluator = tvm_ffi.get_global_func("runtime.RPCTimeEvaluator")
     feval = evaluator(
         module, name, _DEVICE_TYPES[device], 0, max(number, 1), repeat, int(min_repeat_ms), 100, 0, 1, 0, ""
     )
-    blob = feval(*args)
-    return [1e3 * t for t in struct.unpack("@" + "d" * repeat, bytes(blob))]
+
+    def run(*args: Any) -> list[float]:
+        return [1e3 * t for t in struct.unpack("@" + "d" * repeat, bytes(feval(*args)))]
+
+    return run
 
 
 class CompiledModel:
@@ -237,13 +249,10 @@ class CompiledModel:
             self.tvm_ffi, self.vm, "main_timed", self.device, [], repeat=1, min_repeat_ms=window_ms
         )[0]
         number = max(1, int(round(window_ms / max(per_run_ms, 1e-6))))
-        evaluator = self.tvm_ffi.get_global_func("runtime.RPCTimeEvaluator")
-        feval = evaluator(self.vm, "main_timed", _DEVICE_TYPES[self.device], 0, number, 1, 0, 100, 0, 1, 0, "")
-
-        def window() -> float:
-            return 1e3 * struct.unpack("@d", bytes(feval()))[0]
-
-        return window
+        timed = _time_evaluator(
+            self.tvm_ffi, self.vm, "main_timed", self.device, number=number, repeat=1, min_repeat_ms=0
+        )
+        return lambda: timed()[0]
 
 
 def time_interleaved(
@@ -252,7 +261,8 @@ def time_interleaved(
     """Milliseconds per inference of each model, ``windows`` samples each, their windows alternating.
 
     Window 1 of every model, then window 2 of every model, and so on: a slow spell of a shared machine
-    (on the 2-vCPU VMs measured, two-thread runs slowed 1.6-2.8x for spells of 0.2-1 s, 2026-12-08) falls
+    (on a 2-vCPU znver4 VM, two-thread runs of small subnets slowed 1.5-2.2x for spells of seconds to
+    minutes: ``tools/probe_timing.py``, ``tools/bench_latency_model.py --passes 4``, 2026-12-08) falls
     on all models alike instead of on whichever was being timed.
     """
     if len(models) != len(inputs):

@@ -38,6 +38,11 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=10, help="50 ms windows per library per round")
     parser.add_argument("--layout", choices=("together", "apart"), default="together")
     args = parser.parse_args()
+    if args.probe < 1 or args.rounds < 1 or args.repeat < 1:
+        parser.error("--probe, --rounds and --repeat must be at least 1")
+    for directory in args.artifact:
+        if not (Path(directory) / "manifest.json").is_file():
+            parser.error(f"--artifact {directory}: no manifest.json there (give a codesign export directory)")
 
     from codesign.compiler.tvm_compile import compile_subnet
     from codesign.export.threads import ThreadSweep, TimedLibrary, sweep_libraries

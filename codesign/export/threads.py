@@ -99,10 +99,11 @@ def _time_together(libraries: Sequence[TimedLibrary], threads: int, repeat: int)
     try:
         result = json.loads(done.stdout.strip().splitlines()[-1])
         samples = [[float(v) for v in timed["samples_ms"]] for timed in result["libraries"]]
+        used = int(result["threads"])
     except (IndexError, KeyError, TypeError, ValueError):
         raise CodesignError(f"timing {names} on {threads} thread{plural} printed no timings") from None
-    if int(result["threads"]) != threads:
-        raise CodesignError(f"asked for {threads} runtime threads, the runtime used {result['threads']}")
+    if used != threads:
+        raise CodesignError(f"asked for {threads} runtime threads, the runtime used {used}")
     if len(samples) != len(libraries):
         raise CodesignError(f"timing {names} printed timings of {len(samples)} libraries, not {len(libraries)}")
     return samples
