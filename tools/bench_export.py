@@ -22,8 +22,9 @@ otherwise idle machine. Last line:
     python tools/bench_export.py --best-of-threads 1,2 --retune-trials 32 --retune-minutes 10 --work out/bench
         # artifacts re-tuned here (codesign export --retune-trials), kept in --work for the next run
 
-A shared VM's speed drifts by 10-15% over hours, and a 2-vCPU VM's two-thread runs slow 1.6-2.8x
-for spells of a fraction of a second (``tools/bench_latency_model.py`` measures both):
+A shared VM's speed drifts by 10-15% over hours, and a 2-vCPU VM's two-thread runs of small
+subnets slow 1.5-2.2x for spells of seconds to minutes (``tools/probe_timing.py``,
+``tools/bench_latency_model.py --passes 4``):
 ``--speed-probe N`` compiles N of the profile's own subnets as the profile did and times them in
 every round, one window of each after each of the artifact's time-evaluator windows, and scales
 each model's prediction by the factors fitted on the probe's windows of that model's rounds
